@@ -1,0 +1,13 @@
+"""SimCLR pretraining of a CIFAR ResNet-18 (the default recipe).
+
+    python -m simclr_jax.main --config=configs/pretrain.py --workdir=runs/pretrain
+
+Architecture, augmentation and temperature follow the PyTorch write-up; SGD with
+momentum 0.9, learning rate 0.3 x batch/256 after a 10-epoch warmup, cosine decay,
+weight decay 5e-4 on kernels only.
+"""
+from simclr_jax.config_base import base_config
+
+
+def get_config():
+  return base_config('pretrain')

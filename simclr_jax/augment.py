@@ -1,0 +1,150 @@
+"""Image augmentation on the accelerator: pure per-image functions of (key, image), batched with vmap.
+
+    views = simclr_views(key, images_uint8, AugmentParams())   # [2B, H, W, 3] float32, rows 2k/2k+1
+    x = classifier_views(key, images_uint8, AugmentParams())    # [B, H, W, 3] float32
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import dm_pix as pix
+import jax
+import jax.numpy as jnp
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+
+class AugmentParams(NamedTuple):
+  """Strengths and probabilities (hashable, so it can be a static argument of jit)."""
+  crop_scale: tuple[float, float] = (0.08, 1.0)
+  crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+  flip_prob: float = 0.5
+  jitter_prob: float = 0.8
+  brightness: float = 0.4
+  contrast: float = 0.4
+  saturation: float = 0.4
+  hue: float = 0.1
+  grayscale_prob: float = 0.2
+  blur_prob: float = 0.0
+  blur_sigma: tuple[float, float] = (0.1, 2.0)
+  crop_padding: int = 4  # classifier random crop
+  mean: tuple[float, float, float] = CIFAR_MEAN
+  std: tuple[float, float, float] = CIFAR_STD
+
+
+def augment_params_from_config(cfg) -> AugmentParams:
+  """Reads an `augment` ConfigDict into AugmentParams."""
+  fields = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items()}
+  return AugmentParams(**fields)
+
+
+def crop_box(key: jax.Array, height: int, width: int, scale, ratio, attempts: int = 10):
+  """Samples (y0, x0, h, w) as torchvision's RandomResizedCrop does (10 tries, then the whole image)."""
+  k_area, k_ratio, k_y, k_x = jax.random.split(key, 4)
+  area = height * width * jax.random.uniform(k_area, (attempts,), minval=scale[0], maxval=scale[1])
+  log_ratio = jax.random.uniform(k_ratio, (attempts,), minval=math.log(ratio[0]), maxval=math.log(ratio[1]))
+  aspect = jnp.exp(log_ratio)
+  w = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
+  h = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+  ok = (w > 0) & (h > 0) & (w <= width) & (h <= height)
+  first = jnp.argmax(ok)
+  h = jnp.where(ok.any(), h[first], height)
+  w = jnp.where(ok.any(), w[first], width)
+  y0 = jnp.floor(jax.random.uniform(k_y) * (height - h + 1)).astype(jnp.int32)
+  x0 = jnp.floor(jax.random.uniform(k_x) * (width - w + 1)).astype(jnp.int32)
+  return y0, x0, h, w
+
+
+def random_resized_crop(key: jax.Array, image: jax.Array, scale, ratio) -> jax.Array:
+  """Crops a random box and resizes it (bilinear) back to the input size; image is [H, W, C] float."""
+  height, width = image.shape[:2]
+  y0, x0, h, w = crop_box(key, height, width, scale, ratio)
+  sy, sx = height / h.astype(jnp.float32), width / w.astype(jnp.float32)
+  return jax.image.scale_and_translate(
+      image, image.shape, spatial_dims=(0, 1), scale=jnp.stack([sy, sx]),
+      translation=jnp.stack([-y0 * sy, -x0 * sx]), method='linear', antialias=False)
+
+
+def _gray3(image):
+  return jnp.broadcast_to(pix.rgb_to_grayscale(image, keep_dims=True), image.shape)
+
+
+def color_jitter(key: jax.Array, image: jax.Array, brightness: float, contrast: float,
+                 saturation: float, hue: float) -> jax.Array:
+  """torchvision's ColorJitter: the four adjustments in a random order, each clipped to [0, 1]."""
+  k_order, k_b, k_c, k_s, k_h = jax.random.split(key, 5)
+
+  def factor(k, s):
+    return jax.random.uniform(k, minval=max(0.0, 1 - s), maxval=1 + s)
+
+  b, c, s = factor(k_b, brightness), factor(k_c, contrast), factor(k_s, saturation)
+  h = jax.random.uniform(k_h, minval=-hue, maxval=hue)
+  ops = [
+      lambda x: x * b,
+      lambda x: (x - pix.rgb_to_grayscale(x).mean()) * c + pix.rgb_to_grayscale(x).mean(),
+      lambda x: s * x + (1 - s) * _gray3(x),
+      lambda x: pix.adjust_hue(x, h),
+  ]
+  ops = [lambda x, op=op: jnp.clip(op(x), 0.0, 1.0) for op in ops]
+  for i in jax.random.permutation(k_order, len(ops)):
+    image = jax.lax.switch(i, ops, image)
+  return image
+
+
+def normalize(image: jax.Array, params: AugmentParams) -> jax.Array:
+  """Maps a [0, 1] image to zero mean, unit variance per channel."""
+  return (image - jnp.asarray(params.mean)) / jnp.asarray(params.std)
+
+
+def to_unit(image: jax.Array) -> jax.Array:
+  """uint8 [0, 255] to float32 [0, 1]."""
+  return image.astype(jnp.float32) / 255.0
+
+
+def simclr_view(key: jax.Array, image: jax.Array, params: AugmentParams) -> jax.Array:
+  """One SimCLR view of a uint8 [H, W, 3] image, normalised float32."""
+  k_crop, k_flip, k_jit, k_jit_p, k_gray, k_blur, k_blur_p = jax.random.split(key, 7)
+  x = random_resized_crop(k_crop, to_unit(image), params.crop_scale, params.crop_ratio)
+  x = jnp.where(jax.random.uniform(k_flip) < params.flip_prob, x[:, ::-1], x)
+  if params.jitter_prob > 0:
+    jittered = color_jitter(k_jit, x, params.brightness, params.contrast, params.saturation, params.hue)
+    x = jnp.where(jax.random.uniform(k_jit_p) < params.jitter_prob, jittered, x)
+  x = jnp.where(jax.random.uniform(k_gray) < params.grayscale_prob, _gray3(x), x)
+  if params.blur_prob > 0:
+    sigma = jax.random.uniform(k_blur, minval=params.blur_sigma[0], maxval=params.blur_sigma[1])
+    kernel = max(3, int(0.1 * image.shape[0]) | 1)
+    x = jnp.where(jax.random.uniform(k_blur_p) < params.blur_prob,
+                  pix.gaussian_blur(x, sigma, kernel), x)
+  return normalize(x, params)
+
+
+def simclr_views(key: jax.Array, images: jax.Array, params: AugmentParams) -> jax.Array:
+  """Two views per image of a uint8 [B, H, W, 3] batch: [2B, H, W, 3], rows 2k and 2k+1 from image k."""
+  keys = jax.random.split(key, (images.shape[0], 2))
+  views = jax.vmap(jax.vmap(simclr_view, in_axes=(0, None, None)), in_axes=(0, 0, None))(keys, images, params)
+  return views.reshape((-1,) + images.shape[1:])
+
+
+def classifier_view(key: jax.Array, image: jax.Array, params: AugmentParams) -> jax.Array:
+  """Random crop with zero padding and a horizontal flip, normalised float32."""
+  k_y, k_x, k_flip = jax.random.split(key, 3)
+  p = params.crop_padding
+  x = jnp.pad(to_unit(image), ((p, p), (p, p), (0, 0)))
+  y0 = jax.random.randint(k_y, (), 0, 2 * p + 1)
+  x0 = jax.random.randint(k_x, (), 0, 2 * p + 1)
+  x = jax.lax.dynamic_slice(x, (y0, x0, 0), image.shape)
+  x = jnp.where(jax.random.uniform(k_flip) < params.flip_prob, x[:, ::-1], x)
+  return normalize(x, params)
+
+
+def classifier_views(key: jax.Array, images: jax.Array, params: AugmentParams) -> jax.Array:
+  """classifier_view over a uint8 batch [B, H, W, 3]."""
+  keys = jax.random.split(key, images.shape[0])
+  return jax.vmap(classifier_view, in_axes=(0, 0, None))(keys, images, params)
+
+
+def eval_view(images: jax.Array, params: AugmentParams) -> jax.Array:
+  """No augmentation: uint8 batch to normalised float32."""
+  return normalize(to_unit(images), params)

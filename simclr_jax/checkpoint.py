@@ -1,0 +1,120 @@
+"""Orbax checkpoints in workdir/checkpoints, and the encoder restore for later stages.
+
+    manager = make_manager(workdir, keep=3)
+    save(manager, step, state, meta)
+    state, meta = restore_latest(manager, state)              # (None, None) when there is none
+    encoder_vars, saved_config = restore_encoder('runs/pretrain')
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from simclr_jax.errors import CheckpointError
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+
+
+def make_manager(workdir: str, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
+  """A CheckpointManager with two items per step: 'state' (arrays) and 'meta' (JSON)."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=('state', 'meta'))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
+  """Saves asynchronously; Orbax writes to a temporary folder and renames it when complete."""
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                             meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def _complete_steps(manager) -> list[int]:
+  return sorted(manager.all_steps(read=True))
+
+
+def restore_latest(manager: ocp.CheckpointManager, target_state):
+  """Restores the newest complete checkpoint onto target_state's structure and shardings."""
+  steps = _complete_steps(manager)
+  if not steps:
+    return None, None
+  step = steps[-1]
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
+  path = os.path.join(str(manager.directory), str(step))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+  except Exception as e:
+    raise CheckpointError(f'checkpoint {path} cannot be restored into this run '
+                          f'({type(e).__name__}: {_first_line(e)}): it is corrupt or from another '
+                          'config; move it away or use another --workdir') from None
+  return restored['state'], restored['meta']
+
+
+def _first_line(e: BaseException) -> str:
+  lines = str(e).strip().splitlines()
+  return lines[0][:300] if lines else ''
+
+
+def find_checkpoint(path: str) -> str:
+  """Resolves a workdir, a checkpoints folder or one step folder to a step folder."""
+  path = os.path.abspath(path)
+  if not os.path.exists(path):
+    raise CheckpointError(f'init_from {path!r} does not exist: point it at a pretraining workdir '
+                          'or one of its checkpoints/<step> folders')
+  if os.path.isdir(os.path.join(path, 'state')):
+    return path
+  folder = path if os.path.basename(path) == 'checkpoints' else os.path.join(path, 'checkpoints')
+  steps = []
+  if os.path.isdir(folder):
+    steps = sorted(int(n) for n in os.listdir(folder)
+                   if n.isdigit() and os.path.isdir(os.path.join(folder, n, 'state')))
+  if not steps:
+    raise CheckpointError(f'init_from {path!r} holds no complete checkpoint: point it at a '
+                          'workdir whose run saved one (workdir/checkpoints/<step>)')
+  return os.path.join(folder, str(steps[-1]))
+
+
+def read_meta(step_dir: str) -> dict:
+  try:
+    with open(os.path.join(step_dir, 'meta', 'metadata')) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    raise CheckpointError(f'checkpoint {step_dir} has no readable meta/metadata: it is corrupt '
+                          'or not a simclr_jax checkpoint; point init_from at another run') from None
+
+
+def restore_encoder(path: str) -> tuple[dict, dict]:
+  """Reads only the encoder subtree of a pretraining or classifier checkpoint.
+
+  Returns ({'params': ..., 'batch_stats': ...} as numpy arrays, the run's config dict).
+  """
+  step_dir = find_checkpoint(path)
+  meta = read_meta(step_dir)
+  if 'config' not in meta:
+    raise CheckpointError(f'checkpoint {step_dir} carries no config: it is not a simclr_jax '
+                          'checkpoint; point init_from at a simclr_jax workdir')
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      metadata = checkpointer.metadata(os.path.join(step_dir, 'state'))
+      tree = metadata.item_metadata.tree if hasattr(metadata, 'item_metadata') else metadata.tree
+      wanted = {k: {'encoder': tree[k]['encoder']} for k in ('params', 'batch_stats')}
+      abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted)
+      restored = checkpointer.restore(os.path.join(step_dir, 'state'),
+                                      target=_partial(abstract, tree))
+  except CheckpointError:
+    raise
+  except Exception as e:
+    raise CheckpointError(f'checkpoint {step_dir} cannot be read ({type(e).__name__}: '
+                          f'{_first_line(e)}): it is corrupt or truncated; point init_from at '
+                          'another checkpoint') from None
+  encoder = {k: jax.tree.map(np.asarray, restored[k]['encoder']) for k in ('params', 'batch_stats')}
+  return encoder, meta['config']
+
+
+def _partial(abstract, tree):
+  return abstract

@@ -1,0 +1,56 @@
+"""Command line: python -m simclr_jax.main --config=configs/pretrain.py --workdir=runs/pretrain
+
+Overrides: --config.batch_size=1024. The config's `stage` picks pretraining or a classifier stage.
+Exit status: 0 done, 2 bad input (one line on stderr), 3 non-finite loss, 75 preempted (rerun to resume).
+"""
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+config_flags.DEFINE_config_file('config', None, 'Path to a config file, e.g. configs/pretrain.py.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics and results.json.')
+flags.DEFINE_bool('fresh', False, 'Start afresh in a workdir that holds another run (it is moved '
+                  'to workdir/previous-N, not deleted).')
+flags.DEFINE_string('coordinator_address', None, 'Multi-process runs: host:port of process 0.')
+flags.DEFINE_integer('num_processes', None, 'Multi-process runs: number of processes.')
+flags.DEFINE_integer('process_id', None, 'Multi-process runs: this process (0-based).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Runs the stage that config.stage names."""
+  if config.stage == 'pretrain':
+    from simclr_jax import pretrain
+    return pretrain.train_and_evaluate(config, workdir)
+  from simclr_jax import classify
+  return classify.train_and_evaluate(config, workdir)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  from simclr_jax import errors, validate
+  logging.set_verbosity(logging.WARNING)
+  config = flags.FLAGS.config
+  try:
+    validate.validate_config(config)
+    import jax
+    if flags.FLAGS.coordinator_address or flags.FLAGS.num_processes:
+      jax.distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
+                                 flags.FLAGS.process_id)
+    workdir = flags.FLAGS.workdir
+    validate.check_workdir(workdir, config, fresh=flags.FLAGS.fresh)
+    train_and_evaluate(config, workdir)
+  except (errors.UserError, errors.NonFiniteError, errors.Preempted) as e:
+    print(f'error: {e}' if not isinstance(e, errors.Preempted) else f'preempted: {e}',
+          file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,88 @@
+"""Scalars to workdir/metrics.jsonl and TensorBoard event files, plus the progress line.
+
+    writer = MetricWriter(workdir)
+    writer.write('train', step, {'loss': 1.2})
+    writer.rows('eval')  # every row of that kind, this run and earlier ones
+
+Resuming appends: rows for steps already in the file are not written again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+
+
+class MetricWriter:
+  def __init__(self, workdir: str):
+    self.primary = jax.process_index() == 0
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._rows = []
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        for line in f:
+          try:
+            self._rows.append(json.loads(line))
+          except ValueError:
+            pass  # a line cut short by a kill
+    self._last = {}
+    for r in self._rows:
+      self._last[r['kind']] = max(self._last.get(r['kind'], -1), r['step'])
+    self._file = open(self.path, 'a') if self.primary else None
+    self._tb = None
+    if self.primary:
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      except ImportError:
+        pass
+
+  def write(self, kind: str, step: int, scalars: dict) -> None:
+    if step <= self._last.get(kind, -1):
+      return
+    row = {'kind': kind, 'step': int(step), **{k: _plain(v) for k, v in scalars.items()}}
+    self._rows.append(row)
+    self._last[kind] = step
+    if self.primary:
+      self._file.write(json.dumps(row) + '\n')
+      self._file.flush()
+      if self._tb is not None:
+        for k, v in scalars.items():
+          if isinstance(v, (int, float)):
+            self._tb.add_scalar(f'{kind}/{k}', v, step)
+
+  def rows(self, kind: str) -> list[dict]:
+    return [r for r in self._rows if r['kind'] == kind]
+
+  def close(self) -> None:
+    if self._file:
+      self._file.flush()
+      os.fsync(self._file.fileno())
+      self._file.close()
+      self._file = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def _plain(v):
+  try:
+    return float(v) if not isinstance(v, (int, str)) else v
+  except TypeError:
+    return v
+
+
+def log(message: str) -> None:
+  """One line to stdout from process 0."""
+  if jax.process_index() == 0:
+    print(f'{time.strftime("%H:%M:%S")} {message}', file=sys.stdout, flush=True)
+
+
+def format_eta(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}:{m:02d}:{s:02d}'

@@ -1,0 +1,42 @@
+"""One 'data' mesh axis over every device of every process; batches are split along it.
+
+    mesh = make_mesh()
+    x = jax.device_put(x, replicated(mesh))
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from simclr_jax.errors import ConfigError
+
+
+def make_mesh() -> Mesh:
+  """A 1-D mesh named 'data' over jax.devices() (all processes)."""
+  return Mesh(np.asarray(jax.devices()), ('data',))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_sharded(mesh: Mesh) -> NamedSharding:
+  """Leading axis split across the 'data' axis."""
+  return NamedSharding(mesh, P('data'))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, field: str = 'batch_size') -> None:
+  n = mesh.devices.size
+  if batch_size % n:
+    raise ConfigError(f'{field}={batch_size} is not divisible by the {n} devices: '
+                      f'use a multiple of {n}, such as {max(n, batch_size // n * n)}')
+
+
+def put_replicated(tree, mesh: Mesh):
+  """Places a host pytree (numpy arrays) on every device, in every process."""
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda idx: np.asarray(x)[idx]), tree)
