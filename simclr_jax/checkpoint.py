@@ -99,22 +99,31 @@ def restore_encoder(path: str) -> tuple[dict, dict]:
     raise CheckpointError(f'checkpoint {step_dir} carries no config: it is not a simclr_jax '
                           'checkpoint; point init_from at a simclr_jax workdir')
   try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      metadata = checkpointer.metadata(os.path.join(step_dir, 'state'))
-      tree = metadata.item_metadata.tree if hasattr(metadata, 'item_metadata') else metadata.tree
-      wanted = {k: {'encoder': tree[k]['encoder']} for k in ('params', 'batch_stats')}
-      abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted)
-      restored = checkpointer.restore(os.path.join(step_dir, 'state'),
-                                      target=_partial(abstract, tree))
-  except CheckpointError:
-    raise
+    restored = _read_numpy_subtrees(os.path.join(step_dir, 'state'), ('params', 'batch_stats'))
   except Exception as e:
     raise CheckpointError(f'checkpoint {step_dir} cannot be read ({type(e).__name__}: '
                           f'{_first_line(e)}): it is corrupt or truncated; point init_from at '
                           'another checkpoint') from None
+  if any('encoder' not in restored.get(k, {}) for k in ('params', 'batch_stats')):
+    raise CheckpointError(f'checkpoint {step_dir} holds no encoder: it is not a simclr_jax model '
+                          'checkpoint; point init_from at a pretraining workdir')
   encoder = {k: jax.tree.map(np.asarray, restored[k]['encoder']) for k in ('params', 'batch_stats')}
   return encoder, meta['config']
 
 
-def _partial(abstract, tree):
-  return abstract
+
+def _read_numpy_subtrees(path: str, keys) -> dict:
+  """Reads the named top-level subtrees of a saved pytree as numpy arrays, on any device count."""
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    meta = checkpointer.metadata(path)
+    tree = getattr(meta, 'item_metadata', meta)
+    tree = getattr(tree, 'tree', tree)
+    wanted = {k: tree[k] for k in keys if k in tree}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+    try:
+      return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+          item=wanted, restore_args=restore_args, partial_restore=True))
+    except TypeError:  # an Orbax without partial_restore: read everything, keep what is asked
+      full_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+      full = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=full_args))
+      return {k: full[k] for k in wanted}

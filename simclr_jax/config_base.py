@@ -76,3 +76,14 @@ def classifier_config(stage: str) -> ml_collections.ConfigDict:
   c.warmup_epochs = 2.0
   c.weight_decay = 5e-4
   return c
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """get_config() of a config file, as --config=PATH would load it (locked: no new fields)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('simclr_jax_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.lock()
+  return config

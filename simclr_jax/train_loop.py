@@ -195,11 +195,14 @@ def run(config, workdir: str, task: Task) -> dict:
     for epoch in range(step // spe, total_epochs):
       perm = epoch_permutation(state['key'], epoch, task.images.shape[0], spe * config.batch_size)
       sums, t_window, n_window = None, time.time(), 0
+      epoch_sums, epoch_n = None, 0
       for _ in range(step - epoch * spe, spe):
         state, metrics = task.step_fn(state, task.images, task.labels, perm)
         step += 1
         n_window += 1
         sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+        epoch_sums = metrics if epoch_sums is None else jax.tree.map(jnp.add, epoch_sums, metrics)
+        epoch_n += 1
         if step % config.log_every_steps == 0 or step == (epoch + 1) * spe:
           scalars = {k: float(v) / n_window for k, v in sums.items()}
           elapsed = time.time() - t_window
@@ -221,6 +224,8 @@ def run(config, workdir: str, task: Task) -> dict:
       last = epoch + 1 == total_epochs
       if last or (task.eval_every_epochs and (epoch + 1) % task.eval_every_epochs == 0):
         scalars = task.evaluate(_variables(state))
+        if epoch_sums is not None:
+          scalars.update({f'train_{k}': float(v) / epoch_n for k, v in epoch_sums.items()})
         writer.write('eval', step, {'epoch': epoch + 1, **scalars})
         log(f'epoch {epoch + 1} ' + ' '.join(f'{k} {v:.4f}' for k, v in scalars.items()))
       if last or (config.checkpoint_every_epochs and (epoch + 1) % config.checkpoint_every_epochs == 0):
