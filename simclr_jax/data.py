@@ -70,7 +70,24 @@ def _first_line(e: BaseException) -> str:
   return text[0][:200] if text else ''
 
 
+def _network_available(url: str = 'https://storage.googleapis.com', timeout: float = 5.0) -> bool:
+  """A quick reachability probe, so an offline machine fails in seconds, not after minutes of retries."""
+  import urllib.request
+  try:
+    urllib.request.urlopen(urllib.request.Request(url, method='HEAD'), timeout=timeout)
+    return True
+  except Exception as e:  # an HTTP error status still means the network is there
+    import urllib.error
+    return isinstance(e, urllib.error.HTTPError)
+
+
 def _download_and_prepare(builder, name: str) -> None:
+  if not _network_available():
+    raise DataError(
+        f'dataset {name!r} is not prepared in {builder.data_dir} and there is no network to '
+        f'download it: on a machine with network access run `tfds build {name} '
+        '--file_format=array_record` and copy the folder over, or point --config.data_dir at a '
+        'folder that holds it prepared (for example ../shared/data/tfds)')
   try:
     builder.download_and_prepare(file_format='array_record')
   except Exception as e:

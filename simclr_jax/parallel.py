@@ -12,9 +12,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from simclr_jax.errors import ConfigError
 
 
-def make_mesh() -> Mesh:
-  """A 1-D mesh named 'data' over jax.devices() (all processes)."""
-  return Mesh(np.asarray(jax.devices()), ('data',))
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh named 'data' over `devices` (default: jax.devices(), every process's)."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), ('data',))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -1,0 +1,57 @@
+"""Shared helpers: the prepared cifar10_jpeg copy, tiny configs and a CLI runner."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_DIR = os.environ.get('SIMCLR_JAX_TEST_DATA',
+                          os.path.normpath(os.path.join(ROOT, '..', 'shared', 'data', 'tfds')))
+DATASET = 'cifar10_jpeg'
+
+TINY = dict(dataset=DATASET, data_dir=DATA_DIR, train_limit=512, width=0.125, dtype='float32',
+            batch_size=64, epochs=2, warmup_epochs=0.0, log_every_steps=4, knn_every_epochs=1,
+            eval_batch_size=500, checkpoint_every_epochs=1)
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _cache_dir(tmp_path_factory):
+  """One decoded-array cache for the whole session, subprocesses included."""
+  if 'SIMCLR_JAX_CACHE' not in os.environ:
+    os.environ['SIMCLR_JAX_CACHE'] = str(tmp_path_factory.mktemp('cache'))
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+
+def tiny_config(stage: str = 'pretrain', **fields):
+  """configs/<stage>.py with the tiny settings and `fields` applied."""
+  from simclr_jax.config_base import load_config_file
+  config = load_config_file(os.path.join(ROOT, 'configs', f'{stage}.py'))
+  for key, value in {**TINY, **fields}.items():
+    if '.' in key:
+      group, leaf = key.split('.')
+      config[group][leaf] = value
+    else:
+      config[key] = value
+  return config
+
+
+def cli_args(stage: str, workdir, **fields) -> list:
+  args = [sys.executable, '-m', 'simclr_jax.main', f'--config={ROOT}/configs/{stage}.py',
+          f'--workdir={workdir}']
+  for key, value in {**TINY, **fields}.items():
+    args.append(f'--config.{key}={value}')
+  return args
+
+
+def run_cli(stage: str, workdir, *extra, timeout=600, env=None, **fields) -> subprocess.CompletedProcess:
+  """Runs the CLI in a subprocess; returns the completed process (stdout and stderr as text)."""
+  full_env = {**os.environ, **(env or {})}
+  return subprocess.run(cli_args(stage, workdir, **fields) + list(extra), cwd=ROOT, env=full_env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def error_line(proc) -> str:
+  """The CLI's one-line error (the last line on stderr that starts with 'error:')."""
+  lines = [l for l in proc.stderr.splitlines() if l.startswith(('error:', 'preempted:'))]
+  return lines[-1] if lines else proc.stderr[-2000:]

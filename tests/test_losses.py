@@ -1,0 +1,50 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from simclr_jax.losses import nt_xent
+
+
+def numpy_nt_xent(z, temperature):
+  z = z.astype(np.float64)
+  z = z / np.linalg.norm(z, axis=1, keepdims=True)
+  logits = z @ z.T / temperature
+  np.fill_diagonal(logits, -np.inf)
+  targets = np.arange(len(z)) ^ 1
+  m = logits.max(axis=1, keepdims=True)
+  log_probs = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
+  return -log_probs[np.arange(len(z)), targets].mean()
+
+
+@pytest.mark.parametrize('seed,n,d,t', [(0, 8, 16, 0.5), (1, 64, 128, 0.5), (2, 32, 8, 0.2), (3, 4, 3, 1.0)])
+def test_matches_float64_numpy_and_optax(seed, n, d, t):
+  z = np.random.RandomState(seed).randn(n, d).astype(np.float32)
+  ours = float(nt_xent(jnp.asarray(z), t))
+  assert abs(ours - numpy_nt_xent(z, t)) < 1e-5
+  labels = jnp.arange(n) // 2  # rows 2k and 2k+1 form a positive pair
+  assert abs(ours - float(optax.ntxent(jnp.asarray(z), labels, t))) < 1e-5
+
+
+def test_identical_views_give_lower_loss_than_random_ones():
+  z = np.random.RandomState(0).randn(16, 32).astype(np.float32)
+  paired = np.repeat(z[::2], 2, axis=0)
+  assert float(nt_xent(jnp.asarray(paired))) < float(nt_xent(jnp.asarray(z)))
+
+
+def test_clamp_option_removes_gradient_of_negatively_similar_negatives():
+  # Row 0 and 1 are a pair; row 2 is anti-aligned with row 0, row 3 is orthogonal-ish.
+  z = jnp.array([[1.0, 0.1, 0.0], [0.9, 0.2, 0.1], [-1.0, 0.0, 0.2], [0.0, 1.0, -0.3]])
+  free = jax.grad(lambda z: nt_xent(z, 0.5))(z)
+  clamped = jax.grad(lambda z: nt_xent(z, 0.5, clamp_similarity=True))(z)
+  assert not np.allclose(free, clamped)
+  # With the clamp, every similarity of row 2 is below 1e-7 except with row 3, so its gradient
+  # comes from row 3's pairs only; without it row 2 gets gradient from all rows.
+  assert float(jnp.abs(free[2]).sum()) > float(jnp.abs(clamped[2]).sum())
+  assert float(nt_xent(z, 0.5)) != float(nt_xent(z, 0.5, clamp_similarity=True))
+
+
+def test_loss_is_float32_for_bfloat16_inputs():
+  z = jnp.asarray(np.random.RandomState(0).randn(8, 16), jnp.bfloat16)
+  assert nt_xent(z).dtype == jnp.float32
