@@ -72,7 +72,7 @@ def build_task(config, mesh, data: train_loop.DeviceData) -> train_loop.Task:
   step_fn = train_loop.make_train_step(
       classifier_loss_fn(model), functools.partial(augment.classifier_views, params=aug), tx, mesh,
       config.batch_size, spe, trainable=trainable, skip_nonfinite=config.skip_nonfinite,
-      inject_nan_at_step=config.get('inject_nan_at_step', -1))
+      inject_nan_at_step=config.inject_nan_at_step)
   evaluator = ClassifierEvaluator(_apply(model), data, mesh, config, aug)
   return train_loop.Task(
       state=state, step_fn=step_fn, images=data.train_images, labels=data.train_labels,

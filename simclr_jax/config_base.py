@@ -63,6 +63,7 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.log_every_steps = 50
   c.skip_nonfinite = False   # True: skip updates whose loss or gradients are not finite, and count them
+  c.inject_nan_at_step = -1  # fault injection for tests: make the loss NaN at this step
   c.seed = 0
   return c
 

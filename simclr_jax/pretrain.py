@@ -47,7 +47,7 @@ def build_task(config, mesh, data: train_loop.DeviceData) -> train_loop.Task:
   step_fn = train_loop.make_train_step(
       simclr_loss_fn(model, config.temperature, config.clamp_similarity),
       functools.partial(augment.simclr_views, params=aug), tx, mesh, config.batch_size, spe,
-      skip_nonfinite=config.skip_nonfinite, inject_nan_at_step=config.get('inject_nan_at_step', -1))
+      skip_nonfinite=config.skip_nonfinite, inject_nan_at_step=config.inject_nan_at_step)
   encoder_apply = _encoder_apply(model.encoder)
   evaluator = KnnEvaluator(encoder_apply, data, mesh, config, aug)
   return train_loop.Task(

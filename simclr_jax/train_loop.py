@@ -190,51 +190,51 @@ def run(config, workdir: str, task: Task) -> dict:
                                                'train_seconds': train_seconds + time.time() - t_start})
 
   images_per_second = None
-  with _PreemptionFlag() as preempt:
-    t_start = time.time()
-    for epoch in range(step // spe, total_epochs):
-      perm = epoch_permutation(state['key'], epoch, task.images.shape[0], spe * config.batch_size)
-      sums, t_window, n_window = None, time.time(), 0
-      epoch_sums, epoch_n = None, 0
-      for _ in range(step - epoch * spe, spe):
-        state, metrics = task.step_fn(state, task.images, task.labels, perm)
-        step += 1
-        n_window += 1
-        sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-        epoch_sums = metrics if epoch_sums is None else jax.tree.map(jnp.add, epoch_sums, metrics)
-        epoch_n += 1
-        if step % config.log_every_steps == 0 or step == (epoch + 1) * spe:
-          scalars = {k: float(v) / n_window for k, v in sums.items()}
-          elapsed = time.time() - t_window
-          images_per_second = n_window * config.batch_size / max(elapsed, 1e-9)
-          lr = float(task.schedule(step)) if task.schedule else float('nan')
-          writer.write('train', step, {**scalars, 'learning_rate': lr, 'images_per_second': images_per_second})
-          eta = (total_steps - step) * elapsed / n_window
-          shown = ' '.join(f'{k} {v:.4f}' for k, v in scalars.items())
-          log(f'epoch {epoch + 1}/{total_epochs} step {step}/{total_steps} {shown} lr {lr:.4g} '
-              f'{images_per_second:,.0f} img/s eta {format_eta(eta)}')
-          sums, t_window, n_window = None, time.time(), 0
-        if preempt.raised:
+  try:
+    with _PreemptionFlag() as preempt:
+      t_start = time.time()
+      for epoch in range(step // spe, total_epochs):
+        perm = epoch_permutation(state['key'], epoch, task.images.shape[0], spe * config.batch_size)
+        sums, t_window, n_window = None, time.time(), 0
+        epoch_sums, epoch_n = None, 0
+        for _ in range(step - epoch * spe, spe):
+          state, metrics = task.step_fn(state, task.images, task.labels, perm)
+          step += 1
+          n_window += 1
+          sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+          epoch_sums = metrics if epoch_sums is None else jax.tree.map(jnp.add, epoch_sums, metrics)
+          epoch_n += 1
+          if step % config.log_every_steps == 0 or step == (epoch + 1) * spe:
+            scalars = {k: float(v) / n_window for k, v in sums.items()}
+            elapsed = time.time() - t_window
+            images_per_second = n_window * config.batch_size / max(elapsed, 1e-9)
+            lr = float(task.schedule(step)) if task.schedule else float('nan')
+            writer.write('train', step, {**scalars, 'learning_rate': lr, 'images_per_second': images_per_second})
+            eta = (total_steps - step) * elapsed / n_window
+            shown = ' '.join(f'{k} {v:.4f}' for k, v in scalars.items())
+            log(f'epoch {epoch + 1}/{total_epochs} step {step}/{total_steps} {shown} lr {lr:.4g} '
+                f'{images_per_second:,.0f} img/s eta {format_eta(eta)}')
+            sums, t_window, n_window = None, time.time(), 0
+          if preempt.raised:
+            save(step)
+            raise Preempted(f'{preempt.raised} at step {step}: checkpoint saved in '
+                            f'{checkpoint.checkpoint_dir(workdir)}; rerun the same command to resume')
+        _check_finite(state, config)
+        last = epoch + 1 == total_epochs
+        if last or (task.eval_every_epochs and (epoch + 1) % task.eval_every_epochs == 0):
+          scalars = task.evaluate(_variables(state))
+          if epoch_sums is not None:
+            scalars.update({f'train_{k}': float(v) / epoch_n for k, v in epoch_sums.items()})
+          writer.write('eval', step, {'epoch': epoch + 1, **scalars})
+          log(f'epoch {epoch + 1} ' + ' '.join(f'{k} {v:.4f}' for k, v in scalars.items()))
+        if last or (config.checkpoint_every_epochs and (epoch + 1) % config.checkpoint_every_epochs == 0):
           save(step)
-          manager.wait_until_finished()
-          writer.close()
-          raise Preempted(f'{preempt.raised} at step {step}: checkpoint saved in '
-                          f'{checkpoint.checkpoint_dir(workdir)}; rerun the same command to resume')
-      _check_finite(state, config)
-      last = epoch + 1 == total_epochs
-      if last or (task.eval_every_epochs and (epoch + 1) % task.eval_every_epochs == 0):
-        scalars = task.evaluate(_variables(state))
-        if epoch_sums is not None:
-          scalars.update({f'train_{k}': float(v) / epoch_n for k, v in epoch_sums.items()})
-        writer.write('eval', step, {'epoch': epoch + 1, **scalars})
-        log(f'epoch {epoch + 1} ' + ' '.join(f'{k} {v:.4f}' for k, v in scalars.items()))
-      if last or (config.checkpoint_every_epochs and (epoch + 1) % config.checkpoint_every_epochs == 0):
-        save(step)
-    train_seconds += time.time() - t_start
-  manager.wait_until_finished()
-  if manager.latest_step() != step:
-    save(step)
+      train_seconds += time.time() - t_start
+  except BaseException:  # preempted, non-finite or interrupted: finish the save, flush the logs
     manager.wait_until_finished()
+    writer.close()
+    raise
+  manager.wait_until_finished()
   facts = {'epochs': total_epochs, 'steps': step, 'train_seconds': train_seconds,
            'images_per_second': images_per_second, 'nonfinite_steps': int(state['nonfinite_count'])}
   results = task.summarize(writer, facts)

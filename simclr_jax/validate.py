@@ -107,15 +107,23 @@ def check_workdir(workdir: str, config, fresh: bool = False) -> None:
                           'kept in a previous-N folder) or choose another --workdir') from None
       current = json.loads(config.to_json())
       differ = [k for k in config_base.RUN_DEFINING_FIELDS if saved.get(k) != current.get(k)]
-      if differ:
+      if not differ:
+        return
+      if not _has_checkpoint(workdir):  # a run that never saved: keep its files aside, start anew
+        _archive_run(workdir)
+      else:
         detail = ', '.join(f'{k}: {saved.get(k)!r} -> {current.get(k)!r}' for k in differ)
         raise ConfigError(f'workdir {workdir!r} holds a run with another config ({detail}): '
                           'choose another --workdir, or pass --fresh to start afresh')
-      return
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     f.write(config.to_json(indent=2))
   os.replace(tmp, path)
+
+
+def _has_checkpoint(workdir: str) -> bool:
+  folder = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder))
 
 
 def _archive_run(workdir: str) -> None:

@@ -55,3 +55,12 @@ def error_line(proc) -> str:
   """The CLI's one-line error (the last line on stderr that starts with 'error:')."""
   lines = [l for l in proc.stderr.splitlines() if l.startswith(('error:', 'preempted:'))]
   return lines[-1] if lines else proc.stderr[-2000:]
+
+
+@pytest.fixture(scope='session')
+def pretrained_workdir(tmp_path_factory):
+  """A real one-epoch pretraining run made through the CLI, shared by the downstream tests."""
+  workdir = tmp_path_factory.mktemp('pretrained') / 'run'
+  proc = run_cli('pretrain', workdir, epochs=1)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
