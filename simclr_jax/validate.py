@@ -83,8 +83,11 @@ def check_workdir(workdir: str, config, fresh: bool = False) -> None:
   """Makes sure workdir is writable and, if it holds a run, that the run is this config's.
 
   Writes workdir/config.json the first time. With fresh=True an earlier run is moved
-  into workdir/previous-<n> rather than deleted.
+  into workdir/previous-<n> rather than deleted. In a multi-process run only process 0 checks.
   """
+  import jax
+  if jax.process_index() != 0:
+    return
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f'.write-test-{os.getpid()}')

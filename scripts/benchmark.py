@@ -1,0 +1,211 @@
+"""Times the compiled pretraining step (batch gather, two augmented views, forward, NT-Xent, backward,
+update) and, with --reference, the PyTorch reference in the same invocation.
+
+    python scripts/benchmark.py --dataset=cifar10_jpeg --data_dir=../shared/data/tfds \
+        --batch_sizes=512,1024 --dtypes=bfloat16,float32 --reference=../shared/reference/simclr_torch.py
+    python scripts/benchmark.py --tiny   # CPU smoke run: narrow network, few images
+
+Each figure is the median of --windows timed windows of --steps steps after --warmup steps,
+synchronised on the results. Also reported: compile time, cold and warm dataset load, one kNN
+evaluation, and the step without augmentation (where the time goes). Prints a table last and
+writes --out (JSON).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--dataset', default='cifar10')
+  p.add_argument('--data_dir', default='')
+  p.add_argument('--train_limit', type=int, default=0)
+  p.add_argument('--model', default='resnet18')
+  p.add_argument('--width', type=float, default=1.0)
+  p.add_argument('--batch_sizes', default='512,1024')
+  p.add_argument('--dtypes', default='bfloat16,float32')
+  p.add_argument('--steps', type=int, default=50, help='steps per timed window')
+  p.add_argument('--windows', type=int, default=5)
+  p.add_argument('--warmup', type=int, default=10)
+  p.add_argument('--no_ablation', action='store_true', help='skip the step without augmentation')
+  p.add_argument('--profile_dir', default='', help='write a jax.profiler trace of a few steps here')
+  p.add_argument('--reference', default='', help='path of simclr_torch.py to run in the same invocation')
+  p.add_argument('--reference_batch_size', type=int, default=512)
+  p.add_argument('--reference_limit', type=int, default=0, help='--limit for the reference train run')
+  p.add_argument('--out', default='benchmark.json')
+  p.add_argument('--tiny', action='store_true', help='CPU smoke settings: width 0.125, 512 images, few steps')
+  args = p.parse_args(argv)
+  if args.tiny:
+    args.width, args.train_limit, args.batch_sizes, args.dtypes = 0.125, 512, '64', 'float32'
+    args.steps, args.windows, args.warmup = 2, 2, 1
+  return args
+
+
+def make_config(args, batch_size: int, dtype: str):
+  from simclr_jax.config_base import load_config_file
+  c = load_config_file(os.path.join(ROOT, 'configs', 'pretrain.py'))
+  c.dataset, c.data_dir, c.train_limit = args.dataset, args.data_dir, args.train_limit
+  c.model, c.width, c.dtype, c.batch_size = args.model, args.width, dtype, batch_size
+  c.epochs, c.warmup_epochs = 100, 1.0
+  return c
+
+
+def time_dataset_load(args) -> dict:
+  from simclr_jax import data
+  with tempfile.TemporaryDirectory() as cache:
+    old = os.environ.get('SIMCLR_JAX_CACHE')
+    os.environ['SIMCLR_JAX_CACHE'] = cache
+    try:
+      t0 = time.perf_counter()
+      data.load_dataset(args.dataset, args.data_dir, args.train_limit)
+      cold = time.perf_counter() - t0
+      t0 = time.perf_counter()
+      data.load_dataset(args.dataset, args.data_dir, args.train_limit)
+      warm = time.perf_counter() - t0
+    finally:
+      if old is None:
+        os.environ.pop('SIMCLR_JAX_CACHE')
+      else:
+        os.environ['SIMCLR_JAX_CACHE'] = old
+  return {'cold_load_s': cold, 'warm_load_s': warm}
+
+
+def time_step(args, config, mesh, device_data, augment_views: bool = True) -> dict:
+  import jax
+  from simclr_jax import augment, optim, pretrain, train_loop
+  task = pretrain.build_task(config, mesh, device_data)
+  step_fn = task.step_fn
+  if not augment_views:  # the same step with the views replaced by the normalised images, twice
+    aug = augment.augment_params_from_config(config.augment)
+    model = pretrain.make_model(config)
+    plain = lambda key, x: jax.numpy.repeat(augment.eval_view(x, aug), 2, axis=0)
+    step_fn = train_loop.make_train_step(
+        pretrain.simclr_loss_fn(model, config.temperature, False), plain,
+        optim.make_optimizer(config, task.schedule), mesh,
+        config.batch_size, task.steps_per_epoch)
+  n = device_data.train_images.shape[0]
+  perm = train_loop.epoch_permutation(task.state['key'], 0, n, task.steps_per_epoch * config.batch_size)
+  state = task.state
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(state, task.images, task.labels, perm).compile()
+  compile_s = time.perf_counter() - t0
+  for _ in range(args.warmup):
+    state, metrics = compiled(state, task.images, task.labels, perm)
+  jax.block_until_ready(metrics)
+  rates = []
+  for _ in range(args.windows):
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+      state, metrics = compiled(state, task.images, task.labels, perm)
+    jax.block_until_ready((state['params'], metrics))
+    rates.append(args.steps * config.batch_size / (time.perf_counter() - t0))
+  out = {'images_per_s': statistics.median(rates), 'windows': rates, 'compile_s': compile_s,
+         'loss': float(metrics['loss'])}
+  if args.profile_dir and augment_views:
+    with jax.profiler.trace(os.path.join(args.profile_dir, f'b{config.batch_size}_{config.dtype}')):
+      for _ in range(5):
+        state, metrics = compiled(state, task.images, task.labels, perm)
+      jax.block_until_ready(metrics)
+  out['knn'] = task.evaluate if augment_views else None
+  out['state'] = state
+  return out
+
+
+def run_reference(args) -> dict:
+  def call(*extra):
+    cmd = [sys.executable, args.reference, *extra, '--batch-size', str(args.reference_batch_size)]
+    if args.data_dir:
+      cmd += ['--data-dir', args.data_dir]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+      raise SystemExit(f'error: the reference failed ({" ".join(cmd)}): {proc.stderr.strip()[-500:]}')
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+  limit = ['--limit', str(args.reference_limit)] if args.reference_limit else []
+  pipeline = call('train', '--epochs', '1', '--dataset', args.dataset, *limit)
+  images = (args.reference_limit or 50000) // args.reference_batch_size * args.reference_batch_size
+  pipeline['images_per_s'] = images / pipeline['s_per_epoch']
+  ceiling = call('bench', '--pipeline', 'synthetic', '--amp', '--channels-last', '--compile')
+  return {'pipeline': pipeline, 'ceiling': ceiling}
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  import jax
+  from simclr_jax import parallel, train_loop
+  mesh = parallel.make_mesh()
+  result = {'device': jax.devices()[0].device_kind, 'devices': len(jax.devices()), 'jax': jax.__version__,
+            'date': time.strftime('%Y-%m-%d'), 'argv': sys.argv[1:], 'dataset': args.dataset,
+            'model': args.model, 'width': args.width, 'steps': []}
+  result.update(time_dataset_load(args))
+  first = make_config(args, int(args.batch_sizes.split(',')[0]), args.dtypes.split(',')[0])
+  device_data = train_loop.load_device_data(first, mesh)
+  n = device_data.train_images.shape[0]
+  knn_done = False
+  for dtype in args.dtypes.split(','):
+    for batch in (int(b) for b in args.batch_sizes.split(',')):
+      config = make_config(args, batch, dtype)
+      r = time_step(args, config, mesh, device_data)
+      row = {'batch_size': batch, 'dtype': dtype, 'images_per_s': r['images_per_s'], 'windows': r['windows'],
+             'compile_s': r['compile_s'], 'epoch_s': n / r['images_per_s']}
+      if not args.no_ablation:
+        plain = time_step(args, config, mesh, device_data, augment_views=False)
+        row['no_augment_images_per_s'] = plain['images_per_s']
+        row['augment_share'] = 1 - r['images_per_s'] / plain['images_per_s']
+      if not knn_done:
+        variables = {'params': r['state']['params'], 'batch_stats': r['state']['batch_stats']}
+        for name in ('knn_first_s', 'knn_s'):  # the first call compiles
+          t0 = time.perf_counter()
+          r['knn'](variables)
+          result[name] = time.perf_counter() - t0
+        knn_done = True
+      result['steps'].append(row)
+      print(json.dumps(row), flush=True)
+  if args.reference:
+    result['reference'] = run_reference(args)
+    pipe, ceil = result['reference']['pipeline']['images_per_s'], result['reference']['ceiling']['images_per_s']
+    for row in result['steps']:
+      row['x_torch_pipeline'] = row['images_per_s'] / pipe
+      row['x_torch_ceiling'] = row['images_per_s'] / ceil
+  with open(args.out, 'w') as f:
+    json.dump(result, f, indent=2)
+  print(format_table(result))
+  return 0
+
+
+def format_table(result) -> str:
+  lines = [f"simclr_jax pretraining step on {result['device']} x{result['devices']}, {result['dataset']}, "
+           f"{result['model']} width {result['width']}, jax {result['jax']}, {result['date']}",
+           f"dataset load: cold {result['cold_load_s']:.1f} s, warm {result['warm_load_s']:.2f} s; "
+           f"kNN eval {result.get('knn_s', float('nan')):.2f} s (first call {result.get('knn_first_s', float('nan')):.1f} s)"]
+  ref = result.get('reference')
+  if ref:
+    lines.append(f"PyTorch reference: pipeline {ref['pipeline']['images_per_s']:,.0f} img/s "
+                 f"(train --epochs 1), compute ceiling {ref['ceiling']['images_per_s']:,.0f} img/s "
+                 f"(bench synthetic, amp, channels_last, compile)")
+  head = '| batch | dtype | images/s | epoch s | no-augment images/s | augment share | compile s |'
+  if ref:
+    head += ' x torch pipeline | x torch ceiling |'
+  lines += ['', head, '|' + '---|' * (head.count('|') - 1)]
+  for r in result['steps']:
+    cells = [str(r['batch_size']), r['dtype'], f"{r['images_per_s']:,.0f}", f"{r['epoch_s']:.2f}",
+             f"{r.get('no_augment_images_per_s', float('nan')):,.0f}", f"{100 * r.get('augment_share', float('nan')):.0f}%",
+             f"{r['compile_s']:.1f}"]
+    if ref:
+      cells += [f"{r['x_torch_pipeline']:.1f}", f"{r['x_torch_ceiling']:.2f}"]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,54 @@
+"""Two processes on localhost (jax.distributed, one CPU device each) against one process with two
+devices: the same global batch gives the same loss trajectory; only process 0 writes."""
+import json
+import os
+import socket
+import subprocess
+
+from conftest import ROOT, cli_args
+
+FIELDS = dict(train_limit=256, batch_size=64, epochs=1, log_every_steps=1, knn_every_epochs=0)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _losses(workdir):
+  rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  return [r['loss'] for r in rows if r['kind'] == 'train']
+
+
+def _two_processes(workdir, **fields):
+  port = _free_port()
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}
+  procs = [subprocess.Popen(cli_args('pretrain', workdir, **{**FIELDS, **fields}) + [
+      f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=900) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  return [o for o, _ in outs]
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+  multi, single = tmp_path / 'multi', tmp_path / 'single'
+  outs = _two_processes(multi)
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  proc = subprocess.run(cli_args('pretrain', single, **FIELDS), cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  a, b = _losses(multi), _losses(single)
+  assert len(a) == len(b) == 4
+  for x, y in zip(a, b):
+    assert abs(x - y) < 5e-3 * abs(y), (a, b)
+  assert 'results:' in outs[0] and 'epoch 1/1' in outs[0]
+  assert 'results:' not in outs[1] and 'epoch' not in outs[1]  # only process 0 logs
+  assert json.loads((multi / 'results.json').read_text())['steps'] == 4
+  assert os.listdir(multi / 'checkpoints') == ['4']
+
+  outs = _two_processes(multi, epochs=2)  # Orbax restores across processes
+  assert 'resumed from' in outs[0]
+  assert json.loads((multi / 'results.json').read_text())['steps'] == 8
