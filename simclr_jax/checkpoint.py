@@ -49,6 +49,7 @@ def restore_latest(manager: ocp.CheckpointManager, target_state):
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
   except Exception as e:
+    manager.close()  # stops Orbax's background work before the process exits
     raise CheckpointError(f'checkpoint {path} cannot be restored into this run '
                           f'({type(e).__name__}: {_first_line(e)}): it is corrupt or from another '
                           'config; move it away or use another --workdir') from None

@@ -183,3 +183,20 @@ def test_workdir_with_a_run_of_another_config_is_refused_unless_fresh(pretrained
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert _snapshot(workdir / 'previous-1') == before  # the old run is kept, not deleted
   assert json.loads((workdir / 'config.json').read_text())['width'] == 0.25
+
+
+def test_resume_from_a_corrupt_checkpoint_names_it_and_keeps_it(pretrained_workdir, tmp_path):
+  workdir = tmp_path / 'w'
+  shutil.copytree(pretrained_workdir, workdir)
+  step_dir = checkpoint_step_dir(workdir)
+  for dirpath, _, files in os.walk(os.path.join(step_dir, 'state')):
+    for f in files:
+      if f.startswith('ocdbt') or 'manifest' in f or f.endswith('.process_0'):
+        os.remove(os.path.join(dirpath, f))
+  for dirpath, dirs, files in os.walk(os.path.join(step_dir, 'state')):
+    for d in dirs:
+      if d.startswith('ocdbt') or d == 'd':
+        shutil.rmtree(os.path.join(dirpath, d))
+  before = _snapshot(workdir)
+  line = _fails(run_cli('pretrain', workdir, epochs=2), f'checkpoint {step_dir}', 'cannot be restored')
+  assert _snapshot(workdir) == before
