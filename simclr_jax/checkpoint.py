@@ -34,6 +34,10 @@ def save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
 
 
 def _complete_steps(manager) -> list[int]:
+  """Steps with a complete checkpoint on disk (temporary folders of interrupted saves excluded)."""
+  if hasattr(manager, 'reload'):
+    manager.reload()
+    return sorted(manager.all_steps())
   return sorted(manager.all_steps(read=True))
 
 
@@ -115,6 +119,16 @@ def restore_encoder(path: str) -> tuple[dict, dict]:
 
 def _read_numpy_subtrees(path: str, keys) -> dict:
   """Reads the named top-level subtrees of a saved pytree as numpy arrays, on any device count."""
+  from absl import logging
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)  # Orbax warns that an item folder has no step metadata
+  try:
+    return _read_numpy_subtrees_quietly(path, keys)
+  finally:
+    logging.set_verbosity(verbosity)
+
+
+def _read_numpy_subtrees_quietly(path: str, keys) -> dict:
   with ocp.PyTreeCheckpointer() as checkpointer:
     meta = checkpointer.metadata(path)
     tree = getattr(meta, 'item_metadata', meta)

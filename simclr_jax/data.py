@@ -105,7 +105,7 @@ def _check_features(builder, name: str) -> None:
                     'use an image-classification dataset')
   image = features['image'] if 'image' in features else None
   shape = tuple(getattr(image, 'shape', ()) or ())
-  dtype = str(getattr(getattr(image, 'dtype', None), 'name', getattr(image, 'dtype', '')))
+  dtype = str(getattr(image, 'np_dtype', None) or getattr(image, 'dtype', ''))
   if image is None or len(shape) != 3 or shape[2] != 3 or None in shape or 'uint8' not in dtype:
     raise DataError(f'dataset {name!r} images are {shape} {dtype or "missing"}, not HxWx3 uint8: '
                     'use a dataset of fixed-size RGB images')

@@ -189,7 +189,7 @@ def run(config, workdir: str, task: Task) -> dict:
     checkpoint.save(manager, step_now, state, {'config': config_dict, 'step': step_now,
                                                'train_seconds': train_seconds + time.time() - t_start})
 
-  images_per_second = None
+  rates = []  # images/s of each logging window; the first one includes compilation
   try:
     with _PreemptionFlag() as preempt:
       t_start = time.time()
@@ -208,6 +208,7 @@ def run(config, workdir: str, task: Task) -> dict:
             scalars = {k: float(v) / n_window for k, v in sums.items()}
             elapsed = time.time() - t_window
             images_per_second = n_window * config.batch_size / max(elapsed, 1e-9)
+            rates.append(images_per_second)
             lr = float(task.schedule(step)) if task.schedule else float('nan')
             writer.write('train', step, {**scalars, 'learning_rate': lr, 'images_per_second': images_per_second})
             eta = (total_steps - step) * elapsed / n_window
@@ -236,7 +237,8 @@ def run(config, workdir: str, task: Task) -> dict:
     raise
   manager.wait_until_finished()
   facts = {'epochs': total_epochs, 'steps': step, 'train_seconds': train_seconds,
-           'images_per_second': images_per_second, 'nonfinite_steps': int(state['nonfinite_count'])}
+           'images_per_second': float(np.median(rates[1:] or rates)) if rates else None,
+           'nonfinite_steps': int(state['nonfinite_count'])}
   results = task.summarize(writer, facts)
   writer.close()
   if jax.process_index() == 0:
