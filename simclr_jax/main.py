@@ -81,7 +81,10 @@ def main(argv):
   except (errors.UserError, errors.NonFiniteError, errors.Preempted) as e:
     print(f'error: {e}' if not isinstance(e, errors.Preempted) else f'preempted: {e}',
           file=sys.stderr, flush=True)
-    sys.exit(e.exit_code)
+    sys.stdout.flush()
+    # Checkpoints and logs are already complete here; skip interpreter teardown, where
+    # Orbax's and TensorStore's background threads can print tracebacks after the error line.
+    os._exit(e.exit_code)
 
 
 if __name__ == '__main__':
