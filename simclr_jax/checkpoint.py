@@ -7,8 +7,10 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 
 import jax
 import numpy as np
@@ -33,6 +35,23 @@ def save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
                                              meta=ocp.args.JsonSave(meta)), force=True)
 
 
+@contextlib.contextmanager
+def _quiet_stderr_on_failure():
+  """Sends stderr to /dev/null while Orbax reads; on failure waits briefly so that its reader
+  threads' tracebacks (an asyncio loop closed under them) do not bury the one-line error."""
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    yield
+  except Exception:
+    time.sleep(1.0)
+    raise
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
 def _complete_steps(manager) -> list[int]:
   """Steps with a complete checkpoint on disk (temporary folders of interrupted saves excluded)."""
   if hasattr(manager, 'reload'):
@@ -50,10 +69,10 @@ def restore_latest(manager: ocp.CheckpointManager, target_state):
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
   path = os.path.join(str(manager.directory), str(step))
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    with _quiet_stderr_on_failure():
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
   except Exception as e:
-    manager.close()  # stops Orbax's background work before the process exits
     raise CheckpointError(f'checkpoint {path} cannot be restored into this run '
                           f'({type(e).__name__}: {_first_line(e)}): it is corrupt or from another '
                           'config; move it away or use another --workdir') from None
@@ -104,7 +123,8 @@ def restore_encoder(path: str) -> tuple[dict, dict]:
     raise CheckpointError(f'checkpoint {step_dir} carries no config: it is not a simclr_jax '
                           'checkpoint; point init_from at a simclr_jax workdir')
   try:
-    restored = _read_numpy_subtrees(os.path.join(step_dir, 'state'), ('params', 'batch_stats'))
+    with _quiet_stderr_on_failure():
+      restored = _read_numpy_subtrees(os.path.join(step_dir, 'state'), ('params', 'batch_stats'))
   except Exception as e:
     raise CheckpointError(f'checkpoint {step_dir} cannot be read ({type(e).__name__}: '
                           f'{_first_line(e)}): it is corrupt or truncated; point init_from at '
