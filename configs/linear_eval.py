@@ -1,7 +1,13 @@
-"""Frozen-encoder linear probe: encoder weights and BatchNorm statistics never change.
+"""Linear evaluation of a frozen SimCLR encoder (encoder weights and BatchNorm statistics never change).
 
     python -m simclr_jax.main --config=configs/linear_eval.py --workdir=runs/linear \
         --config.init_from=runs/pretrain
+    ... --config.protocol=augmented   # train a linear head with augmentation for config.epochs
+
+protocol 'features' (default): embed the splits once without augmentation and fit a multinomial
+logistic regression on the frozen features, its weight decay chosen on a held-out tenth of the
+training split (config.evals.linear): seconds. protocol 'augmented': SGD on a linear head over
+the frozen encoder with random crops and flips, as the SimCLR paper's linear evaluation does.
 """
 from simclr_jax.config_base import base_config
 

@@ -53,12 +53,11 @@ def parse_args(argv):
 
 
 def make_config(args, batch_size: int, dtype: str):
-  from simclr_jax.config_base import load_config_file
-  c = load_config_file(os.path.join(ROOT, 'configs', 'pretrain.py'))
-  c.dataset, c.data_dir, c.train_limit = args.dataset, args.data_dir, args.train_limit
-  c.model, c.width, c.dtype, c.batch_size = args.model, args.width, dtype, batch_size
-  c.epochs, c.warmup_epochs = 100, 1.0
-  return c
+  from simclr_jax.config_base import apply_overrides, load_config_file
+  return apply_overrides(load_config_file(os.path.join(ROOT, 'configs', 'pretrain.py')), {
+      'dataset': args.dataset, 'data_dir': args.data_dir, 'train_limit': args.train_limit,
+      'model': args.model, 'width': args.width, 'dtype': dtype, 'batch_size': batch_size,
+      'epochs': 100, 'warmup_epochs': 1.0})
 
 
 def time_dataset_load(args) -> dict:
@@ -81,44 +80,50 @@ def time_dataset_load(args) -> dict:
   return {'cold_load_s': cold, 'warm_load_s': warm}
 
 
-def time_step(args, config, mesh, device_data, augment_views: bool = True) -> dict:
+def time_step(args, config, mesh, inputs, augment_views: bool = True) -> dict:
   import jax
-  from simclr_jax import augment, optim, pretrain, train_loop
-  task = pretrain.build_task(config, mesh, device_data)
-  step_fn = task.step_fn
+  from simclr_jax import augment, pretrain
+  make_views = None
   if not augment_views:  # the same step with the views replaced by the normalised images, twice
-    aug = augment.augment_params_from_config(config.augment)
-    model = pretrain.make_model(config)
-    plain = lambda key, x: jax.numpy.repeat(augment.eval_view(x, aug), 2, axis=0)
-    step_fn = train_loop.make_train_step(
-        pretrain.simclr_loss_fn(model, config.temperature, False), plain,
-        optim.make_optimizer(config, task.schedule), mesh,
-        config.batch_size, task.steps_per_epoch)
-  n = device_data.train_images.shape[0]
-  perm = train_loop.epoch_permutation(task.state['key'], 0, n, task.steps_per_epoch * config.batch_size)
+    aug = augment.settings_from_config(config.augment)
+    make_views = lambda key, x: jax.numpy.repeat(augment.eval_view(x, aug), 2, axis=0)
+  task = pretrain.build_task(config, mesh, inputs, make_views=make_views)
+  step_fn = inputs.bind(task.step_fn)
+  step_args = next(inputs.epoch(0))
   state = task.state
   t0 = time.perf_counter()
-  compiled = step_fn.lower(state, task.images, task.labels, perm).compile()
+  compiled = step_fn.lower(state, *step_args).compile()
   compile_s = time.perf_counter() - t0
   for _ in range(args.warmup):
-    state, metrics = compiled(state, task.images, task.labels, perm)
+    state, metrics = compiled(state, *step_args)
   jax.block_until_ready(metrics)
   rates = []
   for _ in range(args.windows):
     t0 = time.perf_counter()
     for _ in range(args.steps):
-      state, metrics = compiled(state, task.images, task.labels, perm)
-    jax.block_until_ready((state['params'], metrics))
+      state, metrics = compiled(state, *step_args)
+    jax.block_until_ready((state.params, metrics))
     rates.append(args.steps * config.batch_size / (time.perf_counter() - t0))
   out = {'images_per_s': statistics.median(rates), 'windows': rates, 'compile_s': compile_s,
          'loss': float(metrics['loss'])}
   if args.profile_dir and augment_views:
     with jax.profiler.trace(os.path.join(args.profile_dir, f'b{config.batch_size}_{config.dtype}')):
       for _ in range(5):
-        state, metrics = compiled(state, task.images, task.labels, perm)
+        state, metrics = compiled(state, *step_args)
       jax.block_until_ready(metrics)
-  out['knn'] = task.evaluate if augment_views else None
-  out['state'] = state
+  out['task'], out['state'] = task, state
+  return out
+
+
+def time_knn(config, inputs, task, state) -> dict:
+  """Seconds of one kNN evaluation (embedding both splits, then the vote), first call and warm."""
+  from simclr_jax.evaluate import EvalContext, KnnEvaluator
+  knn = KnnEvaluator(config.evals.knn)
+  out = {}
+  for name in ('knn_first_s', 'knn_s'):  # the first call compiles
+    t0 = time.perf_counter()
+    knn(EvalContext(task.infer, state.variables, inputs, config.eval_batch_size))
+    out[name] = time.perf_counter() - t0
   return out
 
 
@@ -142,32 +147,28 @@ def run_reference(args) -> dict:
 def main(argv=None) -> int:
   args = parse_args(argv)
   import jax
-  from simclr_jax import parallel, train_loop
+  from simclr_jax import data, input_pipeline, parallel
   mesh = parallel.make_mesh()
   result = {'device': jax.devices()[0].device_kind, 'devices': len(jax.devices()), 'jax': jax.__version__,
             'date': time.strftime('%Y-%m-%d'), 'argv': sys.argv[1:], 'dataset': args.dataset,
             'model': args.model, 'width': args.width, 'steps': []}
   result.update(time_dataset_load(args))
-  first = make_config(args, int(args.batch_sizes.split(',')[0]), args.dtypes.split(',')[0])
-  device_data = train_loop.load_device_data(first, mesh)
-  n = device_data.train_images.shape[0]
+  dataset = data.load_dataset(args.dataset, args.data_dir, args.train_limit)
+  n = len(dataset.train.images)
   knn_done = False
   for dtype in args.dtypes.split(','):
     for batch in (int(b) for b in args.batch_sizes.split(',')):
       config = make_config(args, batch, dtype)
-      r = time_step(args, config, mesh, device_data)
+      inputs = input_pipeline.device_inputs(dataset, mesh, batch, config.seed)
+      r = time_step(args, config, mesh, inputs)
       row = {'batch_size': batch, 'dtype': dtype, 'images_per_s': r['images_per_s'], 'windows': r['windows'],
              'compile_s': r['compile_s'], 'epoch_s': n / r['images_per_s']}
       if not args.no_ablation:
-        plain = time_step(args, config, mesh, device_data, augment_views=False)
+        plain = time_step(args, config, mesh, inputs, augment_views=False)
         row['no_augment_images_per_s'] = plain['images_per_s']
         row['augment_share'] = 1 - r['images_per_s'] / plain['images_per_s']
       if not knn_done:
-        variables = {'params': r['state']['params'], 'batch_stats': r['state']['batch_stats']}
-        for name in ('knn_first_s', 'knn_s'):  # the first call compiles
-          t0 = time.perf_counter()
-          r['knn'](variables)
-          result[name] = time.perf_counter() - t0
+        result.update(time_knn(config, inputs, r['task'], r['state']))
         knn_done = True
       result['steps'].append(row)
       print(json.dumps(row), flush=True)

@@ -32,14 +32,15 @@ def main(argv=None) -> int:
   from simclr_jax import augment, data
   from simclr_jax.config_base import load_config_file
 
-  params = augment.augment_params_from_config(load_config_file(args.config).augment)
+  settings = augment.settings_from_config(load_config_file(args.config).augment)
   ds = data.load_dataset(args.dataset, args.data_dir, train_limit=args.num)
-  images = jnp.asarray(ds.train_images[:args.num])
-  views = np.asarray(jax.jit(augment.simclr_views, static_argnums=2)(jax.random.PRNGKey(args.seed), images, params))
-  views = views * np.asarray(params.std) + np.asarray(params.mean)  # undo the normalisation to show
+  originals = ds.train.images[:args.num]
+  views = np.asarray(jax.jit(augment.simclr_views, static_argnums=2)(
+      jax.random.PRNGKey(args.seed), jnp.asarray(originals), settings))
+  views = views * np.asarray(settings.std) + np.asarray(settings.mean)  # undo the normalisation to show
   fig, axes = plt.subplots(args.num, 3, figsize=(4.5, 1.5 * args.num))
   for i in range(args.num):
-    for j, (img, title) in enumerate(((ds.train_images[i] / 255.0, 'image'), (views[2 * i], 'view 1'),
+    for j, (img, title) in enumerate(((originals[i] / 255.0, 'image'), (views[2 * i], 'view 1'),
                                       (views[2 * i + 1], 'view 2'))):
       axes[i, j].imshow(np.clip(img, 0, 1), interpolation='nearest')
       axes[i, j].axis('off')

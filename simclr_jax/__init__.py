@@ -1,8 +1,9 @@
-"""SimCLR pretraining of CIFAR ResNets in JAX/Flax.
+"""SimCLR pretraining of ResNets in JAX/Flax.
 
     import simclr_jax
-    encoder = simclr_jax.load_encoder('runs/pretrain')
+    encoder = simclr_jax.load_encoder('runs/pretrain')      # or an exported .safetensors file
     features = encoder.embed(images_uint8)
+    simclr_jax.export_encoder('runs/pretrain', 'encoder.safetensors')
 """
 
 
@@ -12,4 +13,10 @@ def load_encoder(path: str):
   return _load(path)
 
 
-__all__ = ['load_encoder']
+def export_encoder(workdir: str, path: str) -> str:
+  """See simclr_jax.encoder.export_encoder."""
+  from simclr_jax.encoder import export_encoder as _export
+  return _export(workdir, path)
+
+
+__all__ = ['load_encoder', 'export_encoder']

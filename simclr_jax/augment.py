@@ -1,7 +1,9 @@
 """Image augmentation on the accelerator: pure per-image functions of (key, image), batched with vmap.
 
-    views = simclr_views(key, images_uint8, AugmentParams())   # [2B, H, W, 3] float32, rows 2k/2k+1
-    x = classifier_views(key, images_uint8, AugmentParams())    # [B, H, W, 3] float32
+    views = simclr_views(key, images_uint8, AugmentSettings())   # [2B, H, W, 3] float32, rows 2k/2k+1
+    x = classifier_views(key, images_uint8, AugmentSettings())    # [B, H, W, 3] float32
+
+AugmentSettings' defaults are the project's defaults (config_base.augment_config reads them).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
-class AugmentParams(NamedTuple):
+class AugmentSettings(NamedTuple):
   """Strengths and probabilities (hashable, so it can be a static argument of jit)."""
   crop_scale: tuple[float, float] = (0.08, 1.0)
   crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -34,10 +36,10 @@ class AugmentParams(NamedTuple):
   std: tuple[float, float, float] = CIFAR_STD
 
 
-def augment_params_from_config(cfg) -> AugmentParams:
-  """Reads an `augment` ConfigDict into AugmentParams."""
+def settings_from_config(cfg) -> AugmentSettings:
+  """Reads an `augment` ConfigDict into AugmentSettings."""
   fields = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items()}
-  return AugmentParams(**fields)
+  return AugmentSettings(**fields)
 
 
 def crop_box(key: jax.Array, height: int, width: int, scale, ratio, attempts: int = 10):
@@ -57,14 +59,34 @@ def crop_box(key: jax.Array, height: int, width: int, scale, ratio, attempts: in
   return y0, x0, h, w
 
 
+def _bilinear_weights(start, length, in_size: int, out_size: int) -> jax.Array:
+  """[out_size, in_size] weights that resample pixels [start, start + length) onto out_size pixels:
+  half-pixel centres, and source positions clamped to the box's own edge pixels (torch's
+  interpolate(mode='bilinear', align_corners=False), which torchvision's resized_crop calls)."""
+  length = jnp.asarray(length, jnp.float32)
+  src = (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * (length / out_size) - 0.5
+  src = jnp.clip(src, 0.0, length - 1)
+  lo = jnp.floor(src)
+  frac = (src - lo)[:, None]
+  lo = lo.astype(jnp.int32)
+  hi = jnp.minimum(lo + 1, length.astype(jnp.int32) - 1)
+  cols = jnp.arange(in_size)[None, :]
+  return ((cols == (start + lo)[:, None]) * (1 - frac) + (cols == (start + hi)[:, None]) * frac)
+
+
+def resized_crop(image: jax.Array, y0, x0, h, w, out_size: tuple[int, int]) -> jax.Array:
+  """The box [y0, y0 + h) x [x0, x0 + w) of a float [H, W, C] image, resized (bilinear) to out_size.
+  Only pixels inside the box contribute, as in torchvision.transforms.functional.resized_crop."""
+  wy = _bilinear_weights(y0, h, image.shape[0], out_size[0])
+  wx = _bilinear_weights(x0, w, image.shape[1], out_size[1])
+  return jnp.einsum('ay,yxc,bx->abc', wy, image, wx, precision=jax.lax.Precision.HIGHEST)
+
+
 def random_resized_crop(key: jax.Array, image: jax.Array, scale, ratio) -> jax.Array:
   """Crops a random box and resizes it (bilinear) back to the input size; image is [H, W, C] float."""
   height, width = image.shape[:2]
   y0, x0, h, w = crop_box(key, height, width, scale, ratio)
-  sy, sx = height / h.astype(jnp.float32), width / w.astype(jnp.float32)
-  return jax.image.scale_and_translate(
-      image, image.shape, spatial_dims=(0, 1), scale=jnp.stack([sy, sx]),
-      translation=jnp.stack([-y0 * sy, -x0 * sx]), method='linear', antialias=False)
+  return resized_crop(image, y0, x0, h, w, (height, width))
 
 
 def _gray3(image):
@@ -93,9 +115,9 @@ def color_jitter(key: jax.Array, image: jax.Array, brightness: float, contrast: 
   return image
 
 
-def normalize(image: jax.Array, params: AugmentParams) -> jax.Array:
+def normalize(image: jax.Array, settings: AugmentSettings) -> jax.Array:
   """Maps a [0, 1] image to zero mean, unit variance per channel."""
-  return (image - jnp.asarray(params.mean)) / jnp.asarray(params.std)
+  return (image - jnp.asarray(settings.mean)) / jnp.asarray(settings.std)
 
 
 def to_unit(image: jax.Array) -> jax.Array:
@@ -103,48 +125,48 @@ def to_unit(image: jax.Array) -> jax.Array:
   return image.astype(jnp.float32) / 255.0
 
 
-def simclr_view(key: jax.Array, image: jax.Array, params: AugmentParams) -> jax.Array:
+def simclr_view(key: jax.Array, image: jax.Array, settings: AugmentSettings) -> jax.Array:
   """One SimCLR view of a uint8 [H, W, 3] image, normalised float32."""
   k_crop, k_flip, k_jit, k_jit_p, k_gray, k_blur, k_blur_p = jax.random.split(key, 7)
-  x = random_resized_crop(k_crop, to_unit(image), params.crop_scale, params.crop_ratio)
-  x = jnp.where(jax.random.uniform(k_flip) < params.flip_prob, x[:, ::-1], x)
-  if params.jitter_prob > 0:
-    jittered = color_jitter(k_jit, x, params.brightness, params.contrast, params.saturation, params.hue)
-    x = jnp.where(jax.random.uniform(k_jit_p) < params.jitter_prob, jittered, x)
-  x = jnp.where(jax.random.uniform(k_gray) < params.grayscale_prob, _gray3(x), x)
-  if params.blur_prob > 0:
-    sigma = jax.random.uniform(k_blur, minval=params.blur_sigma[0], maxval=params.blur_sigma[1])
+  x = random_resized_crop(k_crop, to_unit(image), settings.crop_scale, settings.crop_ratio)
+  x = jnp.where(jax.random.uniform(k_flip) < settings.flip_prob, x[:, ::-1], x)
+  if settings.jitter_prob > 0:
+    jittered = color_jitter(k_jit, x, settings.brightness, settings.contrast, settings.saturation, settings.hue)
+    x = jnp.where(jax.random.uniform(k_jit_p) < settings.jitter_prob, jittered, x)
+  x = jnp.where(jax.random.uniform(k_gray) < settings.grayscale_prob, _gray3(x), x)
+  if settings.blur_prob > 0:
+    sigma = jax.random.uniform(k_blur, minval=settings.blur_sigma[0], maxval=settings.blur_sigma[1])
     kernel = max(3, int(0.1 * image.shape[0]) | 1)
-    x = jnp.where(jax.random.uniform(k_blur_p) < params.blur_prob,
+    x = jnp.where(jax.random.uniform(k_blur_p) < settings.blur_prob,
                   pix.gaussian_blur(x, sigma, kernel), x)
-  return normalize(x, params)
+  return normalize(x, settings)
 
 
-def simclr_views(key: jax.Array, images: jax.Array, params: AugmentParams) -> jax.Array:
+def simclr_views(key: jax.Array, images: jax.Array, settings: AugmentSettings) -> jax.Array:
   """Two views per image of a uint8 [B, H, W, 3] batch: [2B, H, W, 3], rows 2k and 2k+1 from image k."""
   keys = jax.random.split(key, (images.shape[0], 2))
-  views = jax.vmap(jax.vmap(simclr_view, in_axes=(0, None, None)), in_axes=(0, 0, None))(keys, images, params)
+  views = jax.vmap(jax.vmap(simclr_view, in_axes=(0, None, None)), in_axes=(0, 0, None))(keys, images, settings)
   return views.reshape((-1,) + images.shape[1:])
 
 
-def classifier_view(key: jax.Array, image: jax.Array, params: AugmentParams) -> jax.Array:
+def classifier_view(key: jax.Array, image: jax.Array, settings: AugmentSettings) -> jax.Array:
   """Random crop with zero padding and a horizontal flip, normalised float32."""
   k_y, k_x, k_flip = jax.random.split(key, 3)
-  p = params.crop_padding
+  p = settings.crop_padding
   x = jnp.pad(to_unit(image), ((p, p), (p, p), (0, 0)))
   y0 = jax.random.randint(k_y, (), 0, 2 * p + 1)
   x0 = jax.random.randint(k_x, (), 0, 2 * p + 1)
   x = jax.lax.dynamic_slice(x, (y0, x0, 0), image.shape)
-  x = jnp.where(jax.random.uniform(k_flip) < params.flip_prob, x[:, ::-1], x)
-  return normalize(x, params)
+  x = jnp.where(jax.random.uniform(k_flip) < settings.flip_prob, x[:, ::-1], x)
+  return normalize(x, settings)
 
 
-def classifier_views(key: jax.Array, images: jax.Array, params: AugmentParams) -> jax.Array:
+def classifier_views(key: jax.Array, images: jax.Array, settings: AugmentSettings) -> jax.Array:
   """classifier_view over a uint8 batch [B, H, W, 3]."""
   keys = jax.random.split(key, images.shape[0])
-  return jax.vmap(classifier_view, in_axes=(0, 0, None))(keys, images, params)
+  return jax.vmap(classifier_view, in_axes=(0, 0, None))(keys, images, settings)
 
 
-def eval_view(images: jax.Array, params: AugmentParams) -> jax.Array:
+def eval_view(images: jax.Array, settings: AugmentSettings) -> jax.Array:
   """No augmentation: uint8 batch to normalised float32."""
-  return normalize(to_unit(images), params)
+  return normalize(to_unit(images), settings)

@@ -1,15 +1,19 @@
 """Orbax checkpoints in workdir/checkpoints, and the encoder restore for later stages.
 
     manager = make_manager(workdir, keep=3)
-    save(manager, step, state, meta)
-    state, meta = restore_latest(manager, state)              # (None, None) when there is none
+    save(manager, step, state, meta)             # synchronous; a failure raises CheckpointError
+    update_meta(manager, step, meta)             # rewrite the meta of an existing step
+    state, meta = restore_latest(manager, state)  # (None, None) when there is none
+    list_steps(workdir)                          # the complete checkpoints' steps, ascending
     encoder_vars, saved_config = restore_encoder('runs/pretrain')
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import time
 
 import jax
@@ -23,21 +27,123 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
+def list_steps(path: str) -> list[int]:
+  """Steps of the complete checkpoints under a workdir or its checkpoints/ folder, ascending.
+
+  Orbax writes each step into a temporary folder and renames it to <step> once complete, so a
+  folder named by its step alone is a complete checkpoint; the temporary ones are never listed.
+  """
+  folder = path if os.path.basename(os.path.normpath(path)) == 'checkpoints' else checkpoint_dir(path)
+  if not os.path.isdir(folder):
+    return []
+  return sorted(int(n) for n in os.listdir(folder)
+                if n.isdigit() and os.path.isdir(os.path.join(folder, n, 'state')))
+
+
+def latest_step_dir(workdir: str) -> str | None:
+  steps = list_steps(workdir)
+  return os.path.join(checkpoint_dir(workdir), str(steps[-1])) if steps else None
+
+
 def make_manager(workdir: str, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
-  """A CheckpointManager with two items per step: 'state' (arrays) and 'meta' (JSON)."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
+  """A CheckpointManager with two items per step: 'state' (arrays) and 'meta' (JSON). Saves are
+  synchronous, so a failed save stops the run at that step rather than later."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
+                                         enable_async_checkpointing=False)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=('state', 'meta'))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
-  """Saves asynchronously; Orbax writes to a temporary folder and renames it when complete."""
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             meta=ocp.args.JsonSave(meta)), force=True)
+  """Writes checkpoints/<step> (via a temporary folder renamed when complete). A failure (no space,
+  no permission, a quota) removes the partial folder and raises CheckpointError naming the cause;
+  the checkpoints already there are untouched."""
+  folder = str(manager.directory)
+  _warn_if_space_is_short(folder)
+  try:
+    with _quiet_stderr_on_failure():
+      manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                 meta=ocp.args.JsonSave(meta)), force=True)
+      manager.wait_until_finished()
+  except Exception as e:
+    _remove_partial(folder, step)
+    steps = list_steps(folder)
+    resume = (f'rerun the same command to resume from checkpoint {steps[-1]}' if steps
+              else 'rerun the same command to start again')
+    raise CheckpointError(f'cannot write checkpoint {step} in {folder} ({_cause(e)}): free space '
+                          f'or fix permissions there, then {resume}') from None
+
+
+def update_meta(manager: ocp.CheckpointManager, step: int, meta: dict) -> None:
+  """Replaces the meta item of the existing checkpoint <step> (atomically: a new file renamed
+  over the old), e.g. to record an evaluation made after that step was saved."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(str(manager.directory), str(step), 'meta', 'metadata')
+  tmp = f'{path}.tmp{os.getpid()}'
+  try:
+    with open(tmp, 'w') as f:
+      json.dump(meta, f)
+    os.replace(tmp, path)
+  except OSError as e:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise CheckpointError(f'cannot update checkpoint {step} in {manager.directory} '
+                          f'({e.strerror}): free space or fix permissions there, then rerun the '
+                          'same command') from None
+
+
+def _cause(e: BaseException) -> str:
+  """The OS error behind an Orbax or TensorStore failure, else the first line of the message."""
+  seen = e
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.errno:
+      return os.strerror(seen.errno)
+    seen = seen.__cause__ or seen.__context__
+  text = str(e)
+  for code in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM):
+    if os.strerror(code).lower() in text.lower():
+      return os.strerror(code)
+  return f'{type(e).__name__}: {_first_line(e)}'
+
+
+def _remove_partial(folder: str, step: int) -> None:
+  if not os.path.isdir(folder):
+    return
+  for name in os.listdir(folder):
+    if name.startswith(f'{step}.') and 'tmp' in name:
+      shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+
+
+def _folder_bytes(path: str) -> int:
+  total = 0
+  for dirpath, _, files in os.walk(path):
+    for f in files:
+      try:
+        total += os.path.getsize(os.path.join(dirpath, f))
+      except OSError:
+        pass
+  return total
+
+
+def _warn_if_space_is_short(folder: str) -> None:
+  """A notice when the free space is less than twice the newest checkpoint's size."""
+  from simclr_jax.metrics import log
+  steps = list_steps(folder)
+  if not steps:
+    return
+  size = _folder_bytes(os.path.join(folder, str(steps[-1])))
+  try:
+    free = shutil.disk_usage(folder).free
+  except OSError:
+    return
+  if free < 2 * size:
+    log(f'notice: {free / 2**20:.1f} MiB free in {folder}, a checkpoint takes {size / 2**20:.1f} '
+        'MiB: free space there before a save fails')
 
 
 @contextlib.contextmanager
 def _quiet_stderr_on_failure():
-  """Sends stderr to /dev/null while Orbax reads; on failure waits briefly so that its reader
+  """Sends stderr to /dev/null while Orbax works; on failure waits briefly so that its worker
   threads' tracebacks (an asyncio loop closed under them) do not bury the one-line error."""
   saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
   os.dup2(devnull, 2)
@@ -52,17 +158,9 @@ def _quiet_stderr_on_failure():
     os.close(devnull)
 
 
-def _complete_steps(manager) -> list[int]:
-  """Steps with a complete checkpoint on disk (temporary folders of interrupted saves excluded)."""
-  if hasattr(manager, 'reload'):
-    manager.reload()
-    return sorted(manager.all_steps())
-  return sorted(manager.all_steps(read=True))
-
-
 def restore_latest(manager: ocp.CheckpointManager, target_state):
   """Restores the newest complete checkpoint onto target_state's structure and shardings."""
-  steps = _complete_steps(manager)
+  steps = list_steps(str(manager.directory))
   if not steps:
     return None, None
   step = steps[-1]
@@ -84,56 +182,55 @@ def _first_line(e: BaseException) -> str:
   return lines[0][:300] if lines else ''
 
 
-def find_checkpoint(path: str) -> str:
-  """Resolves a workdir, a checkpoints folder or one step folder to a step folder."""
+def find_checkpoint(path: str, role: str = 'init_from') -> str:
+  """Resolves a workdir, a checkpoints folder or one step folder to a step folder. `role` names
+  the argument in errors (init_from, load_encoder's path)."""
   path = os.path.abspath(path)
   if not os.path.exists(path):
-    raise CheckpointError(f'init_from {path!r} does not exist: point it at a pretraining workdir '
+    raise CheckpointError(f'{role} {path!r} does not exist: point it at a simclr_jax workdir '
                           'or one of its checkpoints/<step> folders')
   if os.path.isdir(os.path.join(path, 'state')):
     return path
-  folder = path if os.path.basename(path) == 'checkpoints' else os.path.join(path, 'checkpoints')
-  steps = []
-  if os.path.isdir(folder):
-    steps = sorted(int(n) for n in os.listdir(folder)
-                   if n.isdigit() and os.path.isdir(os.path.join(folder, n, 'state')))
+  steps = list_steps(path)
   if not steps:
-    raise CheckpointError(f'init_from {path!r} holds no complete checkpoint: point it at a '
+    raise CheckpointError(f'{role} {path!r} holds no complete checkpoint: point it at a '
                           'workdir whose run saved one (workdir/checkpoints/<step>)')
+  folder = path if os.path.basename(path) == 'checkpoints' else checkpoint_dir(path)
   return os.path.join(folder, str(steps[-1]))
 
 
-def read_meta(step_dir: str) -> dict:
+def read_meta(step_dir: str, role: str = 'init_from') -> dict:
   try:
     with open(os.path.join(step_dir, 'meta', 'metadata')) as f:
       return json.load(f)
   except (OSError, ValueError):
     raise CheckpointError(f'checkpoint {step_dir} has no readable meta/metadata: it is corrupt '
-                          'or not a simclr_jax checkpoint; point init_from at another run') from None
+                          f'or not a simclr_jax checkpoint; point {role} at another run') from None
 
 
-def restore_encoder(path: str) -> tuple[dict, dict]:
+def restore_encoder(path: str, role: str = 'init_from') -> tuple[dict, dict]:
   """Reads only the encoder subtree of a pretraining or classifier checkpoint.
 
-  Returns ({'params': ..., 'batch_stats': ...} as numpy arrays, the run's config dict).
+  Returns ({'params': ..., 'batch_stats': ...} as numpy arrays, the checkpoint's meta: the run's
+  'config', 'image_shape', 'step', ...).
   """
-  step_dir = find_checkpoint(path)
-  meta = read_meta(step_dir)
+  step_dir = find_checkpoint(path, role)
+  meta = read_meta(step_dir, role)
   if 'config' not in meta:
     raise CheckpointError(f'checkpoint {step_dir} carries no config: it is not a simclr_jax '
-                          'checkpoint; point init_from at a simclr_jax workdir')
+                          f'checkpoint; point {role} at a simclr_jax workdir')
   try:
     with _quiet_stderr_on_failure():
       restored = _read_numpy_subtrees(os.path.join(step_dir, 'state'), ('params', 'batch_stats'))
   except Exception as e:
     raise CheckpointError(f'checkpoint {step_dir} cannot be read ({type(e).__name__}: '
-                          f'{_first_line(e)}): it is corrupt or truncated; point init_from at '
+                          f'{_first_line(e)}): it is corrupt or truncated; point {role} at '
                           'another checkpoint') from None
   if any('encoder' not in restored.get(k, {}) for k in ('params', 'batch_stats')):
     raise CheckpointError(f'checkpoint {step_dir} holds no encoder: it is not a simclr_jax model '
-                          'checkpoint; point init_from at a pretraining workdir')
+                          f'checkpoint; point {role} at a pretraining workdir')
   encoder = {k: jax.tree.map(np.asarray, restored[k]['encoder']) for k in ('params', 'batch_stats')}
-  return encoder, meta['config']
+  return encoder, meta
 
 
 

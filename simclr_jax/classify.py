@@ -1,19 +1,29 @@
 """Classifier stages: finetune (from a SimCLR encoder), linear_eval (frozen encoder) and supervised.
 
     results = train_and_evaluate(config, workdir)
+
+linear_eval has two protocols: 'features' (the default) embeds the splits once without
+augmentation and fits a logistic regression on the frozen features (simclr_jax.linear_probe),
+in seconds; 'augmented' trains a linear head on the frozen encoder with the classifier
+augmentation for config.epochs, as the SimCLR paper's linear evaluation does.
 """
 from __future__ import annotations
 
 import functools
+import json
+import os
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from simclr_jax import augment, checkpoint, models, optim, parallel, train_loop
+from simclr_jax import augment, checkpoint, data, input_pipeline, models, optim, parallel, train_loop
 from simclr_jax.errors import CheckpointError
-from simclr_jax.evaluate import ClassifierEvaluator
+from simclr_jax.evaluate import EvalContext, LinearEvaluator, make_evaluators
 from simclr_jax.losses import classification_loss
+from simclr_jax.metrics import log, write_results
 
 ENCODER_FIELDS = ('model', 'width')
 
@@ -24,22 +34,24 @@ def make_model(config, num_classes: int) -> models.Classifier:
                            frozen_encoder=config.stage == 'linear_eval')
 
 
-def load_pretrained_encoder(config, variables: dict) -> dict:
+def load_pretrained_encoder(init_from: str, model: str, width: float, variables: dict) -> dict:
   """Replaces the encoder subtree of `variables` with init_from's; errors name what differs."""
-  encoder, saved = checkpoint.restore_encoder(config.init_from)
+  encoder, meta = checkpoint.restore_encoder(init_from)
+  saved = meta['config']
   if saved.get('stage') != 'pretrain':
-    raise CheckpointError(f'init_from {config.init_from!r} is a {saved.get("stage")!r} run, not a '
+    raise CheckpointError(f'init_from {init_from!r} is a {saved.get("stage")!r} run, not a '
                           'pretraining run: point it at a workdir made with configs/pretrain.py')
-  differ = [f'{k}: checkpoint {saved.get(k)!r}, config {config[k]!r}'
-            for k in ENCODER_FIELDS if saved.get(k) != config[k]]
+  wanted = {'model': model, 'width': width}
+  differ = [f'{k}: checkpoint {saved.get(k)!r}, config {wanted[k]!r}'
+            for k in ENCODER_FIELDS if saved.get(k) != wanted[k]]
   if differ:
-    raise CheckpointError(f'init_from {config.init_from!r} has another encoder ({"; ".join(differ)}): '
+    raise CheckpointError(f'init_from {init_from!r} has another encoder ({"; ".join(differ)}): '
                           'set the same --config.model and --config.width as the pretraining run')
   for collection in ('params', 'batch_stats'):
     want = jax.tree.map(np.shape, variables[collection]['encoder'])
     got = jax.tree.map(np.shape, encoder[collection])
     if want != got:
-      raise CheckpointError(f'init_from {config.init_from!r}: encoder {collection} do not match this '
+      raise CheckpointError(f'init_from {init_from!r}: encoder {collection} do not match this '
                             'architecture; pretrain with the same model and width')
   return {c: {**variables[c], 'encoder': jax.tree.map(jnp.asarray, encoder[c])}
           for c in ('params', 'batch_stats')}
@@ -50,59 +62,102 @@ def classifier_loss_fn(model):
     out, updated = model.apply({'params': params, 'batch_stats': batch_stats}, x, train=True,
                                mutable=['batch_stats'])
     logits = out['logits']
+    loss = classification_loss(logits, labels)
     top1 = jnp.mean(jnp.argmax(logits, -1) == labels)
-    return classification_loss(logits, labels), (updated['batch_stats'], {'top1': top1})
+    return loss, (updated['batch_stats'], {'loss': loss, 'top1': top1})
   return loss_fn
 
 
-def build_task(config, mesh, data: train_loop.DeviceData) -> train_loop.Task:
-  parallel.check_batch_size(config.batch_size, mesh)
-  model = make_model(config, data.num_classes)
-  aug = augment.augment_params_from_config(config.augment)
-  spe = train_loop.steps_per_epoch(data.train_images.shape[0], config.batch_size)
-  schedule = optim.make_schedule(config, spe)
-  tx = optim.make_optimizer(config, schedule)
-  x = jnp.zeros((2,) + tuple(data.train_images.shape[1:]), jnp.float32)
+def _initial_variables(config, model, image_shape) -> dict:
+  x = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
   variables = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(config.seed), x)
   if config.stage in ('finetune', 'linear_eval'):
-    variables = load_pretrained_encoder(config, variables)
-  trainable = 'head' if config.stage == 'linear_eval' else None
-  state = train_loop.init_state(variables['params'], variables['batch_stats'], tx, config.seed, trainable)
+    variables = load_pretrained_encoder(config.init_from, config.model, config.width, variables)
+  return variables
+
+
+def build_task(config, mesh, inputs) -> train_loop.Task:
+  parallel.check_batch_size(config.batch_size, mesh)
+  model = make_model(config, inputs.num_classes)
+  aug = augment.settings_from_config(config.augment)
+  spe = inputs.steps_per_epoch
+  schedule = optim.make_schedule(config.learning_rate, config.lr_scaling, config.batch_size,
+                                 config.epochs, config.warmup_epochs, spe)
+  model_tx = optim.make_optimizer(config.optimizer, schedule, config.momentum, config.weight_decay)
+  frozen = config.stage == 'linear_eval'
+  tx = optim.partition({'model': model_tx, 'frozen': optax.set_to_zero()},
+                       {'encoder': 'frozen' if frozen else 'model', 'head': 'model'})
+  variables = _initial_variables(config, model, inputs.image_shape)
+  state = train_loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed)
   state = jax.device_put(state, parallel.replicated(mesh))
   step_fn = train_loop.make_train_step(
-      classifier_loss_fn(model), functools.partial(augment.classifier_views, params=aug), tx, mesh,
-      config.batch_size, spe, trainable=trainable, skip_nonfinite=config.skip_nonfinite,
-      inject_nan_at_step=config.inject_nan_at_step)
-  evaluator = ClassifierEvaluator(_apply(model), data, mesh, config, aug)
+      classifier_loss_fn(model), functools.partial(augment.classifier_views, settings=aug), tx,
+      config.inject_nan_at_step)
+  infer = jax.jit(lambda v, x: model.apply(v, augment.eval_view(x, aug), train=False))
+  notes = {'stage': config.stage, 'label_fraction': config.label_fraction,
+           'init_from': config.init_from if config.stage != 'supervised' else None}
+  if frozen:
+    notes['protocol'] = 'augmented'
   return train_loop.Task(
-      state=state, step_fn=step_fn, images=data.train_images, labels=data.train_labels,
-      steps_per_epoch=spe, evaluate=evaluator, eval_every_epochs=config.eval_every_epochs,
-      summarize=functools.partial(summarize, config), schedule=schedule)
+      state=state, step_fn=step_fn, inputs=inputs,
+      evaluators=make_evaluators(config.evals, {'labels'}), infer=infer, summarize=summarize,
+      schedule=schedule, notes=notes)
 
 
-def _apply(model):
-  def apply(variables, x, train=False):
-    return model.apply(variables, x, train=train)
-  return apply
-
-
-def summarize(config, writer, facts: dict) -> dict:
-  evals = writer.rows('eval')
+def summarize(record: dict, facts: dict) -> dict:
+  """results.json of a classifier stage, from the checkpoint's record."""
+  evals = [r for r in record['evals'] if 'test_top1' in r]
   best = max(evals, key=lambda r: r['test_top1']) if evals else {}
   last = evals[-1] if evals else {}
-  return {**facts, 'stage': config.stage, 'test_top1': last.get('test_top1'),
-          'best_test_top1': best.get('test_top1'), 'best_epoch': best.get('epoch'),
-          'train_top1': last.get('train_top1'), 'label_fraction': config.label_fraction,
-          'init_from': config.init_from if config.stage != 'supervised' else None,
+  probes = [r for r in record['evals'] if 'linear_top1' in r]
+  return {**facts, 'test_top1': last.get('test_top1'), 'best_test_top1': best.get('test_top1'),
+          'best_epoch': best.get('epoch'), 'train_top1': last.get('train_top1'),
+          'linear_top1': probes[-1]['linear_top1'] if probes else None,
           'history': [{k: r.get(k) for k in ('epoch', 'train_top1', 'train_loss', 'test_top1', 'test_loss')}
                       for r in evals]}
 
 
+def linear_probe_on_features(config, workdir: str, mesh, inputs) -> dict:
+  """linear_eval with protocol 'features': embed once, fit the probe, write results.json."""
+  results_path = os.path.join(workdir, 'results.json')
+  if os.path.exists(results_path):
+    log(f'the run in {workdir} is complete: results.json is kept as it is')
+    with open(results_path) as f:
+      return json.load(f)
+  t0 = time.time()
+  model = make_model(config, inputs.num_classes)
+  aug = augment.settings_from_config(config.augment)
+  variables = jax.device_put(_initial_variables(config, model, inputs.image_shape),
+                             parallel.replicated(mesh))
+  infer = jax.jit(lambda v, x: model.apply(v, augment.eval_view(x, aug), train=False))
+  ctx = EvalContext(infer, variables, inputs, config.eval_batch_size)
+  ctx.features('train'), ctx.features('test')
+  embed_seconds = time.time() - t0
+  fit = LinearEvaluator(config.evals.linear)(ctx)
+  results = {'stage': 'linear_eval', 'protocol': 'features', 'test_top1': fit['linear_top1'],
+             'best_test_top1': fit['linear_top1'], 'weight_decay': fit['linear_weight_decay'],
+             'label_fraction': config.label_fraction,
+             'init_from': config.init_from, 'train_examples': inputs.num_examples,
+             'embed_seconds': embed_seconds, 'train_seconds': time.time() - t0, 'epochs': 0,
+             'history': []}
+  return write_results(workdir, results)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains the classifier stage to config.epochs and writes workdir/results.json."""
+  """Trains (or, for linear_eval on features, fits) the classifier stage; writes results.json."""
+  done = train_loop.finished_results(config, workdir)
+  if done is not None:
+    return done
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   if config.stage in ('finetune', 'linear_eval'):
     checkpoint.find_checkpoint(config.init_from)  # fail before the data is read
-  data = train_loop.load_device_data(config, mesh, config.label_fraction)
-  return train_loop.run(config, workdir, build_task(config, mesh, data))
+  dataset = data.load_dataset(config.dataset, config.data_dir, config.train_limit)
+  if config.label_fraction < 1.0:
+    keep = data.balanced_subset(dataset.train.labels, config.label_fraction, dataset.num_classes,
+                                config.label_seed)
+    dataset = data.Dataset(dataset.name, dataset.num_classes, dataset.train.subset(keep), dataset.test)
+  inputs = input_pipeline.device_inputs(dataset, mesh, config.batch_size, config.seed)
+  if config.stage == 'linear_eval' and config.protocol == 'features':
+    return linear_probe_on_features(config, workdir, mesh, inputs)
+  return train_loop.run(config, workdir, build_task(config, mesh, inputs))

@@ -1,7 +1,7 @@
 """TFDS image-classification splits as in-memory uint8 arrays, cached after the first decode.
 
-    ds = load_dataset('cifar10', data_dir='')           # Dataset(train_images, train_labels, ...)
-    images, labels = ds.train_images, ds.train_labels    # uint8 [N, H, W, 3], int32 [N]
+    ds = load_dataset('cifar10', data_dir='')           # Dataset(name, num_classes, train, test)
+    images, labels = ds.train.images, ds.train.labels    # uint8 [N, H, W, 3], int32 [N]
 
 Reading needs no TensorFlow when the data is prepared in array_record format
 (tfds.data_source); only downloading and preparing does.
@@ -11,22 +11,32 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from simclr_jax.errors import DataError
+from simclr_jax.metrics import log
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  images: np.ndarray              # uint8 [N, H, W, 3]
+  labels: np.ndarray | None       # int32 [N]; None for unlabelled images
+
+  def subset(self, keep) -> 'Split':
+    return Split(self.images[keep], None if self.labels is None else self.labels[keep])
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   name: str
-  num_classes: int
-  train_images: np.ndarray
-  train_labels: np.ndarray
-  test_images: np.ndarray
-  test_labels: np.ndarray
+  num_classes: int                # 0 when unlabelled
+  train: Split
+  test: Split | None
+  class_names: tuple = ()         # label i is class_names[i], when known
 
 
 def cache_root() -> str:
@@ -111,9 +121,19 @@ def _check_features(builder, name: str) -> None:
                     'use a dataset of fixed-size RGB images')
 
 
-def _cache_path(builder, split: str, data_dir: str) -> str:
+def _cache_path(builder, split: str) -> str:
   key = hashlib.sha1(os.path.abspath(str(builder.data_dir)).encode()).hexdigest()[:12]
   return os.path.join(cache_root(), builder.name, str(builder.version), key, f'{split}.npz')
+
+
+def _source_fingerprint(builder, split: str) -> str:
+  """What the cached arrays were decoded from: the dataset folder's files (names, sizes,
+  modification times) and the split's size. Any change rebuilds the cache."""
+  folder = str(builder.data_dir)
+  entries = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(folder)
+                   if e.is_file())
+  return json.dumps({'split': split, 'examples': builder.info.splits[split].num_examples,
+                     'files': entries})
 
 
 def _decode(raw) -> np.ndarray:
@@ -143,23 +163,42 @@ def _read_split(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
-def load_split(builder, split: str, data_dir: str = '') -> tuple[np.ndarray, np.ndarray]:
-  """(uint8 [N, H, W, 3], int32 [N]) for one split, from the user cache when it is there."""
-  path = _cache_path(builder, split, data_dir)
+def _cache_problem(f, fingerprint: str, expected: int, shape: tuple, num_classes: int) -> str:
+  """Why a cache file cannot stand for the split ('' when it can)."""
+  if 'fingerprint' not in f or str(f['fingerprint']) != fingerprint:
+    return 'made from other source files'
+  images, labels = f['images'], f['labels']
+  if images.dtype != np.uint8 or images.shape != (expected,) + shape:
+    return f'images {images.shape} {images.dtype}, expected {(expected,) + shape} uint8'
+  if labels.shape != (expected,) or labels.dtype != np.int32:
+    return f'labels {labels.shape} {labels.dtype}, expected ({expected},) int32'
+  if expected and (labels.min() < 0 or labels.max() >= num_classes):
+    return f'labels outside [0, {num_classes})'
+  return ''
+
+
+def load_split(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """(uint8 [N, H, W, 3], int32 [N]) for one split, from the user cache when it is valid for the
+  source (fingerprint, shapes, dtype, label range); otherwise decoded and cached again."""
+  path = _cache_path(builder, split)
+  fingerprint = _source_fingerprint(builder, split)
   expected = builder.info.splits[split].num_examples
+  shape = tuple(builder.info.features['image'].shape)
+  num_classes = int(builder.info.features['label'].num_classes)
   if os.path.exists(path):
     try:
       with np.load(path) as f:
-        images, labels = f['images'], f['labels']
-      if len(images) == expected:
-        return images, labels
-    except Exception:  # a damaged cache file is simply rebuilt
-      pass
+        problem = _cache_problem(f, fingerprint, expected, shape, num_classes)
+        if not problem:
+          return f['images'], f['labels']
+    except Exception as e:  # a damaged cache file is simply rebuilt
+      problem = f'unreadable ({type(e).__name__})'
+    log(f'notice: cache {path} does not match {builder.name}/{split} ({problem}): rebuilding it')
   images, labels = _read_split(builder, split)
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f'{path}.tmp{os.getpid()}.npz'
-    np.savez(tmp, images=images, labels=labels)
+    np.savez(tmp, images=images, labels=labels, fingerprint=np.asarray(fingerprint))
     os.replace(tmp, path)
   except OSError:
     pass  # an unwritable cache only costs speed
@@ -172,12 +211,15 @@ def load_dataset(name: str, data_dir: str = '', train_limit: int = 0) -> Dataset
   splits = builder.info.splits
   if 'train' not in splits or 'test' not in splits:
     raise DataError(f'dataset {name!r} needs "train" and "test" splits, it has {sorted(splits)}')
-  train_images, train_labels = load_split(builder, 'train', data_dir)
-  test_images, test_labels = load_split(builder, 'test', data_dir)
+  train = Split(*load_split(builder, 'train'))
+  test = Split(*load_split(builder, 'test'))
   if train_limit:
-    train_images, train_labels = train_images[:train_limit], train_labels[:train_limit]
-  return Dataset(name, int(builder.info.features['label'].num_classes),
-                 train_images, train_labels, test_images, test_labels)
+    if train_limit > len(train.images):
+      log(f'notice: train_limit={train_limit} is above the {len(train.images)} training images of '
+          f'{name}: all of them are used')
+    train = train.subset(slice(0, train_limit))
+  label = builder.info.features['label']
+  return Dataset(name, int(label.num_classes), train, test, tuple(label.names))
 
 
 def balanced_subset(labels: np.ndarray, fraction: float, num_classes: int, seed: int = 0) -> np.ndarray:

@@ -1,7 +1,13 @@
-"""Evaluators run between epochs: kNN monitor for pretraining, test accuracy for classifiers.
+"""Evaluators, chosen and scheduled from config.evals, each given only its own sub-config.
 
-    features = embed(encoder, variables, images, mesh)       # L2-normalised [N, F]
-    top1 = knn_top1(train_f, train_y, test_f, test_y, num_classes=10)
+    evaluators = make_evaluators(config.evals, available={'labels', 'probe'})
+    ctx = EvalContext(infer, variables, inputs, batch=1000)  # one round; outputs computed once
+    scalars = {}
+    for e in evaluators: scalars.update(e(ctx))
+
+A new evaluator is a class with `name`, a constructor taking its sub-config (which has
+every_epochs) and __call__(ctx) -> {name: float}, plus an entry in EVALUATORS and a default
+sub-config in config_base.
 """
 from __future__ import annotations
 
@@ -11,43 +17,39 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simclr_jax import augment, parallel
+from simclr_jax.linear_probe import fit_linear_probe
 from simclr_jax.losses import classification_loss
+from simclr_jax.metrics import log
 
 
-def _batches(n: int, batch: int):
-  for start in range(0, n, batch):
-    yield start, min(batch, n - start)
+class EvalContext:
+  """One evaluation round: the model's inference-mode outputs on each split, computed on first
+  use and shared by every evaluator of the round."""
+
+  def __init__(self, infer, variables, inputs, batch: int):
+    self.infer, self.variables, self.inputs, self.batch = infer, variables, inputs, batch
+    self._outputs = {}
+
+  @property
+  def num_classes(self) -> int:
+    return self.inputs.num_classes
+
+  def labels(self, split: str) -> np.ndarray:
+    return self.inputs.host_labels[split]
+
+  def outputs(self, split: str) -> dict:
+    """{output name: [N, ...] float32} of the model in inference mode on the unaugmented split."""
+    if split not in self._outputs:
+      parts = [jax.tree.map(lambda a, n=valid: a[:n], self.infer(self.variables, chunk))
+               for chunk, valid in self.inputs.chunks(split, self.batch)]
+      self._outputs[split] = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
+    return self._outputs[split]
+
+  def features(self, split: str) -> jax.Array:
+    return self.outputs(split)['features']
 
 
-def _padded(x, batch):
-  n = x.shape[0]
-  if n == batch:
-    return x
-  return jnp.concatenate([x, jnp.zeros((batch - n,) + x.shape[1:], x.dtype)])
-
-
-@functools.partial(jax.jit, static_argnames=('apply_fn', 'params'))
-def _apply_eval(variables, images, apply_fn, params):
-  return apply_fn(variables, augment.eval_view(images, params), train=False)
-
-
-def run_inference(apply_fn, variables, images: jax.Array, mesh, batch: int,
-                  params: augment.AugmentParams, output: str) -> jax.Array:
-  """apply_fn(variables, x, train=False)[output] over device-resident uint8 images, in chunks."""
-  n_dev = mesh.devices.size
-  batch = max(n_dev, batch // n_dev * n_dev)
-  outs = []
-  for start, size in _batches(images.shape[0], batch):
-    chunk = _padded(jax.lax.slice_in_dim(images, start, start + size), batch)
-    chunk = jax.device_put(chunk, parallel.data_sharded(mesh))
-    outs.append(_apply_eval(variables, chunk, apply_fn, params)[output][:size])
-  return jnp.concatenate(outs)
-
-
-def embed(apply_fn, variables, images, mesh, batch: int, params: augment.AugmentParams) -> jax.Array:
-  """Inference-mode features, L2-normalised (float32)."""
-  f = run_inference(apply_fn, variables, images, mesh, batch, params, 'features')
+def normalized(f: jax.Array) -> jax.Array:
   return f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
 
 
@@ -63,38 +65,89 @@ def knn_top1(train_f, train_y, test_f, test_y, num_classes: int, k: int = 200,
              temperature: float = 0.1, chunk: int = 1000) -> float:
   """Weighted kNN (cosine similarity, exp(sim / temperature) votes) top-1 on normalised features."""
   k = min(k, train_f.shape[0])
+  train_y = jnp.asarray(train_y)
   correct = 0
-  for start, size in _batches(test_f.shape[0], chunk):
-    pred = _knn_chunk(test_f[start:start + size], train_f, train_y, k, num_classes, temperature)
-    correct += int(jnp.sum(pred == test_y[start:start + size]))
+  for start in range(0, test_f.shape[0], chunk):
+    pred = _knn_chunk(test_f[start:start + chunk], train_f, train_y, k, num_classes, temperature)
+    correct += int(jnp.sum(pred == jnp.asarray(test_y[start:start + chunk])))
   return correct / test_f.shape[0]
 
 
-class KnnEvaluator:
-  """Embeds the train and test splits with the encoder and reports kNN top-1."""
+class Evaluator:
+  """Base: keeps every_epochs from the sub-config; `requires` names what it cannot run without."""
+  name = ''
+  requires = ('labels',)
 
-  def __init__(self, encoder_apply, data, mesh, config, aug_params):
-    self.apply, self.data, self.mesh, self.config, self.aug = encoder_apply, data, mesh, config, aug_params
+  def __init__(self, cfg):
+    self.every_epochs = int(cfg.every_epochs)
 
-  def __call__(self, variables) -> dict:
-    c, d = self.config, self.data
-    embed_ = functools.partial(embed, self.apply, variables, mesh=self.mesh, batch=c.eval_batch_size,
-                               params=self.aug)
-    top1 = knn_top1(embed_(d.train_images), d.train_labels, embed_(d.test_images), d.test_labels,
-                    d.num_classes, c.knn_k, c.knn_temperature)
+
+class KnnEvaluator(Evaluator):
+  """kNN top-1 of the test split against the training split on normalised encoder features."""
+  name = 'knn'
+
+  def __init__(self, cfg):
+    super().__init__(cfg)
+    self.k, self.temperature = int(cfg.k), float(cfg.temperature)
+
+  def __call__(self, ctx: EvalContext) -> dict:
+    top1 = knn_top1(normalized(ctx.features('train')), ctx.labels('train'),
+                    normalized(ctx.features('test')), ctx.labels('test'), ctx.num_classes,
+                    self.k, self.temperature)
     return {'knn_top1': top1}
 
 
-class ClassifierEvaluator:
+class OnlineLinearEvaluator(Evaluator):
+  """Test top-1 of the online linear probe trained inside the pretraining step."""
+  name = 'online_linear'
+  requires = ('labels', 'probe')
+
+  def __call__(self, ctx: EvalContext) -> dict:
+    logits = ctx.outputs('test')['probe_logits']
+    return {'online_linear_top1': float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(ctx.labels('test'))))}
+
+
+class LinearEvaluator(Evaluator):
+  """The offline linear probe on frozen, unaugmented features (simclr_jax.linear_probe)."""
+  name = 'linear'
+
+  def __init__(self, cfg):
+    super().__init__(cfg)
+    self.weight_decays = tuple(float(w) for w in cfg.weight_decays)
+    self.steps = int(cfg.steps)
+
+  def __call__(self, ctx: EvalContext) -> dict:
+    fit = fit_linear_probe(ctx.features('train'), ctx.labels('train'), ctx.features('test'),
+                           ctx.labels('test'), ctx.num_classes, self.weight_decays, self.steps)
+    return {'linear_top1': fit['test_top1'], 'linear_weight_decay': fit['weight_decay']}
+
+
+class ClassifyEvaluator(Evaluator):
   """Test top-1 and loss of a classifier in inference mode."""
+  name = 'classify'
 
-  def __init__(self, apply_fn, data, mesh, config, aug_params):
-    self.apply, self.data, self.mesh, self.config, self.aug = apply_fn, data, mesh, config, aug_params
+  def __call__(self, ctx: EvalContext) -> dict:
+    logits = ctx.outputs('test')['logits']
+    labels = jnp.asarray(ctx.labels('test'))
+    return {'test_top1': float(jnp.mean(jnp.argmax(logits, -1) == labels)),
+            'test_loss': float(classification_loss(logits, labels))}
 
-  def __call__(self, variables) -> dict:
-    d = self.data
-    logits = run_inference(self.apply, variables, d.test_images, self.mesh,
-                           self.config.eval_batch_size, self.aug, 'logits')
-    top1 = float(jnp.mean(jnp.argmax(logits, -1) == d.test_labels))
-    loss = float(classification_loss(logits, d.test_labels))
-    return {'test_top1': top1, 'test_loss': loss}
+
+EVALUATORS = {cls.name: cls for cls in (KnnEvaluator, OnlineLinearEvaluator, LinearEvaluator,
+                                        ClassifyEvaluator)}
+
+
+def make_evaluators(evals_cfg, available) -> list[Evaluator]:
+  """The evaluators of config.evals that can run (every_epochs >= 0 and what they require is
+  available); each skipped one gets a one-line notice."""
+  out = []
+  for name, cfg in evals_cfg.items():
+    cls = EVALUATORS[name]
+    if cfg.every_epochs < 0:
+      continue
+    missing = [r for r in cls.requires if r not in available]
+    if missing:
+      log(f'notice: evaluator {name} is skipped: the run has no {" or ".join(missing)}')
+      continue
+    out.append(cls(cfg))
+  return out

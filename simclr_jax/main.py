@@ -33,6 +33,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def parse_flags(argv):
   """absl flag parsing whose failures (bad config file, unknown field, wrong type) are one line."""
+  from simclr_jax import interrupts
+  interrupts.install()  # SIGTERM or SIGINT from here on: exit 75 with one line
   try:
     args = flags.FLAGS(argv)
     if flags.FLAGS.config is not None:
@@ -46,6 +48,9 @@ def parse_flags(argv):
 def _flag_error(e: Exception, argv) -> str:
   text = ' '.join(str(e).split())
   config_arg = next((a.split('=', 1)[1] for a in reversed(argv) if a.startswith('--config=')), None)
+  if config_arg and isinstance(e, Exception) and _raised_in_config_file(e, config_arg):
+    return (f'config file {config_arg!r} raised {type(e).__name__}: {text}: fix get_config() in '
+            'that file')
   if 'No such file' in text or 'Unable to load' in text or 'does not exist' in text:
     return (f'config file {config_arg!r} cannot be loaded: pass --config=configs/pretrain.py '
             'or another file of configs/ that defines get_config()')
@@ -63,11 +68,18 @@ def _flag_error(e: Exception, argv) -> str:
   return f'{type(e).__name__}: {text}'
 
 
+def _raised_in_config_file(e: Exception, path: str) -> bool:
+  """Whether the exception came from running the config file's own code."""
+  import traceback
+  target = os.path.abspath(path)
+  return any(os.path.abspath(frame.filename) == target for frame in traceback.extract_tb(e.__traceback__))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  from simclr_jax import errors, validate
-  logging.set_verbosity(logging.WARNING)
+  from simclr_jax import errors, interrupts, validate, workdir as workdir_lib
+  logging.set_verbosity(logging.ERROR)  # library warnings (TFDS, Orbax) stay off the terminal
   config = flags.FLAGS.config
   try:
     validate.validate_config(config)
@@ -75,9 +87,9 @@ def main(argv):
     if flags.FLAGS.coordinator_address or flags.FLAGS.num_processes:
       jax.distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
                                  flags.FLAGS.process_id)
-    workdir = flags.FLAGS.workdir
-    validate.check_workdir(workdir, config, fresh=flags.FLAGS.fresh)
-    train_and_evaluate(config, workdir)
+      interrupts.install()  # ours again, should the runtime have taken SIGTERM
+    workdir_lib.prepare(flags.FLAGS.workdir, config, fresh=flags.FLAGS.fresh)
+    train_and_evaluate(config, flags.FLAGS.workdir)
   except (errors.UserError, errors.NonFiniteError, errors.Preempted) as e:
     print(f'error: {e}' if not isinstance(e, errors.Preempted) else f'preempted: {e}',
           file=sys.stderr, flush=True)

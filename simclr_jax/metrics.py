@@ -3,6 +3,7 @@
     writer = MetricWriter(workdir)
     writer.write('train', step, {'loss': 1.2})
     writer.rows('eval')  # every row of that kind, this run and earlier ones
+    write_results(workdir, {'knn_top1': 0.9})
 
 Resuming appends: rows for steps already in the file are not written again.
 """
@@ -54,6 +55,10 @@ class MetricWriter:
           if isinstance(v, (int, float)):
             self._tb.add_scalar(f'{kind}/{k}', v, step)
 
+  def last_step(self, kind: str) -> int:
+    """The newest step with a row of that kind in the file (0 when none)."""
+    return max(self._last.get(kind, 0), 0)
+
   def rows(self, kind: str) -> list[dict]:
     return [r for r in self._rows if r['kind'] == kind]
 
@@ -73,6 +78,17 @@ def _plain(v):
     return float(v) if not isinstance(v, (int, str)) else v
   except TypeError:
     return v
+
+
+def write_results(workdir: str, results: dict) -> dict:
+  """Writes workdir/results.json atomically (process 0) and logs it; returns results."""
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, 'results.json')
+    with open(path + '.tmp', 'w') as f:
+      json.dump(results, f, indent=2)
+    os.replace(path + '.tmp', path)
+  log(f'results: {json.dumps(results)}')
+  return results
 
 
 def log(message: str) -> None:

@@ -20,6 +20,16 @@ ARCHITECTURES = {
     'resnet50': ('bottleneck', (3, 4, 6, 3)),
 }
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+DTYPE_CHOICES = ('auto',) + tuple(DTYPES)
+
+
+def resolve_dtype(dtype: str, backend: str | None = None) -> str:
+  """'auto' becomes bfloat16 on GPU and TPU and float32 on the CPU (where bfloat16 convolutions
+  are emulated and slow); other names are returned as they are."""
+  if dtype != 'auto':
+    return dtype
+  backend = backend or jax.default_backend()
+  return 'float32' if backend == 'cpu' else 'bfloat16'
 
 
 class BasicBlock(nn.Module):
@@ -87,9 +97,9 @@ class ResNet(nn.Module):
 
 
 def make_encoder(model: str = 'resnet18', width: float = 1.0, dtype: str = 'float32') -> ResNet:
-  """Builds a CIFAR ResNet by name ('resnet18', 'resnet34', 'resnet50')."""
+  """Builds a CIFAR ResNet by name ('resnet18', 'resnet34', 'resnet50'); dtype may be 'auto'."""
   block, stages = ARCHITECTURES[model]
-  return ResNet(stage_sizes=stages, block=block, width=width, dtype=DTYPES[dtype])
+  return ResNet(stage_sizes=stages, block=block, width=width, dtype=DTYPES[resolve_dtype(dtype)])
 
 
 class Projector(nn.Module):
@@ -107,15 +117,25 @@ class Projector(nn.Module):
 
 
 class SimCLRModel(nn.Module):
-  """Encoder plus projector; outputs {'features': [B, F], 'projection': [B, D]}."""
+  """Encoder plus projector; outputs {'features': [B, F], 'projection': [B, D]}.
+
+  With probe_classes > 0 it also holds the online linear probe (params['online_probe']), a
+  linear classifier on stop-gradient features: out['probe_logits'] [B, probe_classes]. No
+  gradient reaches the encoder or the projector from it.
+  """
   encoder: ResNet
   projection_dims: Sequence[int] = (2048, 128)
+  probe_classes: int = 0
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     h = self.encoder(x, train=train)
     z = Projector(self.projection_dims, dtype=self.encoder.dtype, name='projector')(h)
-    return {'features': h, 'projection': z}
+    out = {'features': h, 'projection': z}
+    if self.probe_classes:
+      out['probe_logits'] = nn.Dense(self.probe_classes, dtype=jnp.float32, name='online_probe')(
+          jax.lax.stop_gradient(h))
+    return out
 
 
 class Classifier(nn.Module):

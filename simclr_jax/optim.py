@@ -1,7 +1,9 @@
-"""Learning-rate schedules, optimisers and weight-decay masks (optax).
+"""Learning-rate schedules, optimisers, weight-decay masks, and one optimiser per parameter group.
 
-    schedule = make_schedule(config, steps_per_epoch)
-    tx = make_optimizer(config, schedule)
+    schedule = make_schedule(0.3, 'linear', batch_size=512, epochs=200, warmup_epochs=10,
+                             steps_per_epoch=97)
+    tx = make_optimizer('sgd', schedule, momentum=0.9, weight_decay=5e-4)
+    tx = partition({'model': tx, 'frozen': optax.set_to_zero()}, {'encoder': 'frozen', 'head': 'model'})
 """
 from __future__ import annotations
 
@@ -9,6 +11,11 @@ import math
 
 import jax
 import optax
+
+from simclr_jax.metrics import log
+
+# Warmup longer than this share of the run is shortened to it (a short run just works).
+MAX_WARMUP_SHARE = 0.25
 
 
 def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
@@ -22,11 +29,22 @@ def peak_learning_rate(base_lr: float, batch_size: int, scaling: str) -> float:
   return base_lr * {'linear': ratio, 'sqrt': math.sqrt(ratio), 'none': 1.0}[scaling]
 
 
-def make_schedule(config, steps_per_epoch: int) -> optax.Schedule:
-  """Linear warmup from 0 to the peak, then cosine decay to 0 at the last step."""
-  peak = peak_learning_rate(config.learning_rate, config.batch_size, config.lr_scaling)
-  total = max(1, epochs_to_steps(config.epochs, steps_per_epoch))
-  warmup = min(epochs_to_steps(config.warmup_epochs, steps_per_epoch), total - 1)
+def effective_warmup_epochs(warmup_epochs: float, epochs: float) -> float:
+  """warmup_epochs, or MAX_WARMUP_SHARE of the run when that is shorter."""
+  return min(warmup_epochs, MAX_WARMUP_SHARE * epochs)
+
+
+def make_schedule(learning_rate: float, lr_scaling: str, batch_size: int, epochs: float,
+                  warmup_epochs: float, steps_per_epoch: int) -> optax.Schedule:
+  """Linear warmup from 0 to the peak, then cosine decay to 0 at the last step. A warmup longer
+  than MAX_WARMUP_SHARE of the run is shortened to it, with a notice."""
+  peak = peak_learning_rate(learning_rate, batch_size, lr_scaling)
+  total = max(1, epochs_to_steps(epochs, steps_per_epoch))
+  effective = effective_warmup_epochs(warmup_epochs, epochs)
+  if effective < warmup_epochs:
+    log(f'notice: warmup_epochs={warmup_epochs:g} shortened to {effective:g}, a quarter of the '
+        f'{epochs:g}-epoch run')
+  warmup = min(epochs_to_steps(effective, steps_per_epoch), total - 1)
   if warmup == 0:
     return optax.cosine_decay_schedule(peak, total)
   return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=0.0)
@@ -37,15 +55,23 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
+def make_optimizer(name: str, schedule: optax.Schedule, momentum: float,
+                   weight_decay: float) -> optax.GradientTransformation:
   """SGD with momentum, LARS or AdamW; no decay or LARS adaptation on biases and BatchNorm."""
-  wd = config.weight_decay
-  if config.optimizer == 'sgd':
-    return optax.chain(optax.add_decayed_weights(wd, decay_mask),
-                       optax.sgd(schedule, momentum=config.momentum, nesterov=False))
-  if config.optimizer == 'lars':
-    return optax.lars(schedule, weight_decay=wd, weight_decay_mask=decay_mask,
-                      trust_ratio_mask=decay_mask, momentum=config.momentum)
-  if config.optimizer == 'adamw':
-    return optax.adamw(schedule, weight_decay=wd, mask=decay_mask)
-  raise ValueError(f'unknown optimizer {config.optimizer!r}')
+  if name == 'sgd':
+    return optax.chain(optax.add_decayed_weights(weight_decay, decay_mask),
+                       optax.sgd(schedule, momentum=momentum, nesterov=False))
+  if name == 'lars':
+    return optax.lars(schedule, weight_decay=weight_decay, weight_decay_mask=decay_mask,
+                      trust_ratio_mask=decay_mask, momentum=momentum)
+  if name == 'adamw':
+    return optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask)
+  raise ValueError(f'unknown optimizer {name!r}')
+
+
+def partition(transforms: dict, groups: dict) -> optax.GradientTransformation:
+  """One optimiser per parameter group: groups maps each top-level params key (encoder, head,
+  online_probe, ...) to a key of transforms. Use optax.set_to_zero() for a frozen group."""
+  def labels(params):
+    return {k: jax.tree.map(lambda _, g=groups[k]: g, v) for k, v in params.items()}
+  return optax.multi_transform(transforms, labels)

@@ -1,4 +1,5 @@
-"""SimCLR pretraining: two augmented views, NT-Xent on the projections, kNN monitor.
+"""SimCLR pretraining: two augmented views, NT-Xent on the projections, an online linear probe,
+and the evaluators of config.evals (kNN, online probe, offline linear probe).
 
     results = train_and_evaluate(config, workdir)
 """
@@ -8,15 +9,18 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import optax
 
-from simclr_jax import augment, models, optim, parallel, train_loop
-from simclr_jax.evaluate import KnnEvaluator
-from simclr_jax.losses import nt_xent
+from simclr_jax import augment, data, input_pipeline, models, optim, parallel, train_loop
+from simclr_jax.evaluate import make_evaluators
+from simclr_jax.losses import classification_loss, nt_xent
+from simclr_jax.metrics import log
 
 
-def make_model(config) -> models.SimCLRModel:
+def make_model(config, probe_classes: int = 0) -> models.SimCLRModel:
   encoder = models.make_encoder(config.model, config.width, config.dtype)
-  return models.SimCLRModel(encoder=encoder, projection_dims=tuple(config.projection_dims))
+  return models.SimCLRModel(encoder=encoder, projection_dims=tuple(config.projection_dims),
+                            probe_classes=probe_classes)
 
 
 def init_variables(model, seed: int, image_shape) -> dict:
@@ -26,56 +30,83 @@ def init_variables(model, seed: int, image_shape) -> dict:
 
 
 def simclr_loss_fn(model, temperature: float, clamp: bool):
+  """NT-Xent on the projections of the views (rows 2k, 2k+1 of image k), plus, when the model
+  has the online probe, its cross-entropy on the first view's stop-gradient features."""
   def loss_fn(params, batch_stats, views, labels):
     out, updated = model.apply({'params': params, 'batch_stats': batch_stats}, views, train=True,
                                mutable=['batch_stats'])
-    return nt_xent(out['projection'], temperature, clamp), (updated['batch_stats'], {})
+    loss = nt_xent(out['projection'], temperature, clamp)
+    metrics, objective = {'loss': loss}, loss
+    if 'probe_logits' in out:
+      logits = out['probe_logits'][0::2]
+      probe_loss = classification_loss(logits, labels)
+      objective = objective + probe_loss
+      metrics.update(probe_loss=probe_loss, probe_top1=jnp.mean(jnp.argmax(logits, -1) == labels))
+    return objective, (updated['batch_stats'], metrics)
   return loss_fn
 
 
-def build_task(config, mesh, data: train_loop.DeviceData) -> train_loop.Task:
-  """Model, optimiser, initial state and compiled step for pretraining."""
+def make_tx(config, steps_per_epoch: int):
+  """(optimiser, schedule): config's optimiser for the encoder and projector, Adam for the probe."""
+  schedule = optim.make_schedule(config.learning_rate, config.lr_scaling, config.batch_size,
+                                 config.epochs, config.warmup_epochs, steps_per_epoch)
+  model_tx = optim.make_optimizer(config.optimizer, schedule, config.momentum, config.weight_decay)
+  groups = {'encoder': 'model', 'projector': 'model', 'online_probe': 'probe'}
+  tx = optim.partition({'model': model_tx, 'probe': optax.adam(config.online_probe_learning_rate)},
+                       groups)
+  return tx, schedule
+
+
+def build_task(config, mesh, inputs, make_views=None) -> train_loop.Task:
+  """Model, optimiser, initial state, compiled step and evaluators for pretraining.
+  make_views(key, images_uint8) replaces the SimCLR augmentation (the benchmark's ablation)."""
   parallel.check_batch_size(config.batch_size, mesh)
-  model = make_model(config)
-  aug = augment.augment_params_from_config(config.augment)
-  spe = train_loop.steps_per_epoch(data.train_images.shape[0], config.batch_size)
-  schedule = optim.make_schedule(config, spe)
-  tx = optim.make_optimizer(config, schedule)
-  variables = init_variables(model, config.seed, data.train_images.shape[1:])
-  state = train_loop.init_state(variables['params'], variables['batch_stats'], tx, config.seed)
+  labelled = inputs.host_labels['train'] is not None
+  probe = labelled and config.online_probe_learning_rate > 0
+  model = make_model(config, inputs.num_classes if probe else 0)
+  aug = augment.settings_from_config(config.augment)
+  tx, schedule = make_tx(config, inputs.steps_per_epoch)
+  variables = init_variables(model, config.seed, inputs.image_shape)
+  state = train_loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed)
   state = jax.device_put(state, parallel.replicated(mesh))
   step_fn = train_loop.make_train_step(
       simclr_loss_fn(model, config.temperature, config.clamp_similarity),
-      functools.partial(augment.simclr_views, params=aug), tx, mesh, config.batch_size, spe,
-      skip_nonfinite=config.skip_nonfinite, inject_nan_at_step=config.inject_nan_at_step)
-  encoder_apply = _encoder_apply(model.encoder)
-  evaluator = KnnEvaluator(encoder_apply, data, mesh, config, aug)
+      make_views or functools.partial(augment.simclr_views, settings=aug), tx, config.inject_nan_at_step)
+  available = {'labels'} if labelled and inputs.host_labels.get('test') is not None else set()
+  if probe:
+    available.add('probe')
+  infer = jax.jit(lambda v, x: model.apply(v, augment.eval_view(x, aug), train=False))
   return train_loop.Task(
-      state=state, step_fn=step_fn, images=data.train_images, labels=data.train_labels,
-      steps_per_epoch=spe, evaluate=lambda v: evaluator(_encoder_variables(v)),
-      eval_every_epochs=config.knn_every_epochs, summarize=summarize, schedule=schedule)
+      state=state, step_fn=step_fn, inputs=inputs, evaluators=make_evaluators(config.evals, available),
+      infer=infer, summarize=summarize, schedule=schedule)
 
 
-def _encoder_apply(encoder):
-  def apply(variables, x, train=False):
-    return {'features': encoder.apply(variables, x, train=train)}
-  return apply
+def _last(record: dict, key: str):
+  rows = [r for r in record['evals'] if key in r]
+  return rows[-1][key] if rows else None
 
 
-def _encoder_variables(variables: dict) -> dict:
-  return {k: v['encoder'] for k, v in variables.items()}
-
-
-def summarize(writer, facts: dict) -> dict:
-  train, evals = writer.rows('train'), writer.rows('eval')
-  return {**facts, 'final_loss': train[-1]['loss'] if train else None,
-          'knn_top1': evals[-1]['knn_top1'] if evals else None,
-          'knn_history': [(r['epoch'], r['knn_top1']) for r in evals]}
+def summarize(record: dict, facts: dict) -> dict:
+  """results.json of a pretraining run, from the checkpoint's record."""
+  knn = [[r['epoch'], r['knn_top1']] for r in record['evals'] if 'knn_top1' in r]
+  return {**facts, 'final_loss': (record['train'] or {}).get('loss'),
+          'knn_top1': _last(record, 'knn_top1'),
+          'online_linear_top1': _last(record, 'online_linear_top1'),
+          'linear_top1': _last(record, 'linear_top1'),
+          'linear_weight_decay': _last(record, 'linear_weight_decay'),
+          'protocols': {'knn_top1': 'knn', 'online_linear_top1': 'online', 'linear_top1': 'features'},
+          'knn_history': knn}
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Pretrains to config.epochs (resuming from workdir) and writes workdir/results.json."""
+  done = train_loop.finished_results(config, workdir)
+  if done is not None:
+    return done
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
-  data = train_loop.load_device_data(config, mesh)
-  return train_loop.run(config, workdir, build_task(config, mesh, data))
+  log(f'compute dtype {models.resolve_dtype(config.dtype)} (config.dtype={config.dtype!r}) on '
+      f'{jax.device_count()} {jax.devices()[0].platform} device(s)')
+  dataset = data.load_dataset(config.dataset, config.data_dir, config.train_limit)
+  inputs = input_pipeline.device_inputs(dataset, mesh, config.batch_size, config.seed)
+  return train_loop.run(config, workdir, build_task(config, mesh, inputs))

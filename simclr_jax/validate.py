@@ -4,35 +4,50 @@
 """
 from __future__ import annotations
 
-import json
+import math
 import os
 
 from simclr_jax import config_base
 from simclr_jax.errors import ConfigError
-from simclr_jax.models import ARCHITECTURES, DTYPES
+from simclr_jax.models import ARCHITECTURES, DTYPE_CHOICES
 
 CHOICES = {
     'stage': config_base.STAGES,
     'model': tuple(ARCHITECTURES),
-    'dtype': tuple(DTYPES),
+    'dtype': DTYPE_CHOICES,
     'optimizer': ('sgd', 'lars', 'adamw'),
     'lr_scaling': ('linear', 'sqrt', 'none'),
 }
 POSITIVE = ('batch_size', 'epochs', 'learning_rate', 'temperature', 'width', 'log_every_steps',
-            'eval_batch_size', 'keep_checkpoints', 'knn_k', 'knn_temperature')
-NON_NEGATIVE = ('train_limit', 'warmup_epochs', 'weight_decay', 'momentum', 'knn_every_epochs',
-                'checkpoint_every_epochs', 'eval_every_epochs', 'seed', 'label_seed')
+            'eval_batch_size', 'keep_checkpoints')
+NON_NEGATIVE = ('train_limit', 'warmup_epochs', 'weight_decay', 'momentum', 'checkpoint_every_epochs',
+                'seed', 'label_seed', 'online_probe_learning_rate')
 PROBABILITIES = ('flip_prob', 'jitter_prob', 'grayscale_prob', 'blur_prob')
+PROTOCOLS = ('features', 'augmented')
 
 
 def _fail(field: str, value, fix: str):
   raise ConfigError(f'config.{field}={value!r} is invalid: {fix}')
 
 
+def _non_finite(tree, prefix=''):
+  """(field, value) of the first NaN or infinite number in a config, or None."""
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if hasattr(value, 'items'):
+      found = _non_finite(value, name + '.')
+      if found:
+        return found
+    for v in (value if isinstance(value, (tuple, list)) else (value,)):
+      if isinstance(v, float) and not math.isfinite(v):
+        return name, value
+  return None
+
+
 def validate_config(config) -> None:
   """Checks names, ranges and cross-field rules; the type of each field is checked by ml_collections."""
-  reference = (config_base.classifier_config(config.get('stage', 'pretrain'))
-               if config.get('stage') in config_base.STAGES else config_base.base_config('pretrain'))
+  stage = config.get('stage')
+  reference = config_base.reference_config(stage if stage in config_base.STAGES else 'pretrain')
   for key in config.keys():
     if key not in reference:
       _fail(key, config[key], f'there is no such field; known fields: {", ".join(sorted(reference))}')
@@ -42,14 +57,15 @@ def validate_config(config) -> None:
   for key, choices in CHOICES.items():
     if config[key] not in choices:
       _fail(key, config[key], f'use one of {", ".join(choices)}')
+  bad = _non_finite(config)
+  if bad:
+    _fail(bad[0], bad[1], 'use a finite number')
   for key in POSITIVE:
     if not config[key] > 0:
       _fail(key, config[key], 'it must be greater than 0')
   for key in NON_NEGATIVE:
     if config[key] < 0:
       _fail(key, config[key], 'it must be 0 or more')
-  if config.warmup_epochs >= config.epochs and config.warmup_epochs > 0:
-    _fail('warmup_epochs', config.warmup_epochs, f'it must be below epochs={config.epochs}')
   if not 0 < config.label_fraction <= 1:
     _fail('label_fraction', config.label_fraction, 'use a fraction in (0, 1]')
   if not isinstance(config.dataset, str) or not config.dataset:
@@ -57,7 +73,20 @@ def validate_config(config) -> None:
   if config.data_dir and not os.path.isdir(config.data_dir):
     _fail('data_dir', config.data_dir, 'the folder does not exist; point it at prepared TFDS data '
           'or leave it empty for the TFDS default')
-  aug = config.augment
+  _validate_augment(config.augment)
+  _validate_evals(config.evals)
+  if len(config.projection_dims) < 1 or min(config.projection_dims) < 1:
+    _fail('projection_dims', config.projection_dims, 'use positive layer sizes such as (2048, 128)')
+  if config.stage == 'linear_eval' and config.protocol not in PROTOCOLS:
+    _fail('protocol', config.protocol, f'use one of {", ".join(PROTOCOLS)}')
+  if config.stage != 'linear_eval' and config.protocol:
+    _fail('protocol', config.protocol, 'only linear_eval has a protocol; leave it empty')
+  if config.stage in ('finetune', 'linear_eval') and not config.init_from:
+    _fail('init_from', config.init_from, f'{config.stage} needs a pretraining workdir or checkpoint '
+          'directory: set --config.init_from=runs/pretrain')
+
+
+def _validate_augment(aug) -> None:
   for key in PROBABILITIES:
     if not 0 <= aug[key] <= 1:
       _fail(f'augment.{key}', aug[key], 'a probability must lie in [0, 1]')
@@ -72,69 +101,24 @@ def validate_config(config) -> None:
   lo, hi = aug.crop_ratio
   if not 0 < lo <= hi:
     _fail('augment.crop_ratio', aug.crop_ratio, 'use (min, max) with 0 < min <= max')
-  if len(config.projection_dims) < 1 or min(config.projection_dims) < 1:
-    _fail('projection_dims', config.projection_dims, 'use positive layer sizes such as (2048, 128)')
-  if config.stage in ('finetune', 'linear_eval') and not config.init_from:
-    _fail('init_from', config.init_from, f'{config.stage} needs a pretraining workdir or checkpoint '
-          'directory: set --config.init_from=runs/pretrain')
+  if len(aug.std) != 3 or min(aug.std) <= 0:
+    _fail('augment.std', aug.std, 'use three deviations greater than 0, e.g. (0.2023, 0.1994, 0.2010)')
+  if len(aug.mean) != 3:
+    _fail('augment.mean', aug.mean, 'use three channel means, e.g. (0.4914, 0.4822, 0.4465)')
+  if aug.crop_padding < 0:
+    _fail('augment.crop_padding', aug.crop_padding, 'it must be 0 or more')
 
 
-def check_workdir(workdir: str, config, fresh: bool = False) -> None:
-  """Makes sure workdir is writable and, if it holds a run, that the run is this config's.
-
-  Writes workdir/config.json the first time. With fresh=True an earlier run is moved
-  into workdir/previous-<n> rather than deleted. In a multi-process run only process 0 checks.
-  """
-  import jax
-  if jax.process_index() != 0:
-    return
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise ConfigError(f'workdir {workdir!r} is not writable ({e.strerror}): choose another '
-                      '--workdir or fix its permissions') from None
-  path = os.path.join(workdir, 'config.json')
-  if os.path.exists(path):
-    if fresh:
-      _archive_run(workdir)
-    else:
-      try:
-        with open(path) as f:
-          saved = json.load(f)
-      except (OSError, ValueError):
-        raise ConfigError(f'{path} is unreadable: pass --fresh to start afresh (the old run is '
-                          'kept in a previous-N folder) or choose another --workdir') from None
-      current = json.loads(config.to_json())
-      differ = [k for k in config_base.RUN_DEFINING_FIELDS if saved.get(k) != current.get(k)]
-      if not differ:
-        return
-      if not _has_checkpoint(workdir):  # a run that never saved: keep its files aside, start anew
-        _archive_run(workdir)
-      else:
-        detail = ', '.join(f'{k}: {saved.get(k)!r} -> {current.get(k)!r}' for k in differ)
-        raise ConfigError(f'workdir {workdir!r} holds a run with another config ({detail}): '
-                          'choose another --workdir, or pass --fresh to start afresh')
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(config.to_json(indent=2))
-  os.replace(tmp, path)
-
-
-def _has_checkpoint(workdir: str) -> bool:
-  folder = os.path.join(workdir, 'checkpoints')
-  return os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder))
-
-
-def _archive_run(workdir: str) -> None:
-  n = 1
-  while os.path.exists(os.path.join(workdir, f'previous-{n}')):
-    n += 1
-  target = os.path.join(workdir, f'previous-{n}')
-  os.makedirs(target)
-  for name in os.listdir(workdir):
-    if not name.startswith('previous-'):
-      os.replace(os.path.join(workdir, name), os.path.join(target, name))
+def _validate_evals(evals) -> None:
+  from simclr_jax.evaluate import EVALUATORS
+  for name, cfg in evals.items():
+    if name not in EVALUATORS:
+      _fail(f'evals.{name}', None, f'there is no such evaluator; known: {", ".join(EVALUATORS)}')
+    if cfg.every_epochs < -1:
+      _fail(f'evals.{name}.every_epochs', cfg.every_epochs,
+            'use N > 0 (every N epochs and at the end), 0 (at the end) or -1 (never)')
+    for key in ('k', 'temperature', 'steps'):
+      if key in cfg and not cfg[key] > 0:
+        _fail(f'evals.{name}.{key}', cfg[key], 'it must be greater than 0')
+    if 'weight_decays' in cfg and (not cfg.weight_decays or min(cfg.weight_decays) < 0):
+      _fail(f'evals.{name}.weight_decays', cfg.weight_decays, 'use one or more values of 0 or more')

@@ -10,9 +10,11 @@ DATA_DIR = os.environ.get('SIMCLR_JAX_TEST_DATA',
                           os.path.normpath(os.path.join(ROOT, '..', 'shared', 'data', 'tfds')))
 DATASET = 'cifar10_jpeg'
 
-TINY = dict(dataset=DATASET, data_dir=DATA_DIR, train_limit=512, width=0.125, dtype='float32',
-            batch_size=64, epochs=2, warmup_epochs=0.0, log_every_steps=4, knn_every_epochs=1,
-            eval_batch_size=500, checkpoint_every_epochs=1)
+TINY = {'dataset': DATASET, 'data_dir': DATA_DIR, 'train_limit': 512, 'width': 0.125,
+        'dtype': 'float32', 'batch_size': 64, 'epochs': 2, 'warmup_epochs': 0.0,
+        'log_every_steps': 4, 'eval_batch_size': 500, 'checkpoint_every_epochs': 1}
+# Fields only pretraining configs have: kNN every epoch; the offline probe (tested on its own) off.
+TINY_PRETRAIN = {'evals.knn.every_epochs': 1, 'evals.linear.every_epochs': -1}
 
 
 @pytest.fixture(scope='session', autouse=True)
@@ -25,21 +27,19 @@ def _cache_dir(tmp_path_factory):
 
 def tiny_config(stage: str = 'pretrain', **fields):
   """configs/<stage>.py with the tiny settings and `fields` applied."""
-  from simclr_jax.config_base import load_config_file
-  config = load_config_file(os.path.join(ROOT, 'configs', f'{stage}.py'))
-  for key, value in {**TINY, **fields}.items():
-    if '.' in key:
-      group, leaf = key.split('.')
-      config[group][leaf] = value
-    else:
-      config[key] = value
-  return config
+  from simclr_jax.config_base import apply_overrides, load_config_file
+  return apply_overrides(load_config_file(os.path.join(ROOT, 'configs', f'{stage}.py')),
+                         {**tiny_fields(stage), **fields})
+
+
+def tiny_fields(stage: str) -> dict:
+  return {**TINY, **(TINY_PRETRAIN if stage == 'pretrain' else {})}
 
 
 def cli_args(stage: str, workdir, **fields) -> list:
   args = [sys.executable, '-m', 'simclr_jax.main', f'--config={ROOT}/configs/{stage}.py',
           f'--workdir={workdir}']
-  for key, value in {**TINY, **fields}.items():
+  for key, value in {**tiny_fields(stage), **fields}.items():
     args.append(f'--config.{key}={value}')
   return args
 

@@ -1,5 +1,6 @@
 """Downstream stages from a real pretraining checkpoint: CLI runs, restore, frozen encoder, label subsets."""
 import json
+import re
 import os
 
 import jax
@@ -8,7 +9,7 @@ import pytest
 
 import simclr_jax
 from conftest import DATA_DIR, DATASET, run_cli, tiny_config
-from simclr_jax import checkpoint, classify, data, parallel, train_loop
+from simclr_jax import checkpoint, classify, data, input_pipeline, parallel, train_loop
 
 
 def _encoder_of(path):
@@ -22,10 +23,11 @@ def _assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize('stage', ['finetune', 'linear_eval', 'supervised'])
-def test_each_stage_runs_through_the_cli(pretrained_workdir, tmp_path, stage):
+@pytest.mark.parametrize('stage,fields', [('finetune', {}), ('linear_eval', {'protocol': 'augmented'}),
+                                          ('supervised', {})])
+def test_each_stage_runs_through_the_cli(pretrained_workdir, tmp_path, stage, fields):
   workdir = tmp_path / stage
-  proc = run_cli(stage, workdir, epochs=2, init_from=pretrained_workdir, label_fraction=0.5)
+  proc = run_cli(stage, workdir, epochs=2, init_from=pretrained_workdir, label_fraction=0.5, **fields)
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = json.loads((workdir / 'results.json').read_text())
   for key in ('test_top1', 'best_test_top1', 'best_epoch', 'train_top1', 'label_fraction', 'train_seconds'):
@@ -34,28 +36,50 @@ def test_each_stage_runs_through_the_cli(pretrained_workdir, tmp_path, stage):
   assert all(h['train_top1'] is not None and h['test_loss'] is not None for h in r['history'])
   assert r['init_from'] == (None if stage == 'supervised' else str(pretrained_workdir))
   assert os.listdir(workdir / 'checkpoints')
+  if stage == 'linear_eval':  # the features probe runs at the end of the augmented protocol too
+    assert r['protocol'] == 'augmented' and 0 < r['linear_top1'] <= 1
+
+
+def test_linear_eval_on_features_fits_without_training_and_keeps_its_result(pretrained_workdir, tmp_path):
+  workdir = tmp_path / 'linear'
+  proc = run_cli('linear_eval', workdir, init_from=pretrained_workdir, label_fraction=0.5)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = json.loads((workdir / 'results.json').read_text())
+  assert r['protocol'] == 'features' and 0.1 < r['test_top1'] <= 1 and r['weight_decay'] > 0
+  assert r["train_examples"] == 260 and not (workdir / 'checkpoints').exists()
+  again = run_cli('linear_eval', workdir, init_from=pretrained_workdir, label_fraction=0.5)
+  assert again.returncode == 0 and 'complete' in again.stdout
+  assert json.loads((workdir / 'results.json').read_text()) == r
+
+
+def _inputs(config, mesh):
+  dataset = data.load_dataset(config.dataset, config.data_dir, config.train_limit)
+  if config.label_fraction < 1:
+    keep = data.balanced_subset(dataset.train.labels, config.label_fraction, 10, config.label_seed)
+    dataset = data.Dataset(dataset.name, 10, dataset.train.subset(keep), dataset.test)
+  return input_pipeline.device_inputs(dataset, mesh, config.batch_size, config.seed)
 
 
 def _build(stage, init_from, **fields):
   config = tiny_config(stage, init_from=str(init_from), **fields)
   mesh = parallel.make_mesh()
-  data_ = train_loop.load_device_data(config, mesh, config.label_fraction)
-  return config, classify.build_task(config, mesh, data_), data_
+  inputs = _inputs(config, mesh)
+  return config, classify.build_task(config, mesh, inputs), inputs
 
 
 def test_finetune_starts_from_the_pretrained_encoder_and_a_fresh_head(pretrained_workdir):
   _, task, _ = _build('finetune', pretrained_workdir)
   saved = _encoder_of(pretrained_workdir)
-  _assert_trees_equal(task.state['params']['encoder'], saved['params'])
-  _assert_trees_equal(task.state['batch_stats']['encoder'], saved['batch_stats'])
+  _assert_trees_equal(task.state.params['encoder'], saved['params'])
+  _assert_trees_equal(task.state.batch_stats['encoder'], saved['batch_stats'])
   _, scratch, _ = _build('supervised', '')
-  assert not np.allclose(scratch.state['params']['encoder']['stem_conv']['kernel'],
+  assert not np.allclose(scratch.state.params['encoder']['stem_conv']['kernel'],
                          saved['params']['stem_conv']['kernel'])
 
 
 def test_linear_eval_leaves_the_encoder_bit_identical(pretrained_workdir, tmp_path):
-  config, task, _ = _build('linear_eval', pretrained_workdir, epochs=2)
-  head_before = np.asarray(task.state['params']['head']['kernel']).copy()
+  config, task, _ = _build('linear_eval', pretrained_workdir, epochs=2, protocol='augmented')
+  head_before = np.asarray(task.state.params['head']['kernel']).copy()
   train_loop.run(config, str(tmp_path), task)
   after = _encoder_of(tmp_path)
   _assert_trees_equal(after, _encoder_of(pretrained_workdir))
@@ -67,17 +91,34 @@ def test_linear_eval_leaves_the_encoder_bit_identical(pretrained_workdir, tmp_pa
 def test_label_subset_is_balanced_and_identical_for_finetune_and_supervised(pretrained_workdir):
   _, _, fine = _build('finetune', pretrained_workdir, label_fraction=0.1)
   _, _, sup = _build('supervised', '', label_fraction=0.1)
-  np.testing.assert_array_equal(fine.train_images, sup.train_images)
-  np.testing.assert_array_equal(fine.train_labels, sup.train_labels)
-  counts = np.bincount(np.asarray(sup.train_labels), minlength=10)
+  np.testing.assert_array_equal(fine.images['train'], sup.images['train'])
+  np.testing.assert_array_equal(fine.host_labels['train'], sup.host_labels['train'])
+  counts = np.bincount(np.asarray(sup.host_labels['train']), minlength=10)
   assert np.all(counts == counts[0]) and counts.sum() == 50  # 10% of 512, balanced over 10 classes
-  assert sup.test_images.shape[0] == 10000  # the test split is always complete
+  assert sup.size('test') == 10000  # the test split is always complete
 
 
 def test_load_encoder_embeds_images_in_user_code(pretrained_workdir):
   encoder = simclr_jax.load_encoder(str(pretrained_workdir))
-  images = data.load_dataset(DATASET, DATA_DIR, train_limit=16).train_images
+  images = data.load_dataset(DATASET, DATA_DIR, train_limit=16).train.images
   features = encoder.embed(images, batch_size=10)
   assert features.shape == (16, 64) and features.dtype == np.float32
   assert np.all(np.isfinite(features)) and not np.allclose(features[0], features[1])
   np.testing.assert_allclose(features, encoder.embed(images), rtol=1e-5, atol=1e-5)
+
+
+def test_load_encoder_and_embed_check_their_inputs(pretrained_workdir, tmp_path):
+  from simclr_jax.errors import UserError
+  with pytest.raises(UserError, match=f"load_encoder path '{tmp_path}/nothing' does not exist"):
+    simclr_jax.load_encoder(str(tmp_path / 'nothing'))
+  encoder = simclr_jax.load_encoder(str(pretrained_workdir))
+  images = data.load_dataset(DATASET, DATA_DIR, train_limit=4).train.images
+  assert encoder.embed(images[:0]).shape == (0, 64)
+  for bad, fragment in ((images / 255.0, 'got float64'),
+                        (images.transpose(0, 3, 1, 2), 'got shape (4, 3, 32, 32)'),
+                        (images[..., 0], 'got shape (4, 32, 32)'),
+                        (images[0], 'got shape (32, 32, 3)'),
+                        (np.zeros((4, 24, 24, 3), np.uint8), 'got 24x24')):
+    with pytest.raises(UserError, match=re.escape(fragment)) as e:
+      encoder.embed(bad)
+    assert 'uint8 [N, 32, 32, 3]' in str(e.value) and '\n' not in str(e.value)

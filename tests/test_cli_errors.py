@@ -3,6 +3,7 @@ nothing in the workdir overwritten."""
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,10 +14,12 @@ from conftest import DATA_DIR, DATASET, ROOT, error_line, run_cli
 
 
 def _snapshot(folder):
-  """{relative path: sha1} of every file under folder."""
+  """{relative path: sha1} of every file under folder but the workdir lock."""
   out = {}
   for dirpath, _, files in os.walk(folder):
     for f in files:
+      if f == '.lock':
+        continue
       path = os.path.join(dirpath, f)
       with open(path, 'rb') as fh:
         out[os.path.relpath(path, folder)] = hashlib.sha1(fh.read()).hexdigest()
@@ -27,6 +30,7 @@ def _fails(proc, *fragments):
   assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
   line = error_line(proc)
   assert line.startswith('error: ') and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  assert [l for l in proc.stderr.splitlines() if l.strip()] == [line], proc.stderr[-3000:]  # one line
   for fragment in fragments:
     assert fragment in line, line
   return line
@@ -66,8 +70,32 @@ def test_wrong_types(tmp_path, field, value, fragment):
     ('augment.flip_prob', 2.0, 'config.augment.flip_prob=2.0'),
 ])
 def test_out_of_range_values(tmp_path, field, value, fragment):
-  line = _fails(run_cli('pretrain', tmp_path / 'w', **{field: value}), fragment)
+  _fails(run_cli("pretrain", tmp_path / "w", **{field: value}), fragment)
   assert not (tmp_path / 'w').exists()  # refused before the workdir was touched
+
+
+@pytest.mark.parametrize('field,value,fragment', [
+    ('learning_rate', float('inf'), 'config.learning_rate=inf is invalid: use a finite number'),
+    ('augment.brightness', float('nan'), 'config.augment.brightness=nan'),
+    ('augment.std', (0.0, 0.0, 0.0), 'config.augment.std=(0.0, 0.0, 0.0) is invalid'),
+    ('augment.std', (0.2, -0.1, 0.2), 'deviations greater than 0'),
+    ('evals.knn.k', 0, 'config.evals.knn.k=0'),
+    ('evals.knn.every_epochs', -2, 'config.evals.knn.every_epochs=-2'),
+])
+def test_values_refused_before_anything_runs(field, value, fragment):
+  from conftest import tiny_config
+  from simclr_jax import validate
+  from simclr_jax.errors import ConfigError
+  with pytest.raises(ConfigError, match=re.escape(fragment)):
+    validate.validate_config(tiny_config('pretrain', **{field: value}))
+
+
+def test_short_runs_of_the_default_config_are_accepted():
+  from conftest import ROOT
+  from simclr_jax import config_base, validate
+  config = config_base.load_config_file(os.path.join(ROOT, 'configs', 'pretrain.py'))
+  config.epochs = 2
+  validate.validate_config(config)  # warmup_epochs=10 is shortened at run time, not refused
 
 
 def test_batch_size_not_divisible_by_device_count(tmp_path):
@@ -176,9 +204,12 @@ def test_workdir_with_a_run_of_another_config_is_refused_unless_fresh(pretrained
   workdir = tmp_path / 'w'
   shutil.copytree(pretrained_workdir, workdir)
   before = _snapshot(workdir)
-  line = _fails(run_cli('pretrain', workdir, width=0.25, batch_size=32),
+  _fails(run_cli('pretrain', workdir, width=0.25, batch_size=32),
                 'holds a run with another config', 'width: 0.125 -> 0.25', 'batch_size: 64 -> 32', '--fresh')
   assert _snapshot(workdir) == before
+  (workdir / 'config.json').unlink()  # the checkpoint remembers the config
+  _fails(run_cli('pretrain', workdir, batch_size=32), 'holds a run with another config', 'batch_size: 64 -> 32')
+  before = _snapshot(workdir)
   proc = run_cli('pretrain', workdir, '--fresh', width=0.25, batch_size=32, epochs=1, train_limit=128)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert _snapshot(workdir / 'previous-1') == before  # the old run is kept, not deleted
@@ -198,5 +229,5 @@ def test_resume_from_a_corrupt_checkpoint_names_it_and_keeps_it(pretrained_workd
       if d.startswith('ocdbt') or d == 'd':
         shutil.rmtree(os.path.join(dirpath, d))
   before = _snapshot(workdir)
-  line = _fails(run_cli('pretrain', workdir, epochs=2), f'checkpoint {step_dir}', 'cannot be restored')
+  _fails(run_cli('pretrain', workdir, epochs=2), f'checkpoint {step_dir}', 'cannot be restored')
   assert _snapshot(workdir) == before

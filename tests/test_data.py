@@ -13,9 +13,9 @@ from simclr_jax.errors import DataError
 
 def test_loads_uint8_splits_and_limits_train():
   ds = data.load_dataset(DATASET, DATA_DIR, train_limit=1000)
-  assert ds.train_images.shape == (1000, 32, 32, 3) and ds.train_images.dtype == np.uint8
-  assert ds.test_images.shape == (10000, 32, 32, 3) and ds.test_labels.dtype == np.int32
-  assert ds.num_classes == 10 and set(np.unique(ds.test_labels)) == set(range(10))
+  assert ds.train.images.shape == (1000, 32, 32, 3) and ds.train.images.dtype == np.uint8
+  assert ds.test.images.shape == (10000, 32, 32, 3) and ds.test.labels.dtype == np.int32
+  assert ds.num_classes == 10 and set(np.unique(ds.test.labels)) == set(range(10))
 
 
 def test_second_load_comes_from_the_user_cache_not_data_dir(tmp_path, monkeypatch):
@@ -30,7 +30,7 @@ def test_second_load_comes_from_the_user_cache_not_data_dir(tmp_path, monkeypatc
   assert sorted(os.listdir(os.path.join(DATA_DIR, DATASET, '1.0.0'))) == before
   cached = [f for _, _, files in os.walk(tmp_path / 'cache') for f in files]
   assert sorted(cached) == ['test.npz', 'train.npz']
-  np.testing.assert_array_equal(first.train_images, second.train_images)
+  np.testing.assert_array_equal(first.train.images, second.train.images)
   assert warm < cold / 3, (cold, warm)
 
 

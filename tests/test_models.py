@@ -58,3 +58,10 @@ def test_frozen_classifier_sends_no_gradient_into_the_encoder():
   grads = jax.grad(loss)(variables['params'])
   assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads['encoder']))
   assert float(jnp.abs(grads['head']['kernel']).max()) > 0
+
+
+def test_auto_dtype_is_bfloat16_on_accelerators_and_float32_on_the_cpu():
+  assert models.resolve_dtype('auto', 'cpu') == 'float32'
+  assert models.resolve_dtype('auto', 'gpu') == 'bfloat16' and models.resolve_dtype('auto', 'tpu') == 'bfloat16'
+  assert models.resolve_dtype('float32', 'gpu') == 'float32'
+  assert models.make_encoder('resnet18', 0.125, 'auto').dtype == jnp.float32  # this machine: a CPU

@@ -2,12 +2,15 @@
 devices: the same global batch gives the same loss trajectory; only process 0 writes."""
 import json
 import os
+import signal
 import socket
 import subprocess
+import time
 
 from conftest import ROOT, cli_args
 
-FIELDS = dict(train_limit=256, batch_size=64, epochs=1, log_every_steps=1, knn_every_epochs=0)
+FIELDS = {'train_limit': 256, 'batch_size': 64, 'epochs': 1, 'log_every_steps': 1,
+          'evals.knn.every_epochs': 0}
 
 
 def _free_port():
@@ -21,12 +24,16 @@ def _losses(workdir):
   return [r['loss'] for r in rows if r['kind'] == 'train']
 
 
-def _two_processes(workdir, **fields):
+def _start_two(workdir, **fields):
   port = _free_port()
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}
-  procs = [subprocess.Popen(cli_args('pretrain', workdir, **{**FIELDS, **fields}) + [
+  return [subprocess.Popen(cli_args('pretrain', workdir, **{**FIELDS, **fields}) + [
       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+def _two_processes(workdir, **fields):
+  procs = _start_two(workdir, **fields)
   outs = [p.communicate(timeout=900) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
@@ -48,7 +55,36 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
   assert 'results:' not in outs[1] and 'epoch' not in outs[1]  # only process 0 logs
   assert json.loads((multi / 'results.json').read_text())['steps'] == 4
   assert os.listdir(multi / 'checkpoints') == ['4']
+  assert json.loads((multi / '.lock').read_text())['pid'] > 0  # process 0 held the workdir lock
 
   outs = _two_processes(multi, epochs=2)  # Orbax restores across processes
   assert 'resumed from' in outs[0]
   assert json.loads((multi / 'results.json').read_text())['steps'] == 8
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step_and_the_rerun_resumes(tmp_path):
+  workdir = tmp_path / 'run'
+  procs = _start_two(workdir, epochs=4)
+  deadline = time.time() + 600
+  while time.time() < deadline and not any(s >= 3 for s in _steps(workdir)):
+    assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)  # only the second process is told
+  errs = [p.communicate(timeout=600)[1] for p in procs]
+  assert [p.returncode for p in procs] == [75, 75], [e[-2000:] for e in errs]
+  stops = [e.split('preempted: SIGTERM at step ')[1].split(':')[0] for e in errs]
+  assert stops[0] == stops[1] and (workdir / 'checkpoints' / stops[0]).is_dir(), stops
+  outs = _two_processes(workdir, epochs=4)
+  assert f'resumed from {workdir}/checkpoints/{stops[0]}' in outs[0]
+  assert json.loads((workdir / 'results.json').read_text())['steps'] == 16
+
+
+def _steps(workdir):
+  path = workdir / 'metrics.jsonl'
+  rows = []
+  for line in path.read_text().splitlines() if path.exists() else []:
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      pass
+  return [r['step'] for r in rows if r['kind'] == 'train']

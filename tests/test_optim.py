@@ -4,7 +4,6 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import tiny_config
 from simclr_jax import optim
 
 
@@ -15,8 +14,8 @@ def test_learning_rate_scaling():
 
 
 def test_warmup_then_cosine_to_zero():
-  config = tiny_config(epochs=10, warmup_epochs=2.0, batch_size=512, learning_rate=0.3, lr_scaling='linear')
-  schedule = optim.make_schedule(config, steps_per_epoch=100)
+  schedule = optim.make_schedule(0.3, 'linear', batch_size=512, epochs=10, warmup_epochs=2.0,
+                                 steps_per_epoch=100)
   assert float(schedule(0)) == 0.0
   assert float(schedule(100)) == pytest.approx(0.3, rel=1e-5)   # half-way through warmup
   assert float(schedule(200)) == pytest.approx(0.6, rel=1e-5)   # peak
@@ -27,8 +26,15 @@ def test_warmup_then_cosine_to_zero():
 
 
 def test_no_warmup_starts_at_the_peak():
-  config = tiny_config(epochs=4, warmup_epochs=0.0, batch_size=256, learning_rate=0.1)
-  assert float(optim.make_schedule(config, 10)(0)) == pytest.approx(0.1)
+  assert float(optim.make_schedule(0.1, 'linear', 256, 4, 0.0, 10)(0)) == pytest.approx(0.1)
+
+
+def test_a_warmup_longer_than_a_quarter_of_the_run_is_shortened_with_a_notice(capsys):
+  schedule = optim.make_schedule(0.1, 'none', 256, epochs=2, warmup_epochs=10.0, steps_per_epoch=10)
+  assert 'warmup_epochs=10 shortened to 0.5' in capsys.readouterr().out
+  assert float(schedule(0)) == 0.0 and float(schedule(5)) == pytest.approx(0.1)  # peak after 5 steps
+  optim.make_schedule(0.1, 'none', 256, epochs=200, warmup_epochs=10.0, steps_per_epoch=10)
+  assert 'shortened' not in capsys.readouterr().out
 
 
 def _params():
@@ -44,8 +50,7 @@ def test_decay_mask_excludes_biases_and_norm_parameters():
 
 @pytest.mark.parametrize('name', ['sgd', 'lars', 'adamw'])
 def test_weight_decay_touches_only_kernels(name):
-  config = tiny_config(optimizer=name, weight_decay=0.1, learning_rate=0.1, lr_scaling='none')
-  tx = optim.make_optimizer(config, optax.constant_schedule(0.1))
+  tx = optim.make_optimizer(name, optax.constant_schedule(0.1), momentum=0.9, weight_decay=0.1)
   params = _params()
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zero_grads, tx.init(params), params)
@@ -55,10 +60,19 @@ def test_weight_decay_touches_only_kernels(name):
 
 
 def test_lars_does_not_adapt_biases():
-  config = tiny_config(optimizer='lars', weight_decay=0.0, learning_rate=0.1, lr_scaling='none', momentum=0.0)
-  tx = optim.make_optimizer(config, optax.constant_schedule(0.1))
+  tx = optim.make_optimizer('lars', optax.constant_schedule(0.1), momentum=0.0, weight_decay=0.0)
   params = _params()
   grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates['dense']['bias'], -0.05, rtol=1e-6)  # plain SGD step
   assert not np.allclose(updates['dense']['kernel'], -0.05)              # trust ratio applied
+
+
+def test_partition_freezes_one_group_and_trains_the_other():
+  params = {'encoder': _params(), 'head': {'kernel': jnp.ones((8, 2)), 'bias': jnp.ones((2,))}}
+  tx = optim.partition({'model': optim.make_optimizer('sgd', optax.constant_schedule(0.1), 0.9, 0.1),
+                        'frozen': optax.set_to_zero()}, {'encoder': 'frozen', 'head': 'model'})
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates['encoder']))
+  assert all(float(jnp.abs(u).max()) > 0 for u in jax.tree.leaves(updates['head']))

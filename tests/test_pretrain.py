@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, tiny_config
-from simclr_jax import checkpoint, parallel, pretrain, train_loop
+from simclr_jax import checkpoint, data, input_pipeline, parallel, pretrain, train_loop
+from simclr_jax import evaluate
 from simclr_jax.errors import Preempted
 
 
@@ -25,41 +26,66 @@ def test_cli_writes_checkpoints_and_results_then_resumes(tmp_path):
   assert os.listdir(workdir / 'tensorboard')
   rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in rows if r['kind'] == 'train'] == [4, 8, 12, 16]
+  assert "compute dtype float32 (config.dtype='float32')" in proc.stdout
+
+  # Rerunning a finished run keeps its results; so does losing metrics.jsonl and results.json.
+  before = (workdir / 'results.json').read_bytes()
+  rerun = run_cli('pretrain', workdir, epochs=2)
+  assert rerun.returncode == 0 and 'is complete' in rerun.stdout, rerun.stderr[-3000:]
+  assert (workdir / 'results.json').read_bytes() == before
+  lowered = run_cli('pretrain', workdir, epochs=1)
+  assert lowered.returncode == 2 and 'config.epochs=1 is below what the run' in lowered.stderr
+  assert (workdir / 'results.json').read_bytes() == before
+  (workdir / 'metrics.jsonl').unlink()
+  (workdir / 'results.json').unlink()
+  rebuilt = run_cli('pretrain', workdir, epochs=2)
+  assert rebuilt.returncode == 0 and 'notice: metrics.jsonl lacks the rows' in rebuilt.stdout
+  again = json.loads((workdir / 'results.json').read_text())
+  for key in ('final_loss', 'knn_top1', 'images_per_second', 'train_seconds', 'knn_history', 'steps'):
+    assert again[key] == results[key], key
 
   again = run_cli('pretrain', workdir, epochs=3)  # epochs may change on resume
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'resumed from' in again.stdout and 'step 4/24' not in again.stdout
   rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
   steps = [r['step'] for r in rows if r['kind'] == 'train']
-  assert steps == [4, 8, 12, 16, 20, 24]
+  assert steps == [20, 24]  # the rows of the first two epochs went with the deleted file
   assert json.loads((workdir / 'results.json').read_text())['steps'] == 24
 
 
 def _params(workdir):
-  manager = checkpoint.make_manager(str(workdir))
-  step = manager.latest_step()
-  restored = checkpoint._read_numpy_subtrees(os.path.join(str(manager.directory), str(step), 'state'),
+  step = checkpoint.list_steps(str(workdir))[-1]
+  restored = checkpoint._read_numpy_subtrees(os.path.join(checkpoint.checkpoint_dir(str(workdir)), str(step), 'state'),
                                              ('params', 'batch_stats'))
   return step, restored
 
 
-def _train(config, workdir, stop_at_step=None):
+def _task(config):
   mesh = parallel.make_mesh()
-  task = pretrain.build_task(config, mesh, train_loop.load_device_data(config, mesh))
-  if stop_at_step is not None:
-    inner = task.step_fn
+  dataset = data.load_dataset(config.dataset, config.data_dir, config.train_limit)
+  return pretrain.build_task(config, mesh, input_pipeline.device_inputs(dataset, mesh, config.batch_size, config.seed))
 
-    def step_fn(state, *args):
-      out = inner(state, *args)
-      if int(out[0]['step']) == stop_at_step:
-        os.kill(os.getpid(), signal.SIGTERM)  # handled by the loop: checkpoint, then Preempted
-      return out
-    task.step_fn = step_fn
+
+def _train(config, workdir, stop_at_step=None):
+  task = _task(config)
+  if stop_at_step is not None:
+    inputs, bind = task.inputs, task.inputs.bind
+
+    def bind_and_stop(core):
+      step = bind(core)
+
+      def step_fn(state, *args):
+        out = step(state, *args)
+        if int(out[0].step) == stop_at_step:
+          os.kill(os.getpid(), signal.SIGTERM)  # handled by the loop: checkpoint, then Preempted
+        return out
+      return step_fn
+    inputs.bind = bind_and_stop
   return train_loop.run(config, str(workdir), task)
 
 
 def test_interrupted_then_resumed_run_ends_with_identical_parameters(tmp_path):
-  config = tiny_config(epochs=2, knn_every_epochs=2)
+  config = tiny_config(epochs=2, **{'evals.knn.every_epochs': 2})
   _train(config, tmp_path / 'straight')
   with pytest.raises(Preempted):
     _train(config, tmp_path / 'interrupted', stop_at_step=5)  # mid-epoch
@@ -76,9 +102,21 @@ def test_interrupted_then_resumed_run_ends_with_identical_parameters(tmp_path):
 def test_pretraining_learns_features_that_beat_initialisation(tmp_path):
   """Seen on cifar10_jpeg (2,048 images, width 0.125, 8 epochs): kNN gains of 3.0 to 7.1 points over seeds 0-3 (4.1 with seed 0)."""
   config = tiny_config(train_limit=2048, batch_size=128, epochs=8, learning_rate=0.6, warmup_epochs=1.0,
-                       knn_every_epochs=8, log_every_steps=1000, checkpoint_every_epochs=0)
-  mesh = parallel.make_mesh()
-  task = pretrain.build_task(config, mesh, train_loop.load_device_data(config, mesh))
-  before = task.evaluate({'params': task.state['params'], 'batch_stats': task.state['batch_stats']})
+                       log_every_steps=1000, checkpoint_every_epochs=0,
+                       **{'evals.knn.every_epochs': 8, 'evals.linear.every_epochs': -1,
+                          'evals.online_linear.every_epochs': -1})
+  task = _task(config)
+  knn = evaluate.KnnEvaluator(config.evals.knn)
+  before = knn(evaluate.EvalContext(task.infer, task.state.variables, task.inputs, 1000))
   after = train_loop.run(config, str(tmp_path), task)
   assert after['knn_top1'] > before['knn_top1'] + 0.02, (before, after)
+
+
+def test_a_stop_at_the_last_step_still_gets_its_final_evaluation(tmp_path):
+  config = tiny_config(epochs=1, **{'evals.knn.every_epochs': 0})
+  with pytest.raises(Preempted):
+    _train(config, tmp_path, stop_at_step=8)  # SIGTERM on the last step: saved before evaluating
+  assert checkpoint.list_steps(str(tmp_path)) == [8] and not (tmp_path / 'results.json').exists()
+  results = _train(config, tmp_path)
+  assert results['knn_top1'] is not None and results['knn_history'] == [[1, results['knn_top1']]]
+  assert results['online_linear_top1'] is not None and results['images_per_second'] is not None

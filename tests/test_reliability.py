@@ -12,7 +12,8 @@ import pytest
 from conftest import cli_args, error_line, ROOT, run_cli
 from simclr_jax import checkpoint
 
-LONG = dict(train_limit=1024, epochs=3, log_every_steps=2, knn_every_epochs=0, checkpoint_every_epochs=1)
+LONG = {'train_limit': 1024, 'epochs': 3, 'log_every_steps': 2, 'evals.knn.every_epochs': 0,
+        'checkpoint_every_epochs': 1}
 
 
 def _final(workdir):

@@ -13,20 +13,29 @@ def test_compare_runs_every_stage_and_writes_the_report(tmp_path):
       ['bash', os.path.join(ROOT, 'scripts', 'compare.sh'), f'--workdir={workdir}', '--pretrain_epochs=1',
        '--epochs=1', '--batch_size=64', '--set', f'dataset={DATASET}', '--set', f'data_dir={DATA_DIR}',
        '--set', 'train_limit=512', '--set', 'width=0.125', '--set', 'dtype=float32',
-       '--set', 'eval_batch_size=1000'],
-      cwd=ROOT, capture_output=True, text=True, timeout=1200)
+       '--set', 'eval_batch_size=1000', '--picture_points=300'],
+      cwd=ROOT, capture_output=True, text=True, timeout=1800)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = (workdir / 'report.md').read_text()
-  for method in ('supervised', 'finetune', 'linear_eval'):
-    row = next(l for l in report.splitlines() if l.startswith(f'| {method} |'))
-    assert row.count('(best') == 3, row
+  rows = {tuple(c.strip() for c in l.split('|')[1:3]): l for l in report.splitlines() if l.startswith('| ')}
+  for method, label, protocol in (('supervised', 'supervised (from scratch)', 'trained'),
+                                  ('finetune', 'finetune (SimCLR encoder)', 'trained'),
+                                  ('linear_features', 'linear probe', 'features'),
+                                  ('linear_augmented', 'linear probe', 'augmented')):
+    row = rows[(label, protocol)]
     for fraction in ('1', '0.1', '0.01'):
       r = json.loads((workdir / f'{method}_{fraction}' / 'results.json').read_text())
       assert r['label_fraction'] == float(fraction) and 0 <= r['test_top1'] <= 1
       assert f"{100 * r['test_top1']:.1f}" in row
-  for name in ('accuracy_1.png', 'accuracy_0.1.png', 'accuracy_0.01.png'):
-    assert (workdir / name).read_bytes()[:4] == b'\x89PNG'
-  assert json.loads((workdir / 'pretrain' / 'results.json').read_text())['knn_top1'] is not None
+  pre = json.loads((workdir / 'pretrain' / 'results.json').read_text())
+  for key, label, protocol in (('knn_top1', 'kNN (k=200)', 'knn'),
+                               ('online_linear_top1', 'online linear probe', 'online'),
+                               ('linear_top1', 'linear probe at the end of pretraining', 'features')):
+    assert pre[key] is not None and f'{100 * pre[key]:.1f}' in rows[(label, protocol)], key
+  for name in ('accuracy_1.png', 'accuracy_0.1.png', 'accuracy_0.01.png', 'embedding_map.png', 'retrieval.png'):
+    assert (workdir / name).read_bytes()[:4] == b'\x89PNG', name
+    assert f']({name})' in report
+  assert rows[('stage', 'label fraction')] and '| finetune | 0.1 | 1 |' in report  # wall-clock table
 
 
 def test_show_augmentations_writes_a_png(tmp_path):
