@@ -2,6 +2,7 @@
 
     python scripts/show_augmentations.py --out=augmentations.png --dataset=cifar10_jpeg \
         --data_dir=../shared/data/tfds --num=8
+    python scripts/show_augmentations.py --out=mine.png --dataset=folder:/data/pets --image_size=96
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def main(argv=None) -> int:
   p.add_argument('--dataset', default='cifar10')
   p.add_argument('--data_dir', default='')
   p.add_argument('--num', type=int, default=8)
+  p.add_argument('--image_size', type=int, default=0, help='resize on load (needed for a folder)')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--config', default=os.path.join(os.path.dirname(__file__), '..', 'configs', 'pretrain.py'),
                  help='the config whose augment fields are used')
@@ -33,7 +35,7 @@ def main(argv=None) -> int:
   from simclr_jax.config_base import load_config_file
 
   settings = augment.settings_from_config(load_config_file(args.config).augment)
-  ds = data.load_dataset(args.dataset, args.data_dir, train_limit=args.num)
+  ds = data.load_dataset(args.dataset, args.data_dir, train_limit=args.num, image_size=args.image_size)
   originals = ds.train.images[:args.num]
   views = np.asarray(jax.jit(augment.simclr_views, static_argnums=2)(
       jax.random.PRNGKey(args.seed), jnp.asarray(originals), settings))

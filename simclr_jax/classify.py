@@ -19,34 +19,38 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from simclr_jax import augment, checkpoint, data, input_pipeline, models, optim, parallel, train_loop
+from simclr_jax import augment, checkpoint, input_pipeline, models, optim, parallel, train_loop
 from simclr_jax.errors import CheckpointError
 from simclr_jax.evaluate import EvalContext, LinearEvaluator, make_evaluators
 from simclr_jax.losses import classification_loss
 from simclr_jax.metrics import log, write_results
 
-ENCODER_FIELDS = ('model', 'width')
+ENCODER_FIELDS = ('model', 'width', 'stem')
 
 
-def make_model(config, num_classes: int) -> models.Classifier:
-  encoder = models.make_encoder(config.model, config.width, config.dtype)
+def make_model(config, image_size: int, num_classes: int) -> models.Classifier:
+  encoder = models.make_encoder(config.model, config.width, config.dtype,
+                                models.resolve_stem(config.stem, image_size))
   return models.Classifier(encoder=encoder, num_classes=num_classes,
                            frozen_encoder=config.stage == 'linear_eval')
 
 
-def load_pretrained_encoder(init_from: str, model: str, width: float, variables: dict) -> dict:
-  """Replaces the encoder subtree of `variables` with init_from's; errors name what differs."""
+def load_pretrained_encoder(init_from: str, wanted: dict, variables: dict) -> dict:
+  """Replaces the encoder subtree of `variables` with init_from's; wanted: {'model', 'width',
+  'stem'} of this run (stem resolved); errors name what differs."""
   encoder, meta = checkpoint.restore_encoder(init_from)
-  saved = meta['config']
+  saved = dict(meta['config'])
   if saved.get('stage') != 'pretrain':
     raise CheckpointError(f'init_from {init_from!r} is a {saved.get("stage")!r} run, not a '
                           'pretraining run: point it at a workdir made with configs/pretrain.py')
-  wanted = {'model': model, 'width': width}
+  size = (meta.get('image_shape') or [32])[0]
+  saved['stem'] = models.resolve_stem(saved.get('stem', 'cifar'), size)
   differ = [f'{k}: checkpoint {saved.get(k)!r}, config {wanted[k]!r}'
             for k in ENCODER_FIELDS if saved.get(k) != wanted[k]]
   if differ:
     raise CheckpointError(f'init_from {init_from!r} has another encoder ({"; ".join(differ)}): '
-                          'set the same --config.model and --config.width as the pretraining run')
+                          'set the same --config.model, --config.width and --config.stem as the '
+                          'pretraining run')
   for collection in ('params', 'batch_stats'):
     want = jax.tree.map(np.shape, variables[collection]['encoder'])
     got = jax.tree.map(np.shape, encoder[collection])
@@ -72,13 +76,14 @@ def _initial_variables(config, model, image_shape) -> dict:
   x = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
   variables = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(config.seed), x)
   if config.stage in ('finetune', 'linear_eval'):
-    variables = load_pretrained_encoder(config.init_from, config.model, config.width, variables)
+    wanted = {'model': config.model, 'width': config.width, 'stem': model.encoder.stem}
+    variables = load_pretrained_encoder(config.init_from, wanted, variables)
   return variables
 
 
 def build_task(config, mesh, inputs) -> train_loop.Task:
   parallel.check_batch_size(config.batch_size, mesh)
-  model = make_model(config, inputs.num_classes)
+  model = make_model(config, inputs.image_shape[0], inputs.num_classes)
   aug = augment.settings_from_config(config.augment)
   spe = inputs.steps_per_epoch
   schedule = optim.make_schedule(config.learning_rate, config.lr_scaling, config.batch_size,
@@ -125,7 +130,7 @@ def linear_probe_on_features(config, workdir: str, mesh, inputs) -> dict:
     with open(results_path) as f:
       return json.load(f)
   t0 = time.time()
-  model = make_model(config, inputs.num_classes)
+  model = make_model(config, inputs.image_shape[0], inputs.num_classes)
   aug = augment.settings_from_config(config.augment)
   variables = jax.device_put(_initial_variables(config, model, inputs.image_shape),
                              parallel.replicated(mesh))
@@ -152,12 +157,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   parallel.check_batch_size(config.batch_size, mesh)
   if config.stage in ('finetune', 'linear_eval'):
     checkpoint.find_checkpoint(config.init_from)  # fail before the data is read
-  dataset = data.load_dataset(config.dataset, config.data_dir, config.train_limit)
-  if config.label_fraction < 1.0:
-    keep = data.balanced_subset(dataset.train.labels, config.label_fraction, dataset.num_classes,
-                                config.label_seed)
-    dataset = data.Dataset(dataset.name, dataset.num_classes, dataset.train.subset(keep), dataset.test)
-  inputs = input_pipeline.device_inputs(dataset, mesh, config.batch_size, config.seed)
+  train_loop.log_setup(config)
+  inputs, _ = input_pipeline.make_inputs(config, mesh, config.label_fraction, require_labels=True)
+  train_loop.log_model(config, inputs)
   if config.stage == 'linear_eval' and config.protocol == 'features':
     return linear_probe_on_features(config, workdir, mesh, inputs)
   return train_loop.run(config, workdir, build_task(config, mesh, inputs))

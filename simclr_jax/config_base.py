@@ -15,7 +15,7 @@ STAGES = ('pretrain', 'finetune', 'linear_eval', 'supervised')
 # Fields that fix the model or the data: a workdir refuses to resume with other values.
 RUN_DEFINING_FIELDS = ('stage', 'dataset', 'train_limit', 'model', 'width', 'dtype', 'batch_size',
                        'optimizer', 'projection_dims', 'seed', 'label_fraction', 'label_seed',
-                       'init_from', 'protocol')
+                       'init_from', 'protocol', 'image_size', 'stem', 'train_split', 'test_fraction')
 
 
 def augment_config() -> ml_collections.ConfigDict:
@@ -36,11 +36,18 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.dataset = 'cifar10'
   c.data_dir = ''            # '' = the TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
   c.train_limit = 0          # > 0: use only the first N training images
+  c.image_size = 0           # > 0: resize on load (shorter side, then centre crop); folders need it
+  c.train_split = 'train'    # TFDS split strings: 'train+unlabelled', 'train[:90%]', ...
+  c.test_split = 'test'
+  c.test_fraction = 0.1      # held out of a labelled folder that has no train/ and test/
+  c.eval_dataset = ''        # labelled data for the monitors when the training data has no labels
+  c.max_bad_fraction = 0.01  # unreadable images of a folder skipped (with a notice) up to this share
   # Model.
   c.model = 'resnet18'       # resnet18 | resnet34 | resnet50
   c.width = 1.0              # channel multiplier (tests use narrow networks)
   c.dtype = 'auto'           # compute dtype (auto: bfloat16 on GPU and TPU, float32 on CPU);
   #                            params, BatchNorm statistics and losses stay float32
+  c.stem = 'auto'            # cifar (3x3, no max-pool) | imagenet (7x7/2, max-pool) | auto: cifar to 64 px
   c.projection_dims = (2048, 128)
   # Optimisation.
   c.batch_size = 512

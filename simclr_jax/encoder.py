@@ -7,8 +7,8 @@
 
 The safetensors file holds float32 arrays named by their Flax path, 'params/<module>/<leaf>' and
 'batch_stats/<module>/<leaf>' (README, "Portable weights", maps them onto torchvision's ResNet),
-and in its metadata the architecture and input: format, model, width, dtype, image_shape, mean,
-std, feature_dim (values JSON-encoded).
+and in its metadata the architecture and input: format, model, width, stem, dtype, image_shape,
+mean, std, feature_dim (values JSON-encoded).
 """
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ class Encoder:
 
 
 FORMAT = 'simclr_jax.encoder/1'
-ARCHITECTURE_KEYS = ('model', 'width', 'dtype')
+ARCHITECTURE_KEYS = ('model', 'width', 'stem', 'dtype')
 
 
 def load_encoder(path: str) -> Encoder:
@@ -85,9 +85,10 @@ def load_encoder(path: str) -> Encoder:
   if path.endswith('.safetensors') or os.path.isfile(path):
     return _load_safetensors(path)
   variables, meta = checkpoint.restore_encoder(path, role='load_encoder path')
-  config = meta['config']
-  module = models.make_encoder(config['model'], config['width'], config['dtype'])
+  config = dict(meta['config'])
   shape = tuple(meta['image_shape']) if meta.get('image_shape') else None
+  config['stem'] = models.resolve_stem(config.get('stem', 'cifar'), shape[0] if shape else 32)
+  module = models.make_encoder(config['model'], config['width'], config['dtype'], config['stem'])
   return Encoder(module, jax.tree.map(jnp.asarray, variables), config, shape)
 
 
@@ -146,6 +147,6 @@ def _load_safetensors(path: str) -> Encoder:
   variables = _unflatten(flat)
   config = {k: metadata[k] for k in ARCHITECTURE_KEYS}
   config['augment'] = {'mean': tuple(metadata['mean']), 'std': tuple(metadata['std'])}
-  module = models.make_encoder(config['model'], config['width'], config['dtype'])
+  module = models.make_encoder(config['model'], config['width'], config['dtype'], config['stem'])
   shape = tuple(metadata['image_shape']) or None
   return Encoder(module, jax.tree.map(jnp.asarray, variables), config, shape)

@@ -48,6 +48,14 @@ class EvalContext:
   def features(self, split: str) -> jax.Array:
     return self.outputs(split)['features']
 
+  def labelled(self, split: str) -> tuple[jax.Array, np.ndarray]:
+    """(features, labels) of the split's images that have a label."""
+    labels = self.labels(split)
+    if np.all(labels >= 0):
+      return self.features(split), labels
+    keep = np.flatnonzero(labels >= 0)
+    return self.features(split)[keep], labels[keep]
+
 
 def normalized(f: jax.Array) -> jax.Array:
   return f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
@@ -91,9 +99,9 @@ class KnnEvaluator(Evaluator):
     self.k, self.temperature = int(cfg.k), float(cfg.temperature)
 
   def __call__(self, ctx: EvalContext) -> dict:
-    top1 = knn_top1(normalized(ctx.features('train')), ctx.labels('train'),
-                    normalized(ctx.features('test')), ctx.labels('test'), ctx.num_classes,
-                    self.k, self.temperature)
+    train_f, train_y = ctx.labelled('train')
+    top1 = knn_top1(normalized(train_f), train_y, normalized(ctx.features('test')), ctx.labels('test'),
+                    ctx.num_classes, self.k, self.temperature)
     return {'knn_top1': top1}
 
 
@@ -117,8 +125,9 @@ class LinearEvaluator(Evaluator):
     self.steps = int(cfg.steps)
 
   def __call__(self, ctx: EvalContext) -> dict:
-    fit = fit_linear_probe(ctx.features('train'), ctx.labels('train'), ctx.features('test'),
-                           ctx.labels('test'), ctx.num_classes, self.weight_decays, self.steps)
+    train_f, train_y = ctx.labelled('train')
+    fit = fit_linear_probe(train_f, train_y, ctx.features('test'), ctx.labels('test'),
+                           ctx.num_classes, self.weight_decays, self.steps)
     return {'linear_top1': fit['test_top1'], 'linear_weight_decay': fit['weight_decay']}
 
 

@@ -1,5 +1,6 @@
 """Where the images live during training, behind one small interface the loop uses.
 
+    inputs, eval_inputs = make_inputs(config, mesh)           # load, check, place
     inputs = device_inputs(dataset, mesh, batch_size, seed)   # both splits held on every device
     step = inputs.bind(core_step)                             # jitted: (state, *args) -> (state, metrics)
     for args in inputs.epoch(epoch, start=0):                 # one tuple per step of the epoch
@@ -14,13 +15,15 @@ step are fixed by (seed, epoch): epoch_indices.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simclr_jax import parallel
+from simclr_jax import data, parallel
+from simclr_jax.errors import DataError
 from simclr_jax.metrics import log
 
 
@@ -46,8 +49,8 @@ class DeviceInputs:
   seed: int
   num_classes: int            # 0: unlabelled
   images: dict                # split -> uint8 [N, H, W, 3] jax.Array, replicated
-  labels: dict                # split -> int32 [N] jax.Array (zeros when unlabelled)
-  host_labels: dict           # split -> int32 [N] numpy array, or None when unlabelled
+  labels: dict                # split -> int32 [N] jax.Array (-1: no label)
+  host_labels: dict           # split -> int32 [N] numpy array (-1: no label)
 
   @property
   def num_examples(self) -> int:
@@ -99,20 +102,80 @@ class DeviceInputs:
       yield jax.device_put(chunk, parallel.data_sharded(self.mesh)), size
 
 
+# The datasets held on every device may take at most this share of one device's memory; the rest
+# is for the model, its activations and the optimiser.
+DEVICE_SHARE = 0.4
+
+
+def device_memory_bytes() -> int:
+  """One device's memory: the allocator's limit on GPUs and TPUs, the host's RAM on the CPU."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if stats.get('bytes_limit'):
+    return int(stats['bytes_limit'])
+  return int(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))
+
+
+def check_fits(datasets, memory: int | None = None) -> None:
+  """A DataError, before anything is placed, when the datasets' uint8 splits would take more
+  than DEVICE_SHARE of one device's memory (each device holds a copy)."""
+  need = sum(s.nbytes for d in datasets if d is not None for s in (d.train, d.test) if s is not None)
+  memory = device_memory_bytes() if memory is None else memory
+  if need > DEVICE_SHARE * memory:
+    names = ', '.join(d.name for d in datasets if d is not None)
+    raise DataError(f'{names} takes {need / 2**30:.2f} GiB as uint8 arrays on every device, more than '
+                    f'{DEVICE_SHARE:.0%} of its {memory / 2**30:.1f} GiB ({DEVICE_SHARE * memory / 2**30:.2f} '
+                    'GiB fit): lower --config.image_size or --config.train_limit')
+
+
+def make_inputs(config, mesh, label_fraction: float = 1.0, require_labels: bool = False):
+  """(training inputs, evaluation inputs) for a stage: the config's dataset (a class-balanced
+  label_fraction of its training split), and config.eval_dataset when given (else the same)."""
+  dataset = data.load_from_config(config)
+  if require_labels:
+    _check_labelled(dataset, config)
+  if label_fraction < 1.0:
+    keep = data.balanced_subset(dataset.train.labels, label_fraction, dataset.num_classes,
+                                config.label_seed)
+    dataset = dataclasses.replace(dataset, train=dataset.train.subset(keep))
+  eval_dataset = None
+  if config.eval_dataset:
+    eval_dataset = data.load_from_config(config, 'eval', image_size=dataset.image_size)
+    _check_labelled(eval_dataset, config, field='eval_dataset')
+  check_fits([dataset, eval_dataset])
+  inputs = device_inputs(dataset, mesh, config.batch_size, config.seed)
+  if eval_dataset is None:
+    return inputs, inputs
+  return inputs, device_inputs(eval_dataset, mesh, config.batch_size, config.seed, notices=False)
+
+
+def _check_labelled(dataset, config, field: str = 'dataset') -> None:
+  problems = []
+  if not dataset.train.labelled:
+    unlabelled = int(np.sum(dataset.train.labels < 0))
+    problems.append(f'{unlabelled} of its {len(dataset.train.labels)} training images have no label')
+  if dataset.test is None or not dataset.test.labelled:
+    problems.append('it has no labelled test split')
+  if problems:
+    what = ('a classifier stage needs labels' if field == 'dataset'
+            else 'the monitors need labelled train and test splits')
+    raise DataError(f'config.{field}={config[field]!r}: {what}, but {" and ".join(problems)}: use a '
+                    'labelled dataset, folder (class sub-folders) or split (for STL-10: train)')
+
+
 def notice_small_training_set(num_examples: int, batch_size: int) -> None:
   if num_examples < batch_size:
     log(f'notice: the training set has {num_examples} images, fewer than batch_size={batch_size}: '
         'every batch repeats images; lower --config.batch_size')
 
 
-def device_inputs(dataset, mesh, batch_size: int, seed: int) -> DeviceInputs:
+def device_inputs(dataset, mesh, batch_size: int, seed: int, notices: bool = True) -> DeviceInputs:
   """Places a data.Dataset's splits, replicated, on the mesh's devices."""
-  notice_small_training_set(len(dataset.train.images), batch_size)
+  if notices:
+    notice_small_training_set(len(dataset.train.images), batch_size)
   splits = {'train': dataset.train, 'test': dataset.test}
   splits = {k: v for k, v in splits.items() if v is not None}
   images, labels, host_labels = {}, {}, {}
   for name, split in splits.items():
-    y = split.labels if split.labels is not None else np.zeros(len(split.images), np.int32)
-    images[name], labels[name] = parallel.put_replicated((split.images, y), mesh)
+    images[name], labels[name] = parallel.put_replicated((split.images, split.labels), mesh)
     host_labels[name] = split.labels
   return DeviceInputs(mesh, batch_size, seed, dataset.num_classes, images, labels, host_labels)

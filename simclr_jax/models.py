@@ -1,4 +1,5 @@
-"""CIFAR ResNets (3x3 stem, no max-pool), the SimCLR projector and a linear classifier.
+"""ResNets (CIFAR or ImageNet stem), the SimCLR projector with the online probe, and a linear
+classifier.
 
 Every model returns a dict of named outputs so callers read what they need:
 
@@ -70,8 +71,20 @@ class BottleneckBlock(nn.Module):
     return nn.relu(x + y)
 
 
+STEMS = ('cifar', 'imagenet')
+CIFAR_STEM_MAX_SIZE = 64  # stem 'auto': the CIFAR stem for images of this size or less
+
+
+def resolve_stem(stem: str, image_size: int) -> str:
+  """'auto' becomes 'cifar' for images of 64 px or less and 'imagenet' for larger ones."""
+  if stem != 'auto':
+    return stem
+  return 'cifar' if image_size <= CIFAR_STEM_MAX_SIZE else 'imagenet'
+
+
 class ResNet(nn.Module):
-  """CIFAR ResNet encoder: 3x3 stride-1 stem, no max-pool, global average pool.
+  """ResNet encoder with a global average pool; stem 'cifar' (3x3 stride 1, no max-pool, for
+  small images) or 'imagenet' (7x7 stride 2, then a 3x3 stride-2 max-pool).
 
   Returns float32 features of size 512 * width (2048 * width for bottleneck).
   """
@@ -79,6 +92,7 @@ class ResNet(nn.Module):
   block: str = 'basic'
   width: float = 1.0
   dtype: Any = jnp.float32
+  stem: str = 'cifar'
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -87,8 +101,13 @@ class ResNet(nn.Module):
                              epsilon=1e-5, dtype=self.dtype)
     block_cls = BasicBlock if self.block == 'basic' else BottleneckBlock
     base = max(1, int(round(64 * self.width)))
-    x = conv(base, (3, 3), name='stem_conv')(x.astype(self.dtype))
-    x = nn.relu(norm(name='stem_norm')(x))
+    if self.stem == 'imagenet':
+      x = conv(base, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name='stem_conv')(x.astype(self.dtype))
+      x = nn.relu(norm(name='stem_norm')(x))
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    else:
+      x = conv(base, (3, 3), name='stem_conv')(x.astype(self.dtype))
+      x = nn.relu(norm(name='stem_norm')(x))
     for stage, num_blocks in enumerate(self.stage_sizes):
       for b in range(num_blocks):
         strides = 2 if stage > 0 and b == 0 else 1
@@ -96,10 +115,13 @@ class ResNet(nn.Module):
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
-def make_encoder(model: str = 'resnet18', width: float = 1.0, dtype: str = 'float32') -> ResNet:
-  """Builds a CIFAR ResNet by name ('resnet18', 'resnet34', 'resnet50'); dtype may be 'auto'."""
+def make_encoder(model: str = 'resnet18', width: float = 1.0, dtype: str = 'float32',
+                 stem: str = 'cifar') -> ResNet:
+  """Builds a ResNet by name ('resnet18', 'resnet34', 'resnet50'); dtype may be 'auto', stem
+  'cifar' or 'imagenet' (resolve 'auto' with resolve_stem first)."""
   block, stages = ARCHITECTURES[model]
-  return ResNet(stage_sizes=stages, block=block, width=width, dtype=DTYPES[resolve_dtype(dtype)])
+  return ResNet(stage_sizes=stages, block=block, width=width, dtype=DTYPES[resolve_dtype(dtype)],
+                stem=stem)
 
 
 class Projector(nn.Module):

@@ -9,16 +9,17 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from simclr_jax import augment, data, input_pipeline, models, optim, parallel, train_loop
+from simclr_jax import augment, input_pipeline, models, optim, parallel, train_loop
 from simclr_jax.evaluate import make_evaluators
-from simclr_jax.losses import classification_loss, nt_xent
-from simclr_jax.metrics import log
+from simclr_jax.losses import nt_xent
 
 
-def make_model(config, probe_classes: int = 0) -> models.SimCLRModel:
-  encoder = models.make_encoder(config.model, config.width, config.dtype)
+def make_model(config, image_size: int, probe_classes: int = 0) -> models.SimCLRModel:
+  encoder = models.make_encoder(config.model, config.width, config.dtype,
+                                models.resolve_stem(config.stem, image_size))
   return models.SimCLRModel(encoder=encoder, projection_dims=tuple(config.projection_dims),
                             probe_classes=probe_classes)
 
@@ -37,11 +38,15 @@ def simclr_loss_fn(model, temperature: float, clamp: bool):
                                mutable=['batch_stats'])
     loss = nt_xent(out['projection'], temperature, clamp)
     metrics, objective = {'loss': loss}, loss
-    if 'probe_logits' in out:
-      logits = out['probe_logits'][0::2]
-      probe_loss = classification_loss(logits, labels)
+    if 'probe_logits' in out:  # images without a label (-1) do not train the probe
+      logits = out['probe_logits'][0::2].astype(jnp.float32)
+      known = (labels >= 0).astype(jnp.float32)
+      count = jnp.maximum(known.sum(), 1.0)
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+      probe_loss = jnp.sum(ce * known) / count
       objective = objective + probe_loss
-      metrics.update(probe_loss=probe_loss, probe_top1=jnp.mean(jnp.argmax(logits, -1) == labels))
+      metrics.update(probe_loss=probe_loss,
+                     probe_top1=jnp.sum((jnp.argmax(logits, -1) == labels) * known) / count)
     return objective, (updated['batch_stats'], metrics)
   return loss_fn
 
@@ -57,13 +62,14 @@ def make_tx(config, steps_per_epoch: int):
   return tx, schedule
 
 
-def build_task(config, mesh, inputs, make_views=None) -> train_loop.Task:
-  """Model, optimiser, initial state, compiled step and evaluators for pretraining.
-  make_views(key, images_uint8) replaces the SimCLR augmentation (the benchmark's ablation)."""
+def build_task(config, mesh, inputs, eval_inputs=None, make_views=None) -> train_loop.Task:
+  """Model, optimiser, initial state, compiled step and evaluators for pretraining. eval_inputs
+  (default: inputs) holds the labelled splits of the monitors; make_views(key, images_uint8)
+  replaces the SimCLR augmentation (the benchmark's ablation)."""
   parallel.check_batch_size(config.batch_size, mesh)
-  labelled = inputs.host_labels['train'] is not None
-  probe = labelled and config.online_probe_learning_rate > 0
-  model = make_model(config, inputs.num_classes if probe else 0)
+  eval_inputs = eval_inputs or inputs
+  probe = inputs.num_classes > 0 and config.online_probe_learning_rate > 0
+  model = make_model(config, inputs.image_shape[0], inputs.num_classes if probe else 0)
   aug = augment.settings_from_config(config.augment)
   tx, schedule = make_tx(config, inputs.steps_per_epoch)
   variables = init_variables(model, config.seed, inputs.image_shape)
@@ -72,13 +78,15 @@ def build_task(config, mesh, inputs, make_views=None) -> train_loop.Task:
   step_fn = train_loop.make_train_step(
       simclr_loss_fn(model, config.temperature, config.clamp_similarity),
       make_views or functools.partial(augment.simclr_views, settings=aug), tx, config.inject_nan_at_step)
-  available = {'labels'} if labelled and inputs.host_labels.get('test') is not None else set()
-  if probe:
+  test_labels = eval_inputs.host_labels.get('test')
+  labelled = eval_inputs.num_classes > 0 and test_labels is not None and bool(np.all(test_labels >= 0))
+  available = {'labels'} if labelled else set()
+  if probe and labelled and eval_inputs.num_classes == inputs.num_classes:
     available.add('probe')
   infer = jax.jit(lambda v, x: model.apply(v, augment.eval_view(x, aug), train=False))
   return train_loop.Task(
       state=state, step_fn=step_fn, inputs=inputs, evaluators=make_evaluators(config.evals, available),
-      infer=infer, summarize=summarize, schedule=schedule)
+      infer=infer, summarize=summarize, schedule=schedule, eval_inputs=eval_inputs)
 
 
 def _last(record: dict, key: str):
@@ -105,8 +113,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return done
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
-  log(f'compute dtype {models.resolve_dtype(config.dtype)} (config.dtype={config.dtype!r}) on '
-      f'{jax.device_count()} {jax.devices()[0].platform} device(s)')
-  dataset = data.load_dataset(config.dataset, config.data_dir, config.train_limit)
-  inputs = input_pipeline.device_inputs(dataset, mesh, config.batch_size, config.seed)
-  return train_loop.run(config, workdir, build_task(config, mesh, inputs))
+  train_loop.log_setup(config)
+  inputs, eval_inputs = input_pipeline.make_inputs(config, mesh)
+  train_loop.log_model(config, inputs)
+  return train_loop.run(config, workdir, build_task(config, mesh, inputs, eval_inputs))

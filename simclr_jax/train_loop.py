@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from simclr_jax import checkpoint, interrupts
+from simclr_jax import checkpoint, interrupts, models
 from simclr_jax.errors import ConfigError, NonFiniteError, Preempted
 from simclr_jax.evaluate import EvalContext
 from simclr_jax.metrics import MetricWriter, format_eta, log, write_results
@@ -101,6 +101,20 @@ class Task:
   summarize: Callable[[dict, dict], dict]  # (record, run facts) -> results.json
   schedule: Callable | None = None  # step -> learning rate, for the logs
   notes: dict = dataclasses.field(default_factory=dict)  # extra fields for results.json
+  eval_inputs: Any = None           # the evaluators' splits (default: inputs)
+
+
+def log_setup(config) -> None:
+  """The first log line: devices and compute dtype."""
+  log(f'compute dtype {models.resolve_dtype(config.dtype)} (config.dtype={config.dtype!r}) on '
+      f'{jax.device_count()} {jax.devices()[0].platform} device(s)')
+
+
+def log_model(config, inputs) -> None:
+  """The line that says which stem the image size chose."""
+  size = inputs.image_shape[0]
+  log(f'{config.model} width {config.width:g}, stem {models.resolve_stem(config.stem, size)} '
+      f'(config.stem={config.stem!r}, {size} px images), {inputs.num_examples} training images')
 
 
 def _check_finite(state: TrainState, skip_nonfinite: bool) -> None:
@@ -191,7 +205,7 @@ def run(config, workdir: str, task: Task) -> dict:
     due = [e for e in task.evaluators if itstime(epoch, e.every_epochs, total_epochs)]
     if not due:
       return
-    ctx = EvalContext(task.infer, state.variables, inputs, config.eval_batch_size)
+    ctx = EvalContext(task.infer, state.variables, task.eval_inputs or inputs, config.eval_batch_size)
     scalars = {}
     for evaluator in due:
       scalars.update(evaluator(ctx))

@@ -9,7 +9,7 @@ import os
 
 from simclr_jax import config_base
 from simclr_jax.errors import ConfigError
-from simclr_jax.models import ARCHITECTURES, DTYPE_CHOICES
+from simclr_jax.models import ARCHITECTURES, DTYPE_CHOICES, STEMS
 
 CHOICES = {
     'stage': config_base.STAGES,
@@ -17,11 +17,12 @@ CHOICES = {
     'dtype': DTYPE_CHOICES,
     'optimizer': ('sgd', 'lars', 'adamw'),
     'lr_scaling': ('linear', 'sqrt', 'none'),
+    'stem': ('auto',) + STEMS,
 }
 POSITIVE = ('batch_size', 'epochs', 'learning_rate', 'temperature', 'width', 'log_every_steps',
             'eval_batch_size', 'keep_checkpoints')
 NON_NEGATIVE = ('train_limit', 'warmup_epochs', 'weight_decay', 'momentum', 'checkpoint_every_epochs',
-                'seed', 'label_seed', 'online_probe_learning_rate')
+                'seed', 'label_seed', 'online_probe_learning_rate', 'image_size')
 PROBABILITIES = ('flip_prob', 'jitter_prob', 'grayscale_prob', 'blur_prob')
 PROTOCOLS = ('features', 'augmented')
 
@@ -69,7 +70,18 @@ def validate_config(config) -> None:
   if not 0 < config.label_fraction <= 1:
     _fail('label_fraction', config.label_fraction, 'use a fraction in (0, 1]')
   if not isinstance(config.dataset, str) or not config.dataset:
-    _fail('dataset', config.dataset, 'name a TFDS dataset such as cifar10')
+    _fail('dataset', config.dataset, 'name a TFDS dataset such as cifar10, or folder:PATH')
+  if config.dataset.startswith('folder:') and not config.image_size:
+    _fail('image_size', config.image_size, f'{config.dataset} is resized on load: set '
+          '--config.image_size, for example 32, 96 or 224')
+  if not 0 < config.test_fraction < 1:
+    _fail('test_fraction', config.test_fraction, 'use a fraction in (0, 1), such as 0.1')
+  if not 0 <= config.max_bad_fraction <= 1:
+    _fail('max_bad_fraction', config.max_bad_fraction, 'use a fraction in [0, 1]')
+  if not config.train_split:
+    _fail('train_split', config.train_split, 'name a split such as train or train+unlabelled')
+  if config.image_size and config.image_size < 8:
+    _fail('image_size', config.image_size, 'use 8 px or more (0 keeps a TFDS dataset\'s own size)')
   if config.data_dir and not os.path.isdir(config.data_dir):
     _fail('data_dir', config.data_dir, 'the folder does not exist; point it at prepared TFDS data '
           'or leave it empty for the TFDS default')

@@ -29,7 +29,7 @@ def test_second_load_comes_from_the_user_cache_not_data_dir(tmp_path, monkeypatc
   warm = time.time() - t0
   assert sorted(os.listdir(os.path.join(DATA_DIR, DATASET, '1.0.0'))) == before
   cached = [f for _, _, files in os.walk(tmp_path / 'cache') for f in files]
-  assert sorted(cached) == ['test.npz', 'train.npz']
+  assert sorted(cached) == ['test-0.npz', 'train-0.npz']
   np.testing.assert_array_equal(first.train.images, second.train.images)
   assert warm < cold / 3, (cold, warm)
 

@@ -167,12 +167,12 @@ def test_a_second_sigint_during_a_long_save_exits_at_once():
 def test_a_cache_that_does_not_match_its_source_is_rebuilt_with_a_notice(tmp_path, monkeypatch, capsys):
   monkeypatch.setenv('SIMCLR_JAX_CACHE', str(tmp_path / 'cache'))
   good = data.load_dataset(DATASET, DATA_DIR, train_limit=100)
-  test_cache = next(p for p in (tmp_path / 'cache').rglob('test.npz'))
+  test_cache = next(p for p in (tmp_path / 'cache').rglob('test-0.npz'))
   with np.load(test_cache) as f:
     fingerprint = f['fingerprint']
   for images, labels, why in (
       (np.zeros((10000, 16, 16, 3), np.uint8), np.zeros(10000, np.int32), 'images (10000, 16, 16, 3)'),
-      (good.test.images, np.full(10000, 12, np.int32), 'labels outside [0, 10)')):
+      (good.test.images, np.full(10000, 12, np.int32), 'labels outside [-1, 10)')):
     np.savez(test_cache, images=images, labels=labels, fingerprint=fingerprint)
     capsys.readouterr()
     again = data.load_dataset(DATASET, DATA_DIR, train_limit=100)

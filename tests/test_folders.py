@@ -1,0 +1,206 @@
+"""Your own images: folders (labelled, unlabelled, with and without split folders) made from
+cifar10_jpeg images written at mixed sizes and formats, TFDS split strings, and every bad input."""
+import hashlib
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import DATA_DIR, DATASET, error_line, run_cli, tiny_config
+from simclr_jax import data, images, input_pipeline, models, parallel
+from simclr_jax.errors import DataError
+
+FORMATS = ('.jpg', '.png', '.webp', '.bmp')
+
+
+@pytest.fixture(scope='module')
+def source():
+  return data.load_dataset(DATASET, DATA_DIR, train_limit=600)
+
+
+def _write(path, pixels, k):
+  """Image k in a format, mode and size that varies with k: greyscale, RGBA, palette, and sizes
+  above and below 32 px, non-square ones included."""
+  image = Image.fromarray(pixels)
+  if k % 7 == 1:
+    image = image.resize((48, 40))
+  elif k % 7 == 2:
+    image = image.resize((64, 64))
+  elif k % 50 == 3:
+    image = image.resize((24, 24))  # smaller than image_size: upscaled, counted
+  mode = {4: 'L', 5: 'RGBA', 6: 'P'}.get(k % 9)
+  if mode:
+    image = image.convert(mode)
+  ext = FORMATS[k % len(FORMATS)]
+  if ext == '.jpg' and image.mode in ('RGBA', 'P'):
+    ext = '.png'
+  image.save(str(path) + ext)
+
+
+def make_folder(root, source, n, labelled=True, splits=False, corrupt=1, start=0):
+  names = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
+  for k in range(start, start + n):
+    label = int(source.train.labels[k])
+    split = ('test' if k % 5 == 0 else 'train') if splits else ''
+    folder = root / split / (names[label] if labelled else '')
+    folder.mkdir(parents=True, exist_ok=True)
+    _write(folder / f'img{k:05d}', source.train.images[k], k)
+  where = root / ('train' if splits else '') / ('cat' if labelled else '')
+  for c in range(corrupt):
+    (where / f'broken{c}.jpg').write_bytes(b'\xff\xd8\xff\xe0 this is not a JPEG')
+  (root / 'notes.txt').write_text('not an image')
+  return root
+
+
+def _snapshot(folder):
+  out = {}
+  for dirpath, _, files in os.walk(folder):
+    for f in files:
+      with open(os.path.join(dirpath, f), 'rb') as fh:
+        out[os.path.relpath(os.path.join(dirpath, f), folder)] = hashlib.sha1(fh.read()).hexdigest()
+  return out
+
+
+def test_decode_makes_rgb_of_one_size_and_honours_exif_orientation(tmp_path, source):
+  pixels = source.train.images[0]
+  for mode in ('L', 'RGBA', 'P', 'CMYK'):
+    Image.fromarray(pixels).convert(mode).save(tmp_path / f'x_{mode}.png' if mode != 'CMYK' else tmp_path / 'x.jpg')
+  for f in os.listdir(tmp_path):
+    out, upscaled = images.decode(str(tmp_path / f), 32)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8 and not upscaled
+  tall = np.zeros((40, 20, 3), np.uint8)
+  tall[:10] = 255  # a white band at the top
+  exif = Image.Exif()
+  exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+  Image.fromarray(tall).save(tmp_path / 'rotated.png', exif=exif)
+  shown, _ = images.decode(str(tmp_path / 'rotated.png'))
+  assert shown.shape == (20, 40, 3) and shown[:, -10:].mean() > 250 and shown[:, :10].mean() < 5
+  small, upscaled = images.decode(str(tmp_path / 'rotated.png'), 32)
+  assert upscaled and small.shape == (32, 32, 3)
+
+
+def test_a_labelled_folder_loads_with_classes_a_fixed_split_and_nothing_written_into_it(tmp_path, source, capsys):
+  root = make_folder(tmp_path / 'pets', source, 200)
+  before = _snapshot(root)
+  ds = data.load_dataset(f'folder:{root}', image_size=32, test_fraction=0.2)
+  assert _snapshot(root) == before
+  assert ds.num_classes == 10 and ds.class_names[0] == 'airplane'
+  assert len(ds.train.images) + len(ds.test.images) == 200  # the corrupt file is skipped
+  assert 35 <= len(ds.test.images) <= 45 and ds.train.images.shape[1:] == (32, 32, 3)
+  out = capsys.readouterr().out
+  assert 'notice: 1 of the 201 images of folder:' in out and 'cat/broken0.jpg' in out  # named, skipped
+  assert 'notice: 1 files in' in out and 'notes.txt' in out
+  assert 'upscaled' in out
+  again = data.load_dataset(f'folder:{root}', image_size=32, test_fraction=0.2)
+  np.testing.assert_array_equal(again.test.labels, ds.test.labels)  # the same split every time
+  by_hand = images.decode(str(root / 'airplane' / sorted(os.listdir(root / 'airplane'))[0]), 32)[0]
+  assert any(np.array_equal(by_hand, x) for x in np.concatenate([ds.train.images, ds.test.images]))
+
+
+def test_the_cache_is_read_on_a_second_load_and_read_again_after_a_file_changes(tmp_path, source, capsys, monkeypatch):
+  monkeypatch.setenv('SIMCLR_JAX_CACHE', str(tmp_path / 'cache'))
+  root = make_folder(tmp_path / 'pics', source, 120, labelled=False, corrupt=0)
+  first = data.load_dataset(f'folder:{root}', image_size=32)
+  calls = []
+  original = images.decode_all
+  monkeypatch.setattr(images, 'decode_all', lambda *a, **k: calls.append(1) or original(*a, **k))
+  second = data.load_dataset(f'folder:{root}', image_size=32)
+  assert not calls and first.num_classes == 0 and second.test is None
+  np.testing.assert_array_equal(first.train.images, second.train.images)
+  assert np.all(second.train.labels == -1)
+  victim = sorted(p for p in os.listdir(root) if p.startswith('img'))[0]
+  Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / victim, format=Image.open(root / victim).format)
+  os.utime(root / victim, ns=(1, 1))  # a new modification time
+  capsys.readouterr()
+  third = data.load_dataset(f'folder:{root}', image_size=32)
+  assert calls and 'notice: cache' in capsys.readouterr().out
+  assert not np.array_equal(third.train.images, second.train.images)
+
+
+def test_split_folders_and_stems(tmp_path, source):
+  root = make_folder(tmp_path / 'split', source, 100, splits=True, corrupt=0)
+  ds = data.load_dataset(f'folder:{root}', image_size=96)
+  assert len(ds.test.images) == 20 and ds.train.images.shape[1:] == (96, 96, 3)
+  assert models.resolve_stem('auto', 96) == 'imagenet' and models.resolve_stem('auto', 64) == 'cifar'
+  from simclr_jax import pretrain
+  import jax
+  config = tiny_config(image_size=96)
+  model = pretrain.make_model(config, 96)
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 96, 96, 3), np.float32), train=False))
+  assert model.encoder.stem == 'imagenet' and params['params']['encoder']['stem_conv']['kernel'].shape[:2] == (7, 7)
+
+
+def test_a_tfds_split_string_slices_the_split():
+  sliced = data.load_dataset(DATASET, DATA_DIR, train_split='train[:10%]', test_split='test[:1000]')
+  full = data.load_dataset(DATASET, DATA_DIR)
+  assert len(sliced.train.images) == 5000 and len(sliced.test.images) == 1000
+  np.testing.assert_array_equal(sliced.train.images, full.train.images[:5000])
+  with pytest.raises(DataError, match=r"has no split 'validation'"):
+    data.load_dataset(DATASET, DATA_DIR, train_split='validation')
+
+
+@pytest.mark.parametrize('make,fragment', [
+    (lambda r: None, 'does not exist'),
+    (lambda r: r.mkdir(), 'is empty'),
+    (lambda r: (r.mkdir(), (r / 'a.txt').write_text('x')), 'holds no images'),
+    (lambda r: (r.mkdir(), (r / 'cats').mkdir(), (r / 'cats' / 'a.png').write_bytes(b'x'),
+                (r / 'b.png').write_bytes(b'x')), 'mixes class sub-folders (cats) with loose images (b.png)'),
+    (lambda r: (r.mkdir(), (r / 'test').mkdir(), (r / 'test' / 'a.png').write_bytes(b'x')), 'has test/ but no train/'),
+])
+def test_bad_folders_get_one_line_naming_the_path_and_the_fix(tmp_path, make, fragment):
+  root = tmp_path / 'data'
+  make(root)
+  with pytest.raises(DataError, match=re.escape(fragment)) as e:
+    data.load_dataset(f'folder:{root}', image_size=32)
+  assert str(root) in str(e.value) and '\n' not in str(e.value) and ': ' in str(e.value)
+
+
+def test_too_many_unreadable_images_stop_naming_the_first(tmp_path, source):
+  root = make_folder(tmp_path / 'bad', source, 100, splits=True, corrupt=3)
+  with pytest.raises(DataError, match=r'3 of the 103 images of folder:.* cannot be read, more than '
+                                      r'max_bad_fraction=0.01 \(train/cat/broken0.jpg: '):
+    data.load_dataset(f'folder:{root}', image_size=32)
+  data.load_dataset(f'folder:{root}', image_size=32, max_bad_fraction=0.1)
+
+
+def test_a_dataset_too_large_for_the_device_and_a_classifier_on_unlabelled_images(tmp_path, source):
+  ds = data.load_dataset(DATASET, DATA_DIR, train_limit=1000)
+  with pytest.raises(DataError, match=r'takes 0.03 GiB as uint8 arrays on every device, more than 40% of '
+                                      r'its 0.0 GiB .*lower --config.image_size or --config.train_limit'):
+    input_pipeline.check_fits([ds], memory=2**20)
+  input_pipeline.check_fits([ds], memory=2**30)
+  root = make_folder(tmp_path / 'loose', source, 30, labelled=False, corrupt=0)
+  config = tiny_config('finetune', dataset=f'folder:{root}', image_size=32, init_from='x')
+  with pytest.raises(DataError, match='a classifier stage needs labels, but 30 of its 30 training '
+                                      'images have no label'):
+    input_pipeline.make_inputs(config, parallel.make_mesh(), require_labels=True)
+
+
+def test_a_labelled_folder_pretrains_then_finetunes_through_the_cli(tmp_path, source):
+  root = make_folder(tmp_path / 'pets', source, 300)
+  fields = dict(dataset=f'folder:{root}', image_size=32, train_limit=0, epochs=1)
+  pre = run_cli('pretrain', tmp_path / 'pre', **fields)
+  assert pre.returncode == 0, pre.stderr[-3000:]
+  assert "stem cifar (config.stem='auto', 32 px images)" in pre.stdout
+  r = json.loads((tmp_path / 'pre' / 'results.json').read_text())
+  assert r['knn_top1'] is not None and r['online_linear_top1'] is not None
+  fine = run_cli('finetune', tmp_path / 'fine', init_from=tmp_path / 'pre', **fields)
+  assert fine.returncode == 0, fine.stderr[-3000:]
+  assert json.loads((tmp_path / 'fine' / 'results.json').read_text())['test_top1'] is not None
+
+
+def test_an_unlabelled_folder_pretrains_with_the_monitor_on_eval_dataset(tmp_path, source):
+  root = make_folder(tmp_path / 'loose', source, 300, labelled=False, corrupt=0)
+  labelled = make_folder(tmp_path / 'labelled', source, 200, splits=True, corrupt=0, start=300)
+  proc = run_cli('pretrain', tmp_path / 'pre', dataset=f'folder:{root}', image_size=32, train_limit=0,
+                 epochs=1, eval_dataset=f'folder:{labelled}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'notice: evaluator online_linear is skipped: the run has no probe' in proc.stdout
+  r = json.loads((tmp_path / 'pre' / 'results.json').read_text())
+  assert r['knn_top1'] is not None and r['online_linear_top1'] is None
+  bad = run_cli('finetune', tmp_path / 'fine', dataset=f'folder:{root}', image_size=32,
+                init_from=tmp_path / 'pre')
+  assert bad.returncode == 2 and 'a classifier stage needs labels' in error_line(bad)
