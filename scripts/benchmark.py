@@ -7,8 +7,10 @@ update) and, with --reference, the PyTorch reference in the same invocation.
 
 Each figure is the median of --windows timed windows of --steps steps after --warmup steps,
 synchronised on the results. Also reported: compile time, cold and warm dataset load, one kNN
-evaluation, and the step without augmentation (where the time goes). Prints a table last and
-writes --out (JSON).
+evaluation, and the step without augmentation (where the time goes). With --stream: the host
+pipeline's decoded images/s with one worker and with --stream_workers (also for --folder at
+--folder_size px), and the step fed by the streamed path. Prints a table last and writes --out
+(JSON).
 """
 from __future__ import annotations
 
@@ -43,12 +45,19 @@ def parse_args(argv):
   p.add_argument('--reference', default='', help='path of simclr_torch.py to run in the same invocation')
   p.add_argument('--reference_batch_size', type=int, default=512)
   p.add_argument('--reference_limit', type=int, default=0, help='--limit for the reference train run')
+  p.add_argument('--stream', action='store_true',
+                 help='also time the streamed input path: the host pipeline alone and the step fed by it')
+  p.add_argument('--stream_workers', type=int, default=0, help='grain workers (0: the default)')
+  p.add_argument('--folder', default='', help='a folder of images for the host pipeline figure')
+  p.add_argument('--folder_size', type=int, default=96)
+  p.add_argument('--pipeline_batches', type=int, default=40, help='batches timed per pipeline figure')
   p.add_argument('--out', default='benchmark.json')
   p.add_argument('--tiny', action='store_true', help='CPU smoke settings: width 0.125, 512 images, few steps')
   args = p.parse_args(argv)
   if args.tiny:
     args.width, args.train_limit, args.batch_sizes, args.dtypes = 0.125, 512, '64', 'float32'
     args.steps, args.windows, args.warmup = 2, 2, 1
+    args.pipeline_batches, args.stream_workers = 8, 1
   return args
 
 
@@ -127,6 +136,72 @@ def time_knn(config, inputs, task, state) -> dict:
   return out
 
 
+def _feed(inputs):
+  """Training batches of the streamed path, epoch after epoch."""
+  import itertools
+  for epoch in itertools.count():
+    yield from inputs.epoch(epoch)
+
+
+def time_pipeline(description, mesh, batch: int, workers: int, batches: int) -> dict:
+  """Decoded images/s of the host pipeline alone (grain workers, no training step)."""
+  import jax
+  from simclr_jax import input_pipeline
+  inputs = input_pipeline.StreamInputs(description, mesh, batch, 0, lambda spe: spe * 1000, workers)
+  feed = _feed(inputs)
+  for _ in range(2 * workers + 1):  # the workers start; what they buffered meanwhile is not timed
+    jax.block_until_ready(next(feed))
+  t0 = time.perf_counter()
+  for _ in range(batches):
+    x, _ = next(feed)
+  jax.block_until_ready(x)
+  seconds = time.perf_counter() - t0
+  inputs.close()
+  rate = batches * batch / seconds
+  return {'workers': workers, 'images_per_s': rate, 'per_worker': rate / workers,
+          'image_size': description.image_size, 'dataset': description.name}
+
+
+def time_stream_step(args, config, mesh, description, workers: int) -> dict:
+  """images/s of the full step fed by the streamed path (host pipeline included)."""
+  import jax
+  from simclr_jax import input_pipeline, pretrain
+  inputs = input_pipeline.StreamInputs(description, mesh, config.batch_size, config.seed,
+                                       lambda spe: spe * 1000, workers)
+  task = pretrain.build_task(config, mesh, inputs)
+  step, state, feed = inputs.bind(task.step_fn), task.state, _feed(inputs)
+  for _ in range(max(1, args.warmup)):
+    state, metrics = step(state, *next(feed))
+  jax.block_until_ready(metrics)
+  rates = []
+  for _ in range(args.windows):
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+      state, metrics = step(state, *next(feed))
+    jax.block_until_ready((state.params, metrics))
+    rates.append(args.steps * config.batch_size / (time.perf_counter() - t0))
+  inputs.close()
+  return {'images_per_s': statistics.median(rates), 'windows': rates, 'workers': workers}
+
+
+def time_streaming(args, mesh, first_config) -> dict:
+  from simclr_jax import data, input_pipeline
+  workers = args.stream_workers or input_pipeline.default_workers()
+  description = data.describe(args.dataset, args.data_dir)
+  if args.train_limit:
+    description.train.size = min(args.train_limit, len(description.train))
+  out = {'pipeline': [], 'step': None}
+  batch = first_config.batch_size
+  for w in sorted({1, workers}):
+    out['pipeline'].append(time_pipeline(description, mesh, batch, w, args.pipeline_batches))
+  if args.folder:
+    folder = data.describe(f'folder:{args.folder}', image_size=args.folder_size)
+    for w in sorted({1, workers}):
+      out['pipeline'].append(time_pipeline(folder, mesh, batch, w, args.pipeline_batches))
+  out['step'] = time_stream_step(args, first_config, mesh, description, workers)
+  return out
+
+
 def run_reference(args) -> dict:
   def call(*extra):
     cmd = [sys.executable, args.reference, *extra, '--batch-size', str(args.reference_batch_size)]
@@ -172,6 +247,10 @@ def main(argv=None) -> int:
         knn_done = True
       result['steps'].append(row)
       print(json.dumps(row), flush=True)
+  if args.stream:
+    result['stream'] = time_streaming(args, mesh, make_config(args, int(args.batch_sizes.split(',')[0]),
+                                                               args.dtypes.split(',')[0]))
+    print(json.dumps(result['stream']), flush=True)
   if args.reference:
     result['reference'] = run_reference(args)
     pipe, ceil = result['reference']['pipeline']['images_per_s'], result['reference']['ceiling']['images_per_s']
@@ -205,6 +284,16 @@ def format_table(result) -> str:
     if ref:
       cells += [f"{r['x_torch_pipeline']:.1f}", f"{r['x_torch_ceiling']:.2f}"]
     lines.append('| ' + ' | '.join(cells) + ' |')
+  stream = result.get('stream')
+  if stream:
+    device_rate = result['steps'][0]['images_per_s']
+    lines += ['', f"streamed path ({stream['step']['workers']} workers): "
+              f"{stream['step']['images_per_s']:,.0f} images/s for the step above "
+              f"(device path {device_rate:,.0f})", '',
+              '| host pipeline | image size | workers | decoded images/s | per worker |', '|---|---|---|---|---|']
+    for r in stream['pipeline']:
+      lines.append(f"| {r['dataset']} | {r['image_size']} | {r['workers']} | {r['images_per_s']:,.0f} | "
+                   f"{r['per_worker']:,.0f} |")
   return '\n'.join(lines)
 
 

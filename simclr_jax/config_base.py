@@ -42,6 +42,8 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.test_fraction = 0.1      # held out of a labelled folder that has no train/ and test/
   c.eval_dataset = ''        # labelled data for the monitors when the training data has no labels
   c.max_bad_fraction = 0.01  # unreadable images of a folder skipped (with a notice) up to this share
+  c.data_placement = 'auto'  # device | stream | auto: device when the uint8 splits fit (input_pipeline)
+  c.input_workers = 0        # stream: grain worker processes (0: the CPU cores less one, at most 16)
   # Model.
   c.model = 'resnet18'       # resnet18 | resnet34 | resnet50
   c.width = 1.0              # channel multiplier (tests use narrow networks)

@@ -55,6 +55,10 @@ class Dataset:
   def image_size(self) -> int:
     return int(self.train.images.shape[1])
 
+  @property
+  def nbytes(self) -> int:
+    return self.train.nbytes + (self.test.nbytes if self.test is not None else 0)
+
 
 def cache_root() -> str:
   """$SIMCLR_JAX_CACHE, else $XDG_CACHE_HOME/simclr_jax, else ~/.cache/simclr_jax."""
@@ -328,6 +332,78 @@ def load_dataset(name: str, data_dir: str = '', train_limit: int = 0, *, image_s
   if not np.any(train.labels >= 0):
     num_classes = 0  # nothing to classify: unlabelled pretraining
   return Dataset(name, num_classes, train, test, tuple(class_names))
+
+
+@dataclasses.dataclass
+class Description:
+  """A dataset known without decoding it: sizes, classes and random access to its records
+  (simclr_jax.records), for the streamed input path and the choice of placement."""
+  name: str
+  num_classes: int
+  class_names: tuple
+  image_size: int                 # the side of the decoded (and resized) square images
+  train: object                   # records of the training split
+  test: object | None
+
+  @property
+  def nbytes(self) -> int:
+    """The uint8 arrays both splits would take in memory."""
+    count = len(self.train) + (len(self.test) if self.test is not None else 0)
+    return count * self.image_size ** 2 * 3
+
+
+def describe(name: str, data_dir: str = '', *, image_size: int = 0, train_split: str = 'train',
+             test_split: str = 'test', test_fraction: float = 0.1) -> Description:
+  """Description of a TFDS dataset or folder, reading only metadata and file names."""
+  from simclr_jax import folders, records
+  if folders.is_folder_dataset(name):
+    root = folders.folder_path(name)
+    if not image_size:
+      raise DataError(f'image_size=0: the images of {name} are resized on load; set '
+                      '--config.image_size (for example 32, 96 or 224)')
+    layout = folders.scan(root)
+    parts = layout.assign(test_fraction)
+    test = records.FolderRecords(root, parts['test']) if parts.get('test') else None
+    return Description(name, len(layout.class_names), layout.class_names, image_size,
+                       records.FolderRecords(root, parts['train']), test)
+  builder = get_builder(name, data_dir, image_size=image_size)
+  label = builder.info.features['label']
+  size = image_size or int(builder.info.features['image'].shape[0])
+  made = {}
+  for role, split in (('train', train_split), ('test', test_split)):
+    made[role] = (records.TfdsRecords(name, data_dir, split, _split_size(builder, split, name))
+                  if split else None)
+  return Description(name, int(label.num_classes), tuple(label.names), size, made['train'],
+                     made['test'])
+
+
+def record_labels(records) -> np.ndarray:
+  """Every label of a split's records (-1: none): a folder's come from its layout; a TFDS split's
+  are read once (every record) and cached beside the decoded arrays."""
+  from simclr_jax import records as records_lib
+  if not isinstance(records, records_lib.TfdsRecords):
+    return records.labels()
+  builder = get_builder(records.name, records.data_dir)
+  key = hashlib.sha1(os.path.abspath(str(builder.data_dir)).encode()).hexdigest()[:12]
+  path = _cache_file(builder.name, str(builder.version), key, f'{records.split}-labels.npz')
+  fingerprint = _tfds_fingerprint(builder, records.split, -1)
+
+  def build():
+    labels = records.labels()
+    return {'images': np.zeros((len(labels), 1, 1, 3), np.uint8), 'labels': labels}
+  return _cached(path, fingerprint, f'{records.name}/{records.split} labels', build, len(records),
+                 1, int(builder.info.features['label'].num_classes))['labels']
+
+
+def describe_from_config(config, role: str = 'train', image_size: int | None = None) -> Description:
+  """describe() of the dataset a config names, or of its eval_dataset (role 'eval')."""
+  image_size = config.image_size if image_size is None else image_size
+  if role == 'eval':
+    return describe(config.eval_dataset, config.data_dir, image_size=image_size,
+                    test_fraction=config.test_fraction)
+  return describe(config.dataset, config.data_dir, image_size=image_size,
+                  train_split=config.train_split, test_split=config.test_split,
+                  test_fraction=config.test_fraction)
 
 
 def load_from_config(config, role: str = 'train', image_size: int | None = None) -> Dataset:

@@ -28,21 +28,26 @@ class EvalContext:
 
   def __init__(self, infer, variables, inputs, batch: int):
     self.infer, self.variables, self.inputs, self.batch = infer, variables, inputs, batch
-    self._outputs = {}
+    self._outputs, self._labels = {}, {}
 
   @property
   def num_classes(self) -> int:
     return self.inputs.num_classes
 
   def labels(self, split: str) -> np.ndarray:
-    return self.inputs.host_labels[split]
+    """The split's labels, in the order of its outputs (-1: no label)."""
+    self.outputs(split)
+    return self._labels[split]
 
   def outputs(self, split: str) -> dict:
     """{output name: [N, ...] float32} of the model in inference mode on the unaugmented split."""
     if split not in self._outputs:
-      parts = [jax.tree.map(lambda a, n=valid: a[:n], self.infer(self.variables, chunk))
-               for chunk, valid in self.inputs.chunks(split, self.batch)]
+      parts, labels = [], []
+      for chunk, valid, chunk_labels in self.inputs.chunks(split, self.batch):
+        parts.append(jax.tree.map(lambda a, n=valid: a[:n], self.infer(self.variables, chunk)))
+        labels.append(np.asarray(chunk_labels))
       self._outputs[split] = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
+      self._labels[split] = np.concatenate(labels)
     return self._outputs[split]
 
   def features(self, split: str) -> jax.Array:

@@ -31,6 +31,8 @@ def decode(source, size: int = 0) -> tuple[np.ndarray, bool]:
     image = Image.fromarray(source)
   else:
     image = Image.open(source if isinstance(source, str) else io.BytesIO(source))
+    if size and image.format == 'JPEG':  # decode large JPEGs at a reduced scale, still >= size
+      image.draft('RGB', (size, size))
     image = ImageOps.exif_transpose(image)
   if image.mode != 'RGB':
     image = image.convert('RGBA').convert('RGB') if image.mode == 'P' else image.convert('RGB')

@@ -9,7 +9,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from simclr_jax import augment, input_pipeline, models, optim, parallel, train_loop
@@ -78,8 +77,7 @@ def build_task(config, mesh, inputs, eval_inputs=None, make_views=None) -> train
   step_fn = train_loop.make_train_step(
       simclr_loss_fn(model, config.temperature, config.clamp_similarity),
       make_views or functools.partial(augment.simclr_views, settings=aug), tx, config.inject_nan_at_step)
-  test_labels = eval_inputs.host_labels.get('test')
-  labelled = eval_inputs.num_classes > 0 and test_labels is not None and bool(np.all(test_labels >= 0))
+  labelled = eval_inputs.labelled_test
   available = {'labels'} if labelled else set()
   if probe and labelled and eval_inputs.num_classes == inputs.num_classes:
     available.add('probe')

@@ -262,6 +262,7 @@ def run(config, workdir: str, task: Task) -> dict:
         save(step)
   finally:
     writer.close()
+    inputs.close()  # the streamed path's worker processes and shared memory
   manager.close()
   rates = record['rates'] or record['first_rates']
   facts = {'epochs': total_epochs, 'steps': step, 'train_seconds': record['train_seconds'],

@@ -18,11 +18,12 @@ CHOICES = {
     'optimizer': ('sgd', 'lars', 'adamw'),
     'lr_scaling': ('linear', 'sqrt', 'none'),
     'stem': ('auto',) + STEMS,
+    'data_placement': ('auto', 'device', 'stream'),
 }
 POSITIVE = ('batch_size', 'epochs', 'learning_rate', 'temperature', 'width', 'log_every_steps',
             'eval_batch_size', 'keep_checkpoints')
 NON_NEGATIVE = ('train_limit', 'warmup_epochs', 'weight_decay', 'momentum', 'checkpoint_every_epochs',
-                'seed', 'label_seed', 'online_probe_learning_rate', 'image_size')
+                'seed', 'label_seed', 'online_probe_learning_rate', 'image_size', 'input_workers')
 PROBABILITIES = ('flip_prob', 'jitter_prob', 'grayscale_prob', 'blur_prob')
 PROTOCOLS = ('features', 'augmented')
 

@@ -64,3 +64,41 @@ def pretrained_workdir(tmp_path_factory):
   proc = run_cli('pretrain', workdir, epochs=1)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir
+
+
+def pretrain_task(config):
+  """The pretraining task of a config, its inputs made as the CLI makes them."""
+  from simclr_jax import input_pipeline, parallel, pretrain
+  mesh = parallel.make_mesh()
+  inputs, eval_inputs = input_pipeline.make_inputs(config, mesh)
+  return pretrain.build_task(config, mesh, inputs, eval_inputs)
+
+
+def train_in_process(config, workdir, stop_at_step=None):
+  """train_loop.run of a pretraining config; with stop_at_step, a SIGTERM right after that step
+  (the loop saves a checkpoint, then raises Preempted)."""
+  import signal
+  from simclr_jax import train_loop
+  task = pretrain_task(config)
+  if stop_at_step is not None:
+    bind = task.inputs.bind
+
+    def bind_and_stop(core):
+      step = bind(core)
+
+      def step_fn(state, *args):
+        out = step(state, *args)
+        if int(out[0].step) == stop_at_step:
+          os.kill(os.getpid(), signal.SIGTERM)
+        return out
+      return step_fn
+    task.inputs.bind = bind_and_stop
+  return train_loop.run(config, str(workdir), task)
+
+
+def final_params(workdir):
+  """(step, {'params', 'batch_stats'} as numpy) of a workdir's newest checkpoint."""
+  from simclr_jax import checkpoint
+  step = checkpoint.list_steps(str(workdir))[-1]
+  path = os.path.join(checkpoint.checkpoint_dir(str(workdir)), str(step), 'state')
+  return step, checkpoint._read_numpy_subtrees(path, ('params', 'batch_stats'))

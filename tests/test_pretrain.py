@@ -1,14 +1,13 @@
 """End to end: the CLI on cifar10_jpeg, resume, interrupted-then-resumed equality, and learning."""
 import json
 import os
-import signal
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import run_cli, tiny_config
-from simclr_jax import checkpoint, data, input_pipeline, parallel, pretrain, train_loop
+from conftest import final_params, pretrain_task, run_cli, tiny_config, train_in_process
+from simclr_jax import checkpoint, train_loop
 from simclr_jax import evaluate
 from simclr_jax.errors import Preempted
 
@@ -53,45 +52,14 @@ def test_cli_writes_checkpoints_and_results_then_resumes(tmp_path):
   assert json.loads((workdir / 'results.json').read_text())['steps'] == 24
 
 
-def _params(workdir):
-  step = checkpoint.list_steps(str(workdir))[-1]
-  restored = checkpoint._read_numpy_subtrees(os.path.join(checkpoint.checkpoint_dir(str(workdir)), str(step), 'state'),
-                                             ('params', 'batch_stats'))
-  return step, restored
-
-
-def _task(config):
-  mesh = parallel.make_mesh()
-  dataset = data.load_dataset(config.dataset, config.data_dir, config.train_limit)
-  return pretrain.build_task(config, mesh, input_pipeline.device_inputs(dataset, mesh, config.batch_size, config.seed))
-
-
-def _train(config, workdir, stop_at_step=None):
-  task = _task(config)
-  if stop_at_step is not None:
-    inputs, bind = task.inputs, task.inputs.bind
-
-    def bind_and_stop(core):
-      step = bind(core)
-
-      def step_fn(state, *args):
-        out = step(state, *args)
-        if int(out[0].step) == stop_at_step:
-          os.kill(os.getpid(), signal.SIGTERM)  # handled by the loop: checkpoint, then Preempted
-        return out
-      return step_fn
-    inputs.bind = bind_and_stop
-  return train_loop.run(config, str(workdir), task)
-
-
 def test_interrupted_then_resumed_run_ends_with_identical_parameters(tmp_path):
   config = tiny_config(epochs=2, **{'evals.knn.every_epochs': 2})
-  _train(config, tmp_path / 'straight')
+  train_in_process(config, tmp_path / 'straight')
   with pytest.raises(Preempted):
-    _train(config, tmp_path / 'interrupted', stop_at_step=5)  # mid-epoch
-  assert _params(tmp_path / 'interrupted')[0] == 5
-  _train(config, tmp_path / 'interrupted')
-  (s1, a), (s2, b) = _params(tmp_path / 'straight'), _params(tmp_path / 'interrupted')
+    train_in_process(config, tmp_path / 'interrupted', stop_at_step=5)  # mid-epoch
+  assert final_params(tmp_path / 'interrupted')[0] == 5
+  train_in_process(config, tmp_path / 'interrupted')
+  (s1, a), (s2, b) = final_params(tmp_path / 'straight'), final_params(tmp_path / 'interrupted')
   assert s1 == s2 == 16
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
@@ -105,7 +73,7 @@ def test_pretraining_learns_features_that_beat_initialisation(tmp_path):
                        log_every_steps=1000, checkpoint_every_epochs=0,
                        **{'evals.knn.every_epochs': 8, 'evals.linear.every_epochs': -1,
                           'evals.online_linear.every_epochs': -1})
-  task = _task(config)
+  task = pretrain_task(config)
   knn = evaluate.KnnEvaluator(config.evals.knn)
   before = knn(evaluate.EvalContext(task.infer, task.state.variables, task.inputs, 1000))
   after = train_loop.run(config, str(tmp_path), task)
@@ -115,8 +83,8 @@ def test_pretraining_learns_features_that_beat_initialisation(tmp_path):
 def test_a_stop_at_the_last_step_still_gets_its_final_evaluation(tmp_path):
   config = tiny_config(epochs=1, **{'evals.knn.every_epochs': 0})
   with pytest.raises(Preempted):
-    _train(config, tmp_path, stop_at_step=8)  # SIGTERM on the last step: saved before evaluating
+    train_in_process(config, tmp_path, stop_at_step=8)  # SIGTERM on the last step: saved before evaluating
   assert checkpoint.list_steps(str(tmp_path)) == [8] and not (tmp_path / 'results.json').exists()
-  results = _train(config, tmp_path)
+  results = train_in_process(config, tmp_path)
   assert results['knn_top1'] is not None and results['knn_history'] == [[1, results['knn_top1']]]
   assert results['online_linear_top1'] is not None and results['images_per_second'] is not None

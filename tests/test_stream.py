@@ -1,0 +1,178 @@
+"""The streamed input path (grain workers, each process reading its share): the same images at each
+step as the device path, resume, label fractions, several hosts, and its faults."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import DATA_DIR, DATASET, ROOT, cli_args, final_params, run_cli, tiny_config, train_in_process
+from simclr_jax import data, input_pipeline, parallel
+from simclr_jax.errors import DataError, Preempted
+
+
+def _inputs(placement, **fields):
+  config = tiny_config(train_limit=256, data_placement=placement, input_workers=1, **fields)
+  return config, input_pipeline.make_inputs(config, parallel.make_mesh())[0]
+
+
+def test_both_paths_give_the_same_images_at_each_step():
+  _, device = _inputs('device')
+  _, stream = _inputs('stream')
+  assert (device.kind, stream.kind) == ('device', 'stream')
+  for epoch in (0, 1):
+    np.testing.assert_array_equal(device.step_indices(epoch), stream.step_indices(epoch))
+  images = np.asarray(device.images['train'])
+  for k, (x, y) in enumerate(stream.epoch(1)):
+    idx = device.step_indices(1)[k]
+    np.testing.assert_array_equal(np.asarray(x), images[idx])
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(device.host_labels['train'])[idx])
+  stream.close()
+
+
+def test_placement_auto_streams_what_does_not_fit_and_says_why(capsys):
+  description = data.describe(DATASET, DATA_DIR)  # 60,000 images of 32 x 32 x 3 bytes: 0.17 GiB
+  assert input_pipeline.choose_placement('auto', [description], memory=2**28) == 'stream'
+  assert ("data placement stream (config.data_placement=auto): the uint8 splits take 0.17 GiB, 40% of "
+          "one device's 0.2 GiB is 0.10 GiB") in capsys.readouterr().out
+  assert input_pipeline.choose_placement('auto', [description], memory=2**30) == 'device'
+  assert input_pipeline.choose_placement('stream', [description], memory=2**32) == 'stream'
+
+
+def test_a_streamed_run_stopped_and_resumed_ends_as_the_device_path_does(tmp_path):
+  """The same seed and settings: identical parameters and kNN on the CPU, resume included."""
+  fields = dict(train_limit=256, epochs=2, input_workers=1, **{'evals.knn.every_epochs': 0})
+  device = train_in_process(tiny_config(data_placement='device', **fields), tmp_path / 'device')
+  stream_config = tiny_config(data_placement='stream', **fields)
+  with pytest.raises(Preempted):
+    train_in_process(stream_config, tmp_path / 'stream', stop_at_step=5)  # mid-epoch
+  stream = train_in_process(stream_config, tmp_path / 'stream')
+  assert stream['knn_top1'] == device['knn_top1'] and stream['online_linear_top1'] == device['online_linear_top1']
+  (s1, a), (s2, b) = final_params(tmp_path / 'device'), final_params(tmp_path / 'stream')
+  assert s1 == s2 == 8
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_label_fractions_pick_the_same_images_on_both_paths():
+  fields = dict(train_limit=1000, label_fraction=0.1, init_from='unused', batch_size=32)
+  config = tiny_config('supervised', data_placement='device', **fields)
+  device, _ = input_pipeline.make_inputs(config, parallel.make_mesh(), 0.1, require_labels=True)
+  config = tiny_config('supervised', data_placement='stream', input_workers=1, **fields)
+  stream, test = input_pipeline.make_inputs(config, parallel.make_mesh(), 0.1, require_labels=True)
+  assert stream.num_examples == device.num_examples == 100
+  for (x, y), idx in zip(stream.epoch(0), device.step_indices(0)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(device.images['train'])[idx])
+  stream.close()
+  chunks = list(test.chunks('test', 4000))  # the evaluation streams its split in chunks
+  assert [valid for _, valid, _ in chunks] == [4000, 4000, 2000]
+  np.testing.assert_array_equal(np.concatenate([l for _, _, l in chunks]), device.host_labels['test'])
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _check(tmp_path, processes, devices_each):
+  port = _free_port()
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices_each}'}
+  extra = lambda i: ([f'--coordinator=127.0.0.1:{port}', f'--num_processes={processes}', f'--process_id={i}']
+                     if processes > 1 else [])
+  procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests', 'stream_check.py'),
+                             os.path.join(ROOT, 'tests'), str(tmp_path)] + extra(i), cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(processes)]
+  outs = [p.communicate(timeout=900) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  return sorted((json.loads(o.strip().splitlines()[-1]) for o, _ in outs), key=lambda r: r['process'])
+
+
+def test_two_hosts_each_read_a_disjoint_half_and_match_one_host(tmp_path):
+  two = _check(tmp_path, processes=2, devices_each=2)
+  one = _check(tmp_path, processes=1, devices_each=4)[0]
+  assert [r['devices'] for r in two] == [4, 4] and one['devices'] == 4
+  assert [r['rows'] for r in two] == [[0, 32], [32, 64]] and one['rows'] == [0, 64]
+  halves = [set(r['read']) for r in two]
+  assert len(two[0]['read']) == len(two[1]['read']) == 128 and not halves[0] & halves[1]
+  assert halves[0] | halves[1] == set(one['read'])  # together, exactly the one-host epoch
+  for a, b in zip(two[0]['losses'], one['losses']):
+    assert abs(a - b) < 1e-4 * abs(b), (two[0]['losses'], one['losses'])
+  assert two[0]['losses'] == two[1]['losses']
+
+
+def _children(pid):
+  out = []
+  for entry in os.listdir('/proc'):
+    if entry.isdigit():
+      try:
+        with open(f'/proc/{entry}/stat') as f:
+          fields = f.read().rsplit(')', 1)[1].split()
+        with open(f'/proc/{entry}/cmdline') as f:
+          cmd = f.read()
+      except OSError:
+        continue
+      if int(fields[1]) == pid and 'spawn_main' in cmd:
+        out.append(int(entry))
+  return out
+
+
+def test_a_dead_worker_stops_the_run_with_one_line_and_the_rerun_resumes(tmp_path):
+  fields = dict(train_limit=1024, epochs=2, log_every_steps=2, data_placement='stream', input_workers=2,
+                **{'evals.knn.every_epochs': 0})
+  workdir = tmp_path / 'run'
+  proc = subprocess.Popen(cli_args('pretrain', workdir, **fields), cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  deadline, killed = time.time() + 600, None
+  while time.time() < deadline and proc.poll() is None and killed is None:
+    rows = (workdir / 'metrics.jsonl').read_text().splitlines() if (workdir / 'metrics.jsonl').exists() else []
+    workers = _children(proc.pid)
+    if len(rows) >= 2 and workers:
+      os.kill(workers[0], signal.SIGKILL)
+      killed = workers[0]
+    time.sleep(0.2)
+  assert killed, 'the run ended before a worker could be killed'
+  _, err = proc.communicate(timeout=600)
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert proc.returncode == 2 and len(lines) == 1, err[-3000:]
+  assert lines[0].startswith('error: the input pipeline stopped') and 'rerun the same command' in lines[0]
+  rerun = run_cli('pretrain', workdir, **fields)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert json.loads((workdir / 'results.json').read_text())['steps'] == 32
+
+
+def test_an_unreadable_image_mid_epoch_is_replaced_and_counted_or_stops_the_run(tmp_path, capsys):
+  from PIL import Image
+  root = tmp_path / 'pics'
+  root.mkdir()
+  source = data.load_dataset(DATASET, DATA_DIR, train_limit=99)
+  for k, pixels in enumerate(source.train.images):
+    Image.fromarray(pixels).save(root / f'{k:03d}.png')
+  (root / '050.jpg').write_bytes(b'not a jpeg')  # readable name, unreadable content
+  for fraction, fails in ((0.05, False), (0.001, True)):
+    config = tiny_config(dataset=f'folder:{root}', image_size=32, train_limit=0, batch_size=20,
+                         data_placement='stream', input_workers=1, max_bad_fraction=fraction)
+    inputs, _ = input_pipeline.make_inputs(config, parallel.make_mesh())
+    if fails:
+      with pytest.raises(DataError, match=r'1 of the 100 training images read so far cannot be decoded, '
+                                          r'more than max_bad_fraction=0.001 \(050.jpg\)'):
+        list(inputs.epoch(0))
+    else:
+      batches = list(inputs.epoch(0))
+      assert len(batches) == 5
+      assert 'notice: 1 training images of this epoch cannot be decoded' in capsys.readouterr().out
+    inputs.close()
+
+
+def test_stream_without_grain_says_what_to_install(monkeypatch):
+  monkeypatch.setitem(sys.modules, 'grain', None)
+  _, stream = _inputs('stream')
+  with pytest.raises(DataError, match='data_placement=stream needs grain: pip install grain'):
+    next(stream.epoch(0))
