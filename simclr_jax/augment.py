@@ -95,7 +95,13 @@ def _gray3(image):
 
 def color_jitter(key: jax.Array, image: jax.Array, brightness: float, contrast: float,
                  saturation: float, hue: float) -> jax.Array:
-  """torchvision's ColorJitter: the four adjustments in a random order, each clipped to [0, 1]."""
+  """torchvision's ColorJitter: the four adjustments in a random order, each clipped to [0, 1].
+
+  Under vmap the choice at each position becomes a select over all four operations, so every
+  operation is computed at every position. Measured (README, "Where the step's time goes"): the
+  whole augmentation is under 1% of the step's FLOPs and bytes at batch 1024, and computing the
+  hue shift once (the costliest operation) ran 50% slower on the CPU, so this form stays.
+  """
   k_order, k_b, k_c, k_s, k_h = jax.random.split(key, 5)
 
   def factor(k, s):
