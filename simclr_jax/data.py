@@ -348,8 +348,12 @@ class Description:
   @property
   def nbytes(self) -> int:
     """The uint8 arrays both splits would take in memory."""
-    count = len(self.train) + (len(self.test) if self.test is not None else 0)
-    return count * self.image_size ** 2 * 3
+    return self.nbytes_with(0)
+
+  def nbytes_with(self, train_limit: int) -> int:
+    """nbytes when only the first train_limit (> 0) training images are used."""
+    train = min(train_limit, len(self.train)) if train_limit else len(self.train)
+    return (train + (len(self.test) if self.test is not None else 0)) * self.image_size ** 2 * 3
 
 
 def describe(name: str, data_dir: str = '', *, image_size: int = 0, train_split: str = 'train',

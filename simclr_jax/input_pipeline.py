@@ -302,12 +302,11 @@ def check_fits(datasets, memory: int | None = None) -> None:
                     '--config.data_placement=stream')
 
 
-def choose_placement(requested: str, descriptions, memory: int | None = None) -> str:
-  """'device' or 'stream' for data_placement 'auto' (device when the uint8 splits fit in
-  DEVICE_SHARE of one device's memory), logged with the sizes that decided it."""
+def choose_placement(requested: str, need: int, memory: int | None = None) -> str:
+  """'device' or 'stream' for data_placement 'auto' (device when `need` bytes of uint8 splits fit
+  in DEVICE_SHARE of one device's memory), logged with the sizes that decided it."""
   if requested != 'auto':
     return requested
-  need = sum(d.nbytes for d in descriptions if d is not None)
   memory = device_memory_bytes() if memory is None else memory
   placement = 'device' if need <= DEVICE_SHARE * memory else 'stream'
   log(f'data placement {placement} (config.data_placement=auto): the uint8 splits take '
@@ -324,7 +323,8 @@ def make_inputs(config, mesh, label_fraction: float = 1.0, require_labels: bool 
   eval_description = None
   if config.eval_dataset:
     eval_description = data.describe_from_config(config, 'eval', image_size=description.image_size)
-  placement = choose_placement(config.data_placement, [description, eval_description])
+  need = description.nbytes_with(config.train_limit) + (eval_description.nbytes if eval_description else 0)
+  placement = choose_placement(config.data_placement, need)
   if placement == 'device':
     dataset = data.load_from_config(config)
     if require_labels:

@@ -213,7 +213,7 @@ def run(config, workdir: str, task: Task) -> dict:
       scalars.update({f'train_{k}': float(v) / epoch_n for k, v in epoch_sums.items()})
     writer.write('eval', step, {'epoch': epoch, **scalars})
     record['evals'].append({'step': step, 'epoch': epoch, **scalars})
-    log(f'epoch {epoch} ' + ' '.join(f'{k} {v:.4f}' for k, v in scalars.items()
+    log(f'epoch {epoch} ' + ' '.join(f'{k} {v:.4g}' for k, v in scalars.items()
                                      if isinstance(v, float)))
 
   epoch_sums, epoch_n = None, 0

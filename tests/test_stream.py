@@ -38,11 +38,12 @@ def test_both_paths_give_the_same_images_at_each_step():
 
 def test_placement_auto_streams_what_does_not_fit_and_says_why(capsys):
   description = data.describe(DATASET, DATA_DIR)  # 60,000 images of 32 x 32 x 3 bytes: 0.17 GiB
-  assert input_pipeline.choose_placement('auto', [description], memory=2**28) == 'stream'
+  assert input_pipeline.choose_placement('auto', description.nbytes, memory=2**28) == 'stream'
   assert ("data placement stream (config.data_placement=auto): the uint8 splits take 0.17 GiB, 40% of "
           "one device's 0.2 GiB is 0.10 GiB") in capsys.readouterr().out
-  assert input_pipeline.choose_placement('auto', [description], memory=2**30) == 'device'
-  assert input_pipeline.choose_placement('stream', [description], memory=2**32) == 'stream'
+  assert description.nbytes_with(10000) == 20000 * 32 * 32 * 3  # a train_limit counts
+  assert input_pipeline.choose_placement('auto', description.nbytes, memory=2**30) == 'device'
+  assert input_pipeline.choose_placement('stream', description.nbytes, memory=2**32) == 'stream'
 
 
 def test_a_streamed_run_stopped_and_resumed_ends_as_the_device_path_does(tmp_path):
