@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from simclr_jax.errors import CheckpointError
+from simclr_jax.errors import CheckpointError, summary
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -103,7 +103,7 @@ def _cause(e: BaseException) -> str:
   for code in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM):
     if os.strerror(code).lower() in text.lower():
       return os.strerror(code)
-  return f'{type(e).__name__}: {_first_line(e)}'
+  return summary(e, 300)
 
 
 def _remove_partial(folder: str, step: int) -> None:
@@ -172,14 +172,9 @@ def restore_latest(manager: ocp.CheckpointManager, target_state):
           state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
   except Exception as e:
     raise CheckpointError(f'checkpoint {path} cannot be restored into this run '
-                          f'({type(e).__name__}: {_first_line(e)}): it is corrupt or from another '
+                          f'({summary(e, 300)}): it is corrupt or from another '
                           'config; move it away or use another --workdir') from None
   return restored['state'], restored['meta']
-
-
-def _first_line(e: BaseException) -> str:
-  lines = str(e).strip().splitlines()
-  return lines[0][:300] if lines else ''
 
 
 def find_checkpoint(path: str, role: str = 'init_from') -> str:
@@ -223,15 +218,13 @@ def restore_encoder(path: str, role: str = 'init_from') -> tuple[dict, dict]:
     with _quiet_stderr_on_failure():
       restored = _read_numpy_subtrees(os.path.join(step_dir, 'state'), ('params', 'batch_stats'))
   except Exception as e:
-    raise CheckpointError(f'checkpoint {step_dir} cannot be read ({type(e).__name__}: '
-                          f'{_first_line(e)}): it is corrupt or truncated; point {role} at '
-                          'another checkpoint') from None
+    raise CheckpointError(f'checkpoint {step_dir} cannot be read ({summary(e, 300)}): '
+                          f'it is corrupt or truncated; point {role} at another checkpoint') from None
   if any('encoder' not in restored.get(k, {}) for k in ('params', 'batch_stats')):
     raise CheckpointError(f'checkpoint {step_dir} holds no encoder: it is not a simclr_jax model '
                           f'checkpoint; point {role} at a pretraining workdir')
   encoder = {k: jax.tree.map(np.asarray, restored[k]['encoder']) for k in ('params', 'batch_stats')}
   return encoder, meta
-
 
 
 def _read_numpy_subtrees(path: str, keys) -> dict:

@@ -73,8 +73,7 @@ def classifier_loss_fn(model):
 
 
 def _initial_variables(config, model, image_shape) -> dict:
-  x = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
-  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(config.seed), x)
+  variables = models.init_variables(model, config.seed, image_shape)
   if config.stage in ('finetune', 'linear_eval'):
     wanted = {'model': config.model, 'width': config.width, 'stem': model.encoder.stem}
     variables = load_pretrained_encoder(config.init_from, wanted, variables)

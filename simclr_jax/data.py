@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from simclr_jax import images as images_lib
-from simclr_jax.errors import DataError
+from simclr_jax.errors import DataError, first_line, summary
 from simclr_jax.metrics import log
 
 
@@ -88,7 +88,7 @@ def get_builder(name: str, data_dir: str = '', prepare: bool = True, image_size:
                     f'one prepared under data_dir {data_dir or "(TFDS default)"}') from None
   except Exception as e:  # a corrupt dataset_info.json or features.json
     raise DataError(f'cannot read dataset {name!r} under {data_dir or "the TFDS default"} '
-                    f'({type(e).__name__}: {_first_line(e)}): re-prepare it or fix data_dir') from None
+                    f'({summary(e)}): re-prepare it or fix data_dir') from None
   if not builder.is_prepared():
     if not prepare:
       raise DataError(f'dataset {name!r} is not prepared in {builder.data_dir}')
@@ -107,11 +107,6 @@ def _quiet_absl():
     yield
   finally:
     logging.set_verbosity(verbosity)
-
-
-def _first_line(e: BaseException) -> str:
-  text = str(e).strip().splitlines()
-  return text[0][:200] if text else ''
 
 
 def _network_available(url: str = 'https://storage.googleapis.com', timeout: float = 5.0) -> bool:
@@ -137,7 +132,7 @@ def _download_and_prepare(builder, name: str) -> None:
   except Exception as e:
     raise DataError(
         f'dataset {name!r} is not prepared in {builder.data_dir} and could not be downloaded and '
-        f'prepared ({type(e).__name__}: {_first_line(e)}): with network access and tensorflow-cpu '
+        f'prepared ({summary(e)}): with network access and tensorflow-cpu '
         f'installed run `tfds build {name} --file_format=array_record`, or point --config.data_dir '
         'at a folder that holds it prepared (for example ../shared/data/tfds)') from None
 
@@ -225,7 +220,7 @@ def _read_tfds_split(builder, split: str, image_size: int) -> dict:
     raise DataError(f'split {split!r} of {builder.name} has {e}') from None
   except Exception as e:
     raise DataError(f'cannot read split {split!r} of {builder.name} in {builder.data_dir} '
-                    f'({type(e).__name__}: {_first_line(e)}): the files look corrupt or truncated; '
+                    f'({summary(e)}): the files look corrupt or truncated; '
                     'delete that folder and prepare the dataset again') from None
   if decoded.bad:
     index, reason = decoded.bad[0]
@@ -239,7 +234,7 @@ def _split_size(builder, split: str, name: str) -> int:
   try:
     return builder.info.splits[split].num_examples
   except (ValueError, KeyError) as e:
-    raise DataError(f'dataset {name!r} has no split {split!r} ({_first_line(e)}): use one of '
+    raise DataError(f'dataset {name!r} has no split {split!r} ({first_line(e)}): use one of '
                     f'{sorted(builder.info.splits)} or a slice such as train[:90%]') from None
 
 
@@ -308,6 +303,15 @@ def _report_bad(name: str, reports: list, max_bad_fraction: float) -> None:
   log(f'notice: {len(bad)} of the {total} images of {name} cannot be read and were skipped ({first})')
 
 
+def limited_count(train_limit: int, available: int, name: str) -> int:
+  """How many training images (the first ones) train_limit > 0 keeps, with a notice when it is
+  above the `available` images of dataset `name`."""
+  if train_limit > available:
+    log(f'notice: train_limit={train_limit} is above the {available} training images of {name}: '
+        'all of them are used')
+  return min(train_limit, available)
+
+
 def load_dataset(name: str, data_dir: str = '', train_limit: int = 0, *, image_size: int = 0,
                  train_split: str = 'train', test_split: str = 'test', test_fraction: float = 0.1,
                  max_bad_fraction: float = 0.01) -> Dataset:
@@ -325,10 +329,7 @@ def load_dataset(name: str, data_dir: str = '', train_limit: int = 0, *, image_s
   train = Split(splits['train']['images'], splits['train']['labels'])
   test = Split(splits['test']['images'], splits['test']['labels']) if splits.get('test') else None
   if train_limit:
-    if train_limit > len(train.images):
-      log(f'notice: train_limit={train_limit} is above the {len(train.images)} training images of '
-          f'{name}: all of them are used')
-    train = train.subset(slice(0, train_limit))
+    train = train.subset(slice(0, limited_count(train_limit, len(train.images), name)))
   if not np.any(train.labels >= 0):
     num_classes = 0  # nothing to classify: unlabelled pretraining
   return Dataset(name, num_classes, train, test, tuple(class_names))

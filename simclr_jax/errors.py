@@ -26,3 +26,15 @@ class NonFiniteError(Exception):
 class Preempted(Exception):
   """SIGTERM or SIGINT arrived; a checkpoint was written. Exit status 75 (rerun to resume)."""
   exit_code = 75
+
+
+def first_line(e: BaseException, limit: int = 200, last: bool = False) -> str:
+  """The first (or last) non-empty line of an exception's message, cut to `limit` characters."""
+  lines = [line for line in str(e).strip().splitlines() if line.strip()]
+  return (lines[-1] if last else lines[0])[:limit] if lines else ''
+
+
+def summary(e: BaseException, limit: int = 200, last: bool = False) -> str:
+  """'TypeName: first line' of an exception, for the cause in a one-line error."""
+  line = first_line(e, limit, last)
+  return f'{type(e).__name__}: {line}' if line else type(e).__name__

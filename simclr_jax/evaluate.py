@@ -86,6 +86,10 @@ def knn_top1(train_f, train_y, test_f, test_y, num_classes: int, k: int = 200,
   return correct / test_f.shape[0]
 
 
+def top1(logits: jax.Array, labels) -> float:
+  return float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(labels)))
+
+
 class Evaluator:
   """Base: keeps every_epochs from the sub-config; `requires` names what it cannot run without."""
   name = ''
@@ -116,8 +120,7 @@ class OnlineLinearEvaluator(Evaluator):
   requires = ('labels', 'probe')
 
   def __call__(self, ctx: EvalContext) -> dict:
-    logits = ctx.outputs('test')['probe_logits']
-    return {'online_linear_top1': float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(ctx.labels('test'))))}
+    return {'online_linear_top1': top1(ctx.outputs('test')['probe_logits'], ctx.labels('test'))}
 
 
 class LinearEvaluator(Evaluator):
@@ -143,8 +146,7 @@ class ClassifyEvaluator(Evaluator):
   def __call__(self, ctx: EvalContext) -> dict:
     logits = ctx.outputs('test')['logits']
     labels = jnp.asarray(ctx.labels('test'))
-    return {'test_top1': float(jnp.mean(jnp.argmax(logits, -1) == labels)),
-            'test_loss': float(classification_loss(logits, labels))}
+    return {'test_top1': top1(logits, labels), 'test_loss': float(classification_loss(logits, labels))}
 
 
 EVALUATORS = {cls.name: cls for cls in (KnnEvaluator, OnlineLinearEvaluator, LinearEvaluator,

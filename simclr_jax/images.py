@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from simclr_jax.errors import summary
+
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
 
 
@@ -63,7 +65,7 @@ def decode_all(sources, size: int = 0, workers: int = 0) -> Decoded:
     try:
       return decode(source, size)
     except Exception as e:  # any unreadable file: reported, not fatal here
-      return f'{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ""}'.rstrip(': ')
+      return summary(e, 120)
 
   workers = workers or min(16, os.cpu_count() or 1)
   with ThreadPoolExecutor(max_workers=workers) as pool:

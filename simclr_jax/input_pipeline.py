@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from simclr_jax import data, parallel
-from simclr_jax.errors import DataError
+from simclr_jax.errors import DataError, summary
 from simclr_jax.metrics import log
 from simclr_jax.records import ChunkPlan, Decode, TrainPlan, epoch_indices
 
@@ -43,8 +43,22 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return max(1, num_examples // batch_size)
 
 
+class _Epochs:
+  """What both input paths share: the order of each epoch's training images, fixed by (seed,
+  epoch). Subclasses have num_examples, batch_size and seed."""
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return steps_per_epoch(self.num_examples, self.batch_size)
+
+  def step_indices(self, epoch: int) -> np.ndarray:
+    """[steps_per_epoch, batch_size] training-split indices of each step of the epoch."""
+    return epoch_indices(self.seed, epoch, self.num_examples,
+                         self.steps_per_epoch * self.batch_size).reshape(self.steps_per_epoch, -1)
+
+
 @dataclasses.dataclass
-class DeviceInputs:
+class DeviceInputs(_Epochs):
   """Both splits resident on every device as uint8; each step gathers its batch by index inside
   the compiled step, so no image crosses from the host during training."""
   mesh: jax.sharding.Mesh
@@ -65,18 +79,9 @@ class DeviceInputs:
     return tuple(self.images['train'].shape[1:])
 
   @property
-  def steps_per_epoch(self) -> int:
-    return steps_per_epoch(self.num_examples, self.batch_size)
-
-  @property
   def labelled_test(self) -> bool:
     labels = self.host_labels.get('test')
     return self.num_classes > 0 and labels is not None and bool(np.all(labels >= 0))
-
-  def step_indices(self, epoch: int) -> np.ndarray:
-    """[steps_per_epoch, batch_size] training-split indices of each step of the epoch."""
-    return epoch_indices(self.seed, epoch, self.num_examples,
-                         self.steps_per_epoch * self.batch_size).reshape(self.steps_per_epoch, -1)
 
   def bind(self, core_step: Callable) -> Callable:
     """The jitted step (state, images, labels, epoch_idx) -> (state, metrics); the batch is
@@ -134,7 +139,7 @@ def process_rows(mesh, batch: int) -> tuple[int, int]:
   return lo, hi
 
 
-class StreamInputs:
+class StreamInputs(_Epochs):
   """Training images read and decoded by grain worker processes, each process reading only its
   rows of every global batch; the evaluation splits are streamed in chunks the same way."""
   kind = 'stream'
@@ -162,17 +167,8 @@ class StreamInputs:
     return (size, size, 3)
 
   @property
-  def steps_per_epoch(self) -> int:
-    return steps_per_epoch(self.num_examples, self.batch_size)
-
-  @property
   def labelled_test(self) -> bool:
     return self.num_classes > 0 and self.description.test is not None
-
-  def step_indices(self, epoch: int) -> np.ndarray:
-    """[steps_per_epoch, batch_size] training-split indices of each step (as DeviceInputs)."""
-    return epoch_indices(self.seed, epoch, self.num_examples,
-                         self.steps_per_epoch * self.batch_size).reshape(self.steps_per_epoch, -1)
 
   def bind(self, core_step: Callable) -> Callable:
     """The jitted step (state, images, labels) -> (state, metrics) over a global batch."""
@@ -229,7 +225,7 @@ class StreamInputs:
       raise
     except Exception as e:  # a worker died or a record cannot be read
       self.close()
-      raise DataError(f'the input pipeline stopped ({type(e).__name__}: {str(e).strip().splitlines()[-1][:200] if str(e).strip() else ""}): '
+      raise DataError(f'the input pipeline stopped ({summary(e, last=True)}): '
                       'the run stops here and the last checkpoint is kept; rerun the same command to '
                       'resume') from None
 
@@ -289,26 +285,23 @@ def device_memory_bytes() -> int:
   return int(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))
 
 
-def check_fits(datasets, memory: int | None = None) -> None:
-  """A DataError, before anything is placed, when the datasets' uint8 splits would take more
-  than DEVICE_SHARE of one device's memory (each device holds a copy)."""
-  need = sum(d.nbytes for d in datasets if d is not None)
-  memory = device_memory_bytes() if memory is None else memory
-  if need > DEVICE_SHARE * memory:
-    names = ', '.join(d.name for d in datasets if d is not None)
-    raise DataError(f'{names} takes {need / 2**30:.2f} GiB as uint8 arrays on every device, more than '
-                    f'{DEVICE_SHARE:.0%} of its {memory / 2**30:.1f} GiB ({DEVICE_SHARE * memory / 2**30:.2f} '
-                    'GiB fit): lower --config.image_size or --config.train_limit, or pass '
-                    '--config.data_placement=stream')
-
-
-def choose_placement(requested: str, need: int, memory: int | None = None) -> str:
-  """'device' or 'stream' for data_placement 'auto' (device when `need` bytes of uint8 splits fit
-  in DEVICE_SHARE of one device's memory), logged with the sizes that decided it."""
-  if requested != 'auto':
+def choose_placement(requested: str, need: int, memory: int | None = None, names: str = 'the data') -> str:
+  """'device' or 'stream' for config.data_placement, decided before anything is decoded: 'auto'
+  is device when `need` bytes of uint8 splits fit in DEVICE_SHARE of one device's memory (each
+  device holds a copy), logged with the sizes that decided it; 'device' for data that does not
+  fit is a DataError naming `names`."""
+  if requested == 'stream':
     return requested
   memory = device_memory_bytes() if memory is None else memory
-  placement = 'device' if need <= DEVICE_SHARE * memory else 'stream'
+  fits = need <= DEVICE_SHARE * memory
+  if requested == 'device':
+    if not fits:
+      raise DataError(f'{names} takes {need / 2**30:.2f} GiB as uint8 arrays on every device, more than '
+                      f'{DEVICE_SHARE:.0%} of its {memory / 2**30:.1f} GiB ({DEVICE_SHARE * memory / 2**30:.2f} '
+                      'GiB fit): lower --config.image_size or --config.train_limit, or pass '
+                      '--config.data_placement=stream')
+    return requested
+  placement = 'device' if fits else 'stream'
   log(f'data placement {placement} (config.data_placement=auto): the uint8 splits take '
       f'{need / 2**30:.2f} GiB, {DEVICE_SHARE:.0%} of one device\'s {memory / 2**30:.1f} GiB is '
       f'{DEVICE_SHARE * memory / 2**30:.2f} GiB')
@@ -324,7 +317,8 @@ def make_inputs(config, mesh, label_fraction: float = 1.0, require_labels: bool 
   if config.eval_dataset:
     eval_description = data.describe_from_config(config, 'eval', image_size=description.image_size)
   need = description.nbytes_with(config.train_limit) + (eval_description.nbytes if eval_description else 0)
-  placement = choose_placement(config.data_placement, need)
+  names = ', '.join(d.name for d in (description, eval_description) if d is not None)
+  placement = choose_placement(config.data_placement, need, names=names)
   if placement == 'device':
     dataset = data.load_from_config(config)
     if require_labels:
@@ -337,17 +331,13 @@ def make_inputs(config, mesh, label_fraction: float = 1.0, require_labels: bool 
     if config.eval_dataset:
       eval_dataset = data.load_from_config(config, 'eval', image_size=dataset.image_size)
       _check_labelled(eval_dataset.train.labels, eval_dataset.test, config, field='eval_dataset')
-    check_fits([dataset, eval_dataset])
     inputs = device_inputs(dataset, mesh, config.batch_size, config.seed)
     if eval_dataset is None:
       return inputs, inputs
     return inputs, device_inputs(eval_dataset, mesh, config.batch_size, config.seed, notices=False)
   rows = None
   if config.train_limit:
-    if config.train_limit > len(description.train):
-      log(f'notice: train_limit={config.train_limit} is above the {len(description.train)} '
-          f'training images of {description.name}: all of them are used')
-    rows = np.arange(min(config.train_limit, len(description.train)))
+    rows = np.arange(data.limited_count(config.train_limit, len(description.train), description.name))
   if require_labels or label_fraction < 1.0:
     labels = data.record_labels(description.train)
     labels = labels if rows is None else labels[rows]

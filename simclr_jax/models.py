@@ -179,3 +179,8 @@ class Classifier(nn.Module):
     logits = nn.Dense(self.num_classes, dtype=jnp.float32, name='head')(h)
     return {'features': h, 'logits': logits}
 
+
+def init_variables(model: nn.Module, seed: int, image_shape) -> dict:
+  """Float32 params and batch_stats of a model (SimCLRModel or Classifier) on the default device."""
+  x = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
+  return jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(seed), x)

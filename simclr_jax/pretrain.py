@@ -23,12 +23,6 @@ def make_model(config, image_size: int, probe_classes: int = 0) -> models.SimCLR
                             probe_classes=probe_classes)
 
 
-def init_variables(model, seed: int, image_shape) -> dict:
-  """Float32 params and batch_stats on the host's default device."""
-  x = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
-  return jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(seed), x)
-
-
 def simclr_loss_fn(model, temperature: float, clamp: bool):
   """NT-Xent on the projections of the views (rows 2k, 2k+1 of image k), plus, when the model
   has the online probe, its cross-entropy on the first view's stop-gradient features."""
@@ -71,7 +65,7 @@ def build_task(config, mesh, inputs, eval_inputs=None, make_views=None) -> train
   model = make_model(config, inputs.image_shape[0], inputs.num_classes if probe else 0)
   aug = augment.settings_from_config(config.augment)
   tx, schedule = make_tx(config, inputs.steps_per_epoch)
-  variables = init_variables(model, config.seed, inputs.image_shape)
+  variables = models.init_variables(model, config.seed, inputs.image_shape)
   state = train_loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed)
   state = jax.device_put(state, parallel.replicated(mesh))
   step_fn = train_loop.make_train_step(

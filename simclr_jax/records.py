@@ -91,6 +91,11 @@ class FolderRecords:
     return self.labels_
 
 
+def _read(records, indices) -> list:
+  """[(source, label, record index)] of the records at `indices`, read together."""
+  return [(source, label, int(i)) for (source, label), i in zip(records.get_many(indices), indices)]
+
+
 class TrainPlan:
   """Element j of the training stream of one process: its rows [lo, hi) of the global batch of
   step first_step + j, the batch being the next `batch` entries of epoch_indices, as a list of
@@ -117,8 +122,7 @@ class TrainPlan:
     return positions if self.rows is None else np.asarray(self.rows)[positions]
 
   def __getitem__(self, j: int):
-    indices = self.record_indices(j)
-    return [(source, label, int(i)) for (source, label), i in zip(self.records.get_many(indices), indices)]
+    return _read(self.records, self.record_indices(j))
 
 
 class ChunkPlan:
@@ -136,7 +140,7 @@ class ChunkPlan:
   def __getitem__(self, c: int):
     positions = [p for p in range(c * self.chunk + self.lo, c * self.chunk + self.hi) if p < self.size]
     indices = positions if self.rows is None else [int(self.rows[p]) for p in positions]
-    found = [(source, label, int(i)) for (source, label), i in zip(self.records.get_many(indices), indices)]
+    found = _read(self.records, indices)
     return found + [(None, -1, -1)] * (self.hi - self.lo - len(found))
 
 

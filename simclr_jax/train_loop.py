@@ -23,8 +23,8 @@ import numpy as np
 import optax
 from flax import struct
 
-from simclr_jax import checkpoint, interrupts, models
-from simclr_jax.errors import ConfigError, NonFiniteError, Preempted
+from simclr_jax import checkpoint, interrupts, models, workdir as workdir_lib
+from simclr_jax.errors import NonFiniteError, Preempted
 from simclr_jax.evaluate import EvalContext
 from simclr_jax.metrics import MetricWriter, format_eta, log, write_results
 from simclr_jax.periodic import itstime
@@ -176,9 +176,7 @@ def run(config, workdir: str, task: Task) -> dict:
   spe, total_epochs = inputs.steps_per_epoch, config.epochs
   total_steps = spe * total_epochs
   step = int(state.step)
-  if step > total_steps:
-    raise ConfigError(f'config.epochs={total_epochs} is below what the run in {workdir!r} has '
-                      f'trained ({step} steps): pass --config.epochs={-(-step // spe)} or more')
+  workdir_lib.check_epochs(workdir, total_epochs, step, spe)
   if resumed:
     log(f'resumed from {checkpoint.checkpoint_dir(workdir)}/{step}')
   writer = MetricWriter(workdir)

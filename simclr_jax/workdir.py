@@ -65,18 +65,21 @@ def _prepare(workdir: str, config, fresh: bool) -> None:
       archive_run(workdir)
     else:
       meta = saved['meta']
-      trained = int(meta.get('step', 0))
-      spe = int(meta.get('steps_per_epoch') or 0)
-      if spe and config.epochs * spe < trained:
-        raise ConfigError(f'config.epochs={config.epochs} is below what the run in {workdir!r} has '
-                          f'already trained ({trained} steps = {trained / spe:g} epochs): pass '
-                          f'--config.epochs={-(-trained // spe)} or more, or another --workdir')
+      check_epochs(workdir, config.epochs, int(meta.get('step', 0)), int(meta.get('steps_per_epoch') or 0))
       if os.path.exists(path):
         return  # config.json keeps the run's first config; each checkpoint stores the current one
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     f.write(config.to_json(indent=2))
   os.replace(tmp, path)
+
+
+def check_epochs(workdir: str, epochs: int, trained: int, steps_per_epoch: int) -> None:
+  """ConfigError when `epochs` is below the `trained` steps of the run in workdir."""
+  if steps_per_epoch and epochs * steps_per_epoch < trained:
+    raise ConfigError(f'config.epochs={epochs} is below what the run in {workdir!r} has already '
+                      f'trained ({trained} steps = {trained / steps_per_epoch:g} epochs): pass '
+                      f'--config.epochs={-(-trained // steps_per_epoch)} or more, or another --workdir')
 
 
 def _check_writable(workdir: str) -> None:

@@ -170,8 +170,8 @@ def test_a_dataset_too_large_for_the_device_and_a_classifier_on_unlabelled_image
   ds = data.load_dataset(DATASET, DATA_DIR, train_limit=1000)
   with pytest.raises(DataError, match=r'takes 0.03 GiB as uint8 arrays on every device, more than 40% of '
                                       r'its 0.0 GiB .*lower --config.image_size or --config.train_limit'):
-    input_pipeline.check_fits([ds], memory=2**20)
-  input_pipeline.check_fits([ds], memory=2**30)
+    input_pipeline.choose_placement('device', ds.nbytes, memory=2**20, names=ds.name)
+  assert input_pipeline.choose_placement('device', ds.nbytes, memory=2**30, names=ds.name) == 'device'
   root = make_folder(tmp_path / 'loose', source, 30, labelled=False, corrupt=0)
   config = tiny_config('finetune', dataset=f'folder:{root}', image_size=32, init_from='x')
   with pytest.raises(DataError, match='a classifier stage needs labels, but 30 of its 30 training '
