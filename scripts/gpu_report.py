@@ -4,6 +4,7 @@ goes, and accuracy after as many pretraining epochs as the time allows; into one
     python scripts/gpu_report.py OUT --data_dir=../shared/data/tfds \
         --reference=../shared/reference/simclr_torch.py          # one GPU, about 9 minutes
     python scripts/gpu_report.py OUT --tiny                      # the same path on the CPU, tiny sizes
+    python scripts/gpu_report.py OUT --parts=environment,costs   # only some parts
 
 Parts, each with its own time limit (a part that runs out leaves the others' results and says so):
   environment  device, library versions
@@ -35,6 +36,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # Seconds on the GPU; the accuracy part gets what is left of --budget (at 40,000 images/s, 200
 # epochs of cifar10_jpeg take about 250 s plus start-up and evaluations).
 PART_LIMITS = {'environment': 20, 'costs': 60, 'benchmark': 150, 'breakdown': 60}
+PARTS = ('environment', 'costs', 'benchmark', 'breakdown', 'accuracy')
 
 
 def parse_args(argv):
@@ -47,7 +49,12 @@ def parse_args(argv):
   p.add_argument('--max_epochs', type=int, default=200)
   p.add_argument('--tiny', action='store_true', help='CPU sizes: width 0.125, few images and steps')
   p.add_argument('--workdir', default='', help='pretraining workdir (default: OUT/../gpu_report_run)')
-  return p.parse_args(argv)
+  p.add_argument('--parts', default=','.join(PARTS), help='the parts to run, comma-separated')
+  args = p.parse_args(argv)
+  unknown = set(args.parts.split(',')) - set(PARTS)
+  if unknown:
+    p.error(f'unknown parts {sorted(unknown)}: choose from {",".join(PARTS)}')
+  return args
 
 
 class Report:
@@ -416,12 +423,14 @@ def main(argv=None) -> int:
     args.budget = min(args.budget, 900)
   report = Report(args.out)
   scale = 4.0 if args.tiny else 1.0  # the CPU compiles slowly
-  report.run('environment', PART_LIMITS['environment'] * scale, environment, args)
-  report.run('costs', PART_LIMITS['costs'] * scale, costs, args)
-  bench = report.run('benchmark', PART_LIMITS['benchmark'] * scale, benchmark, args)
-  brk = report.run('breakdown', PART_LIMITS['breakdown'] * scale, breakdown, args)
+  wanted = args.parts.split(',')
+  run = lambda name, limit, fn, *a: report.run(name, limit, fn, *a) if name in wanted else None
+  run('environment', PART_LIMITS['environment'] * scale, environment, args)
+  run('costs', PART_LIMITS['costs'] * scale, costs, args)
+  bench = run('benchmark', PART_LIMITS['benchmark'] * scale, benchmark, args)
+  brk = run('breakdown', PART_LIMITS['breakdown'] * scale, breakdown, args)
   epoch_seconds = _epoch_seconds(bench, brk)
-  report.run('accuracy', max(30.0, report.left(args.budget) - 15), accuracy, args, epoch_seconds)
+  run('accuracy', max(30.0, report.left(args.budget) - 15), accuracy, args, epoch_seconds)
   print(write_markdown(report, args))
   return 0
 
