@@ -64,4 +64,5 @@ def test_auto_dtype_is_bfloat16_on_accelerators_and_float32_on_the_cpu():
   assert models.resolve_dtype('auto', 'cpu') == 'float32'
   assert models.resolve_dtype('auto', 'gpu') == 'bfloat16' and models.resolve_dtype('auto', 'tpu') == 'bfloat16'
   assert models.resolve_dtype('float32', 'gpu') == 'float32'
-  assert models.make_encoder('resnet18', 0.125, 'auto').dtype == jnp.float32  # this machine: a CPU
+  here = jnp.float32 if jax.default_backend() == 'cpu' else jnp.bfloat16  # CPU, GPU or TPU alike
+  assert models.make_encoder('resnet18', 0.125, 'auto').dtype == here
