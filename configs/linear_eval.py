@@ -1,6 +1,6 @@
-"""Linear evaluation of a frozen SimCLR encoder (encoder weights and BatchNorm statistics never change).
+"""Linear evaluation of a frozen pretrained encoder (encoder weights and BatchNorm statistics never change).
 
-    python -m simclr_jax.main --config=configs/linear_eval.py --workdir=runs/linear \
+    python -m simclr_jax.main --config=configs/linear_eval.py --workdir=runs/linear \\
         --config.init_from=runs/pretrain
     ... --config.protocol=augmented   # train a linear head with augmentation for config.epochs
 

@@ -2,12 +2,12 @@
 
     python -m simclr_jax.main --config=configs/pretrain.py --workdir=runs/pretrain
 
-Architecture, augmentation and temperature follow the PyTorch write-up; SGD with
-momentum 0.9, learning rate 0.3 x batch/256 after a 10-epoch warmup, cosine decay,
-weight decay 5e-4 on kernels only.
+Architecture, augmentation and temperature follow the PyTorch write-up (512-2048-128 projector,
+torchvision's SimCLR augmentation, NT-Xent at temperature 0.5); SGD with momentum 0.9, learning
+rate 0.3 x batch/256 after a 10-epoch warmup, cosine decay, weight decay 5e-4 on kernels only.
 """
 from simclr_jax.config_base import base_config
 
 
 def get_config():
-  return base_config('pretrain')
+  return base_config('pretrain', 'simclr')

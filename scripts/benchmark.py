@@ -33,6 +33,7 @@ def parse_args(argv):
   p.add_argument('--dataset', default='cifar10')
   p.add_argument('--data_dir', default='')
   p.add_argument('--train_limit', type=int, default=0)
+  p.add_argument('--train_split', default='train', help='a TFDS split string: train[:4096] reads less')
   p.add_argument('--model', default='resnet18')
   p.add_argument('--width', type=float, default=1.0)
   p.add_argument('--batch_sizes', default='512,1024')
@@ -55,7 +56,8 @@ def parse_args(argv):
   p.add_argument('--tiny', action='store_true', help='CPU smoke settings: width 0.125, 512 images, few steps')
   args = p.parse_args(argv)
   if args.tiny:
-    args.width, args.train_limit, args.batch_sizes, args.dtypes = 0.125, 512, '64', 'float32'
+    args.model, args.width, args.train_limit, args.batch_sizes, args.dtypes = 'resnet10', 0.125, 512, '64', 'float32'
+    args.train_split = 'train[:512]'
     args.steps, args.windows, args.warmup = 2, 2, 1
     args.pipeline_batches, args.stream_workers = 8, 1
   return args
@@ -66,20 +68,20 @@ def make_config(args, batch_size: int, dtype: str):
   return apply_overrides(load_config_file(os.path.join(ROOT, 'configs', 'pretrain.py')), {
       'dataset': args.dataset, 'data_dir': args.data_dir, 'train_limit': args.train_limit,
       'model': args.model, 'width': args.width, 'dtype': dtype, 'batch_size': batch_size,
-      'epochs': 100, 'warmup_epochs': 1.0})
+      'epochs': 100, 'warmup_epochs': 1.0, 'train_split': args.train_split})
 
 
 def time_dataset_load(args) -> dict:
-  from simclr_jax import data
+  from simclr_jax import datasets
   with tempfile.TemporaryDirectory() as cache:
     old = os.environ.get('SIMCLR_JAX_CACHE')
     os.environ['SIMCLR_JAX_CACHE'] = cache
     try:
       t0 = time.perf_counter()
-      data.load_dataset(args.dataset, args.data_dir, args.train_limit)
+      datasets.load(args.dataset, args.data_dir, args.train_limit, train_split=args.train_split)
       cold = time.perf_counter() - t0
       t0 = time.perf_counter()
-      data.load_dataset(args.dataset, args.data_dir, args.train_limit)
+      datasets.load(args.dataset, args.data_dir, args.train_limit, train_split=args.train_split)
       warm = time.perf_counter() - t0
     finally:
       if old is None:
@@ -98,7 +100,7 @@ def time_step(args, config, mesh, inputs, augment_views: bool = True) -> dict:
     make_views = lambda key, x: jax.numpy.repeat(augment.eval_view(x, aug), 2, axis=0)
   task = pretrain.build_task(config, mesh, inputs, make_views=make_views)
   step_fn = inputs.bind(task.step_fn)
-  step_args = next(inputs.epoch(0))
+  step_args = next(inputs.batches(0, 1))[1]
   state = task.state
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, *step_args).compile()
@@ -127,7 +129,7 @@ def time_step(args, config, mesh, inputs, augment_views: bool = True) -> dict:
 def time_knn(config, inputs, task, state) -> dict:
   """Seconds of one kNN evaluation (embedding both splits, then the vote), first call and warm."""
   from simclr_jax.evaluate import EvalContext, KnnEvaluator
-  knn = KnnEvaluator(config.evals.knn)
+  knn = KnnEvaluator('knn', config.evals.knn)
   out = {}
   for name in ('knn_first_s', 'knn_s'):  # the first call compiles
     t0 = time.perf_counter()
@@ -138,16 +140,15 @@ def time_knn(config, inputs, task, state) -> dict:
 
 def _feed(inputs):
   """Training batches of the streamed path, epoch after epoch."""
-  import itertools
-  for epoch in itertools.count():
-    yield from inputs.epoch(epoch)
+  for _, args in inputs.batches(0, inputs.steps_per_epoch * 1000):
+    yield args
 
 
-def time_pipeline(description, mesh, batch: int, workers: int, batches: int) -> dict:
+def time_pipeline(source, rows, mesh, batch: int, workers: int, batches: int) -> dict:
   """Decoded images/s of the host pipeline alone (grain workers, no training step)."""
   import jax
   from simclr_jax import input_pipeline
-  inputs = input_pipeline.StreamInputs(description, mesh, batch, 0, lambda spe: spe * 1000, workers)
+  inputs = input_pipeline.StreamInputs(source, rows, mesh, batch, 0, workers)
   feed = _feed(inputs)
   for _ in range(2 * workers + 1):  # the workers start; what they buffered meanwhile is not timed
     jax.block_until_ready(next(feed))
@@ -159,15 +160,14 @@ def time_pipeline(description, mesh, batch: int, workers: int, batches: int) -> 
   inputs.close()
   rate = batches * batch / seconds
   return {'workers': workers, 'images_per_s': rate, 'per_worker': rate / workers,
-          'image_size': description.image_size, 'dataset': description.name}
+          'image_size': source.image_size, 'dataset': source.name}
 
 
-def time_stream_step(args, config, mesh, description, workers: int) -> dict:
+def time_stream_step(args, config, mesh, source, rows, workers: int) -> dict:
   """images/s of the full step fed by the streamed path (host pipeline included)."""
   import jax
   from simclr_jax import input_pipeline, pretrain
-  inputs = input_pipeline.StreamInputs(description, mesh, config.batch_size, config.seed,
-                                       lambda spe: spe * 1000, workers)
+  inputs = input_pipeline.StreamInputs(source, rows, mesh, config.batch_size, config.seed, workers)
   task = pretrain.build_task(config, mesh, inputs)
   step, state, feed = inputs.bind(task.step_fn), task.state, _feed(inputs)
   for _ in range(max(1, args.warmup)):
@@ -185,20 +185,19 @@ def time_stream_step(args, config, mesh, description, workers: int) -> dict:
 
 
 def time_streaming(args, mesh, first_config) -> dict:
-  from simclr_jax import data, input_pipeline
+  from simclr_jax import datasets, input_pipeline
   workers = args.stream_workers or input_pipeline.default_workers()
-  description = data.describe(args.dataset, args.data_dir)
-  if args.train_limit:
-    description.train.size = min(args.train_limit, len(description.train))
+  source = datasets.get(args.dataset, args.data_dir, train_split=args.train_split)
+  rows = datasets.select_rows(source, args.train_limit)
   out = {'pipeline': [], 'step': None}
   batch = first_config.batch_size
   for w in sorted({1, workers}):
-    out['pipeline'].append(time_pipeline(description, mesh, batch, w, args.pipeline_batches))
+    out['pipeline'].append(time_pipeline(source, rows, mesh, batch, w, args.pipeline_batches))
   if args.folder:
-    folder = data.describe(f'folder:{args.folder}', image_size=args.folder_size)
+    folder = datasets.get(f'folder:{args.folder}', image_size=args.folder_size)
     for w in sorted({1, workers}):
-      out['pipeline'].append(time_pipeline(folder, mesh, batch, w, args.pipeline_batches))
-  out['step'] = time_stream_step(args, first_config, mesh, description, workers)
+      out['pipeline'].append(time_pipeline(folder, None, mesh, batch, w, args.pipeline_batches))
+  out['step'] = time_stream_step(args, first_config, mesh, source, rows, workers)
   return out
 
 
@@ -223,19 +222,20 @@ def run_reference(args) -> dict:
 def main(argv=None) -> int:
   args = parse_args(argv)
   import jax
-  from simclr_jax import data, input_pipeline, parallel
+  from simclr_jax import datasets, input_pipeline, parallel
   mesh = parallel.make_mesh()
   result = {'device': jax.devices()[0].device_kind, 'devices': len(jax.devices()), 'jax': jax.__version__,
             'date': time.strftime('%Y-%m-%d'), 'argv': sys.argv[1:], 'dataset': args.dataset,
             'model': args.model, 'width': args.width, 'steps': []}
   result.update(time_dataset_load(args))
-  dataset = data.load_dataset(args.dataset, args.data_dir, args.train_limit)
-  n = len(dataset.train.images)
+  source = datasets.get(args.dataset, args.data_dir, train_split=args.train_split)
+  rows = datasets.select_rows(source, args.train_limit)
   knn_done = False
   for dtype in args.dtypes.split(','):
     for batch in (int(b) for b in args.batch_sizes.split(',')):
       config = make_config(args, batch, dtype)
-      inputs = input_pipeline.device_inputs(dataset, mesh, batch, config.seed)
+      inputs = input_pipeline.DeviceInputs(source, rows, mesh, batch, config.seed)
+      n = inputs.num_examples
       r = time_step(args, config, mesh, inputs)
       row = {'batch_size': batch, 'dtype': dtype, 'images_per_s': r['images_per_s'], 'windows': r['windows'],
              'compile_s': r['compile_s'], 'epoch_s': n / r['images_per_s']}

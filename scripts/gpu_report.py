@@ -133,7 +133,7 @@ def _config(args, batch_size: int, **fields):
   base = {'dataset': args.dataset, 'data_dir': args.data_dir, 'batch_size': batch_size,
           'dtype': 'bfloat16' if not args.tiny else 'float32'}
   if args.tiny:
-    base.update(width=0.125, train_limit=512)
+    base.update(model='resnet10', width=0.125, train_limit=512, test_split='test[:500]')
   return apply_overrides(config, {**base, **fields})
 
 
@@ -173,23 +173,22 @@ def costs(limit, args) -> dict:
   crop = lambda k, x: jax.vmap(lambda kk, xx: augment.random_resized_crop(kk, xx, aug.crop_scale, aug.crop_ratio))(
       jax.random.split(k, 2 * batch), x)
   out['resized_crop'] = _cost(jax.jit(crop).lower(key, views).compile())
-  model = pretrain.make_model(config, 32, 10)
-  variables = jax.eval_shape(lambda: model.init(key, jnp.zeros((2, 32, 32, 3)), train=False))
-  loss_fn = pretrain.simclr_loss_fn(model, config.temperature, False)
-  labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
-  fwd_bwd = lambda p, s, v, y: jax.value_and_grad(lambda q: loss_fn(q, s, v, y)[0])(p)
-  out['model_forward_backward'] = _cost(jax.jit(fwd_bwd).lower(
-      variables['params'], variables['batch_stats'], views, labels).compile())
   # The whole step (gather, views, forward, loss, backward, update) as the device path compiles it.
   import numpy as np
-  from simclr_jax import data, parallel
-  dataset = data.Dataset('shapes', 10, data.Split(np.zeros((batch, 32, 32, 3), np.uint8), np.zeros(batch, np.int32)),
-                         None)
+  from simclr_jax import datasets, parallel
+  source = datasets.in_memory('shapes', datasets.Split(np.zeros((batch, 32, 32, 3), np.uint8),
+                                                       np.zeros(batch, np.int32)), num_classes=10)
   mesh = parallel.make_mesh()
-  inputs = input_pipeline.device_inputs(dataset, mesh, batch, 0, notices=False)
+  inputs = input_pipeline.DeviceInputs(source, None, mesh, batch, 0)
   task = pretrain.build_task(config, mesh, inputs)
+  model, loss_fn = task.model, task.loss_fn
+  variables = jax.eval_shape(lambda: model.init(key, jnp.zeros((2, 32, 32, 3)), train=False))
+  labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
+  fwd_bwd = lambda p, s, v, y: jax.value_and_grad(lambda q: loss_fn(q, s, {}, v, y, 0)[0])(p)
+  out['model_forward_backward'] = _cost(jax.jit(fwd_bwd).lower(
+      variables['params'], variables['batch_stats'], views, labels).compile())
   step = inputs.bind(task.step_fn)
-  compiled = step.lower(task.state, *next(inputs.epoch(0))).compile()
+  compiled = step.lower(task.state, *next(inputs.batches(0, 1))[1]).compile()
   out['step'] = _cost(compiled)
   out['step_kernels'] = _kernels(compiled)
   model_flops = out['model_forward_backward']['flops']
@@ -247,26 +246,27 @@ def breakdown(limit, args) -> dict:
   import jax
   import jax.numpy as jnp
   import optax
-  from simclr_jax import augment, data, input_pipeline, losses, parallel, pretrain
+  from simclr_jax import augment, datasets, input_pipeline, losses, parallel, pretrain
   batch = 64 if args.tiny else 1024
   calls = 3 if args.tiny else 20
   config = _config(args, batch)
-  dataset = data.load_dataset(args.dataset, args.data_dir, train_limit=max(batch * 4, 4096 if not args.tiny else 256))
+  source = datasets.get(args.dataset, args.data_dir, train_split='train[:512]' if args.tiny else 'train')
+  rows = datasets.select_rows(source, max(batch * 4, 4096 if not args.tiny else 256))
   mesh = parallel.make_mesh()
-  inputs = input_pipeline.device_inputs(dataset, mesh, batch, 0, notices=False)
+  inputs = input_pipeline.DeviceInputs(source, rows, mesh, batch, 0)
+  dataset = source.decode('train').subset(rows)
   task = pretrain.build_task(config, mesh, inputs)
   aug = augment.settings_from_config(config.augment)
-  model = pretrain.make_model(config, 32, inputs.num_classes)
-  loss_fn = pretrain.simclr_loss_fn(model, config.temperature, config.clamp_similarity)
+  model, loss_fn = task.model, task.loss_fn
   state = task.state
-  x = jnp.asarray(dataset.train.images[:batch])
-  y = jnp.asarray(dataset.train.labels[:batch])
+  x = jnp.asarray(dataset.images[:batch])
+  y = jnp.asarray(dataset.labels[:batch])
   key = jax.random.PRNGKey(0)
   views_fn = jax.jit(lambda k, im: augment.simclr_views(k, im, aug))
   views = views_fn(key, x)
   fwd = jax.jit(lambda p, s, v: model.apply({'params': p, 'batch_stats': s}, v, train=True,
                                             mutable=['batch_stats'])[0]['projection'])
-  fwd_bwd = jax.jit(lambda p, s, v, t: jax.value_and_grad(lambda q: loss_fn(q, s, v, t)[0])(p))
+  fwd_bwd = jax.jit(lambda p, s, v, t: jax.value_and_grad(lambda q: loss_fn(q, s, {}, v, t, 0)[0])(p))
   z = fwd(state.params, state.batch_stats, views)
   ntxent = jax.jit(jax.value_and_grad(lambda q: losses.nt_xent(q, config.temperature)))
   _, grads = fwd_bwd(state.params, state.batch_stats, views, y)
@@ -280,7 +280,7 @@ def breakdown(limit, args) -> dict:
   ms['backward'] = max(fb - ms['forward'] - ms['nt_xent'], 0.0)
   ms['optimiser_update'] = _time(update, grads, state.opt_state, state.params, calls=calls) * 1e3
   step = inputs.bind(task.step_fn)
-  step_args = next(inputs.epoch(0))
+  step_args = next(inputs.batches(0, 1))[1]
 
   def tight(n):
     nonlocal state
@@ -288,13 +288,15 @@ def breakdown(limit, args) -> dict:
       state, metrics = step(state, *step_args)
     jax.block_until_ready(metrics)
 
-  def loop(n):  # what train_loop.run does around each step: metric sums on the host's dispatch
+  def loop(n):  # what train_loop.run does around each step: the metric sums (one jitted call)
     nonlocal state
+    from simclr_jax.train_loop import accumulate
     sums = epoch_sums = None
     for _ in range(n):
       state, metrics = step(state, *step_args)
-      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-      epoch_sums = metrics if epoch_sums is None else jax.tree.map(jnp.add, epoch_sums, metrics)
+      if sums is None:
+        sums = epoch_sums = jax.tree.map(jnp.zeros_like, metrics)
+      sums, epoch_sums = accumulate(sums, epoch_sums, metrics)
     jax.block_until_ready((sums, epoch_sums))
 
   tight(2)
@@ -330,7 +332,8 @@ def accuracy(limit, args, epoch_seconds) -> dict:
     epochs = int(max(1, min(args.max_epochs, (limit - overhead) * 0.9 / max(epoch_seconds, 1e-3))))
   fields = {'dataset': args.dataset, 'data_dir': args.data_dir, 'epochs': epochs, 'log_every_steps': 50}
   if args.tiny:
-    fields.update(width=0.125, train_limit=256, batch_size=64, log_every_steps=4)
+    fields.update(model='resnet10', width=0.125, train_limit=256, test_split='test[:500]', batch_size=64,
+                  log_every_steps=4)
   cmd = [sys.executable, '-m', 'simclr_jax.main', f'--config={ROOT}/configs/pretrain.py',
          f'--workdir={workdir}', '--fresh'] + [f'--config.{k}={v}' for k, v in fields.items()]
   out = {'epochs_planned': epochs, 'epoch_seconds_estimate': epoch_seconds, 'command': ' '.join(cmd[1:]),

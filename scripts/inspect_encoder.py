@@ -16,10 +16,13 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0].replace('\n', ' '),
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog='\n'.join(__doc__.split('\n\n')[1:]))
   p.add_argument('--workdir', required=True, help='a simclr_jax workdir or an exported .safetensors file')
   p.add_argument('--out', default='', help='folder for the PNGs (default: the workdir)')
-  p.add_argument('--dataset', default='', help='default: the run\'s dataset')
+  p.add_argument('--dataset', default='', help='default: the run\'s labelled data (its eval_dataset when set)')
+  p.add_argument('--image_size', type=int, default=0, help='default: the size the encoder was trained on')
   p.add_argument('--data_dir', default=None, help='default: the run\'s data_dir')
   p.add_argument('--max_points', type=int, default=2000, help='test points in the embedding map')
   p.add_argument('--seed', type=int, default=0)
@@ -27,7 +30,8 @@ def main(argv=None) -> int:
   from simclr_jax.errors import UserError
   from simclr_jax.pictures import pictures_of_run
   try:
-    paths = pictures_of_run(args.workdir, args.out, args.dataset, args.data_dir, args.max_points, args.seed)
+    paths = pictures_of_run(args.workdir, args.out, args.dataset, args.data_dir, args.max_points, args.seed,
+                            args.image_size)
   except (UserError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -3,6 +3,7 @@
     python scripts/show_augmentations.py --out=augmentations.png --dataset=cifar10_jpeg \
         --data_dir=../shared/data/tfds --num=8
     python scripts/show_augmentations.py --out=mine.png --dataset=folder:/data/pets --image_size=96
+    python scripts/show_augmentations.py --out=byol.png --config=configs/byol.py   # asymmetric views
 """
 from __future__ import annotations
 
@@ -31,14 +32,16 @@ def main(argv=None) -> int:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   import numpy as np
-  from simclr_jax import augment, data
+  from simclr_jax import augment, datasets
   from simclr_jax.config_base import load_config_file
 
-  settings = augment.settings_from_config(load_config_file(args.config).augment)
-  ds = data.load_dataset(args.dataset, args.data_dir, train_limit=args.num, image_size=args.image_size)
+  config = load_config_file(args.config)
+  settings = augment.settings_from_config(config.augment)
+  second = augment.settings_from_config(config.augment, config.get('view2'))  # asymmetric views
+  ds = datasets.load(args.dataset, args.data_dir, train_limit=args.num, image_size=args.image_size)
   originals = ds.train.images[:args.num]
-  views = np.asarray(jax.jit(augment.simclr_views, static_argnums=2)(
-      jax.random.PRNGKey(args.seed), jnp.asarray(originals), settings))
+  views = np.asarray(jax.jit(augment.pair_views, static_argnums=(2, 3))(
+      jax.random.PRNGKey(args.seed), jnp.asarray(originals), settings, second))
   views = views * np.asarray(settings.std) + np.asarray(settings.mean)  # undo the normalisation to show
   fig, axes = plt.subplots(args.num, 3, figsize=(4.5, 1.5 * args.num))
   for i in range(args.num):

@@ -7,16 +7,16 @@
 """
 
 
-def load_encoder(path: str):
+def load_encoder(path: str, head_layer: int | None = None):
   """See simclr_jax.encoder.load_encoder."""
   from simclr_jax.encoder import load_encoder as _load
-  return _load(path)
+  return _load(path, head_layer)
 
 
-def export_encoder(workdir: str, path: str) -> str:
-  """See simclr_jax.encoder.export_encoder."""
+def export_encoder(workdir: str, path: str, layout: str = 'flax') -> str:
+  """See simclr_jax.encoder.export_encoder (layout 'flax' or 'torchvision')."""
   from simclr_jax.encoder import export_encoder as _export
-  return _export(workdir, path)
+  return _export(workdir, path, layout)
 
 
 __all__ = ['load_encoder', 'export_encoder']

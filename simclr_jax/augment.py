@@ -1,9 +1,11 @@
 """Image augmentation on the accelerator: pure per-image functions of (key, image), batched with vmap.
 
-    views = simclr_views(key, images_uint8, AugmentSettings())   # [2B, H, W, 3] float32, rows 2k/2k+1
+    views = pair_views(key, images_uint8, first, second)          # [2B, H, W, 3] float32, rows 2k/2k+1
+    views = simclr_views(key, images_uint8, AugmentSettings())    # both views with the same settings
     x = classifier_views(key, images_uint8, AugmentSettings())    # [B, H, W, 3] float32
 
-AugmentSettings' defaults are the project's defaults (config_base.augment_config reads them).
+AugmentSettings' defaults are the project's defaults (config_base.augment_config reads them); the
+two views of a pair may have different settings (asymmetric views: BYOL's solarisation on one).
 """
 from __future__ import annotations
 
@@ -31,14 +33,19 @@ class AugmentSettings(NamedTuple):
   grayscale_prob: float = 0.2
   blur_prob: float = 0.0
   blur_sigma: tuple[float, float] = (0.1, 2.0)
+  solarize_prob: float = 0.0
   crop_padding: int = 4  # classifier random crop
   mean: tuple[float, float, float] = CIFAR_MEAN
   std: tuple[float, float, float] = CIFAR_STD
 
 
-def settings_from_config(cfg) -> AugmentSettings:
-  """Reads an `augment` ConfigDict into AugmentSettings."""
+def settings_from_config(cfg, overrides=None) -> AugmentSettings:
+  """Reads an `augment` ConfigDict into AugmentSettings; overrides (a ConfigDict of the same
+  fields, None meaning 'as cfg') gives the settings of a second view."""
   fields = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items()}
+  for k, v in (overrides or {}).items():
+    if v is not None:
+      fields[k] = tuple(v) if isinstance(v, (list, tuple)) else v
   return AugmentSettings(**fields)
 
 
@@ -131,9 +138,15 @@ def to_unit(image: jax.Array) -> jax.Array:
   return image.astype(jnp.float32) / 255.0
 
 
+def solarize(image: jax.Array, threshold: float = 0.5) -> jax.Array:
+  """Pixels at or above the threshold inverted (PIL's ImageOps.solarize at 128 of 255)."""
+  return jnp.where(image >= threshold, 1.0 - image, image)
+
+
 def simclr_view(key: jax.Array, image: jax.Array, settings: AugmentSettings) -> jax.Array:
-  """One SimCLR view of a uint8 [H, W, 3] image, normalised float32."""
-  k_crop, k_flip, k_jit, k_jit_p, k_gray, k_blur, k_blur_p = jax.random.split(key, 7)
+  """One view of a uint8 [H, W, 3] image, normalised float32: random resized crop, flip, colour
+  jitter, greyscale, blur and solarisation, each with its probability."""
+  k_crop, k_flip, k_jit, k_jit_p, k_gray, k_blur, k_blur_p, k_sol = jax.random.split(key, 8)
   x = random_resized_crop(k_crop, to_unit(image), settings.crop_scale, settings.crop_ratio)
   x = jnp.where(jax.random.uniform(k_flip) < settings.flip_prob, x[:, ::-1], x)
   if settings.jitter_prob > 0:
@@ -145,14 +158,25 @@ def simclr_view(key: jax.Array, image: jax.Array, settings: AugmentSettings) -> 
     kernel = max(3, int(0.1 * image.shape[0]) | 1)
     x = jnp.where(jax.random.uniform(k_blur_p) < settings.blur_prob,
                   pix.gaussian_blur(x, sigma, kernel), x)
+  if settings.solarize_prob > 0:
+    x = jnp.where(jax.random.uniform(k_sol) < settings.solarize_prob, solarize(x), x)
   return normalize(x, settings)
 
 
-def simclr_views(key: jax.Array, images: jax.Array, settings: AugmentSettings) -> jax.Array:
-  """Two views per image of a uint8 [B, H, W, 3] batch: [2B, H, W, 3], rows 2k and 2k+1 from image k."""
+def pair_views(key: jax.Array, images: jax.Array, first: AugmentSettings,
+               second: AugmentSettings | None = None) -> jax.Array:
+  """Two views per image of a uint8 [B, H, W, 3] batch: [2B, H, W, 3], rows 2k (with `first`)
+  and 2k+1 (with `second`, default the same) from image k."""
+  second = first if second is None else second
   keys = jax.random.split(key, (images.shape[0], 2))
-  views = jax.vmap(jax.vmap(simclr_view, in_axes=(0, None, None)), in_axes=(0, 0, None))(keys, images, settings)
+  pair = lambda k, x: jnp.stack([simclr_view(k[0], x, first), simclr_view(k[1], x, second)])
+  views = jax.vmap(pair)(keys, images)
   return views.reshape((-1,) + images.shape[1:])
+
+
+def simclr_views(key: jax.Array, images: jax.Array, settings: AugmentSettings) -> jax.Array:
+  """pair_views with the same settings for both views."""
+  return pair_views(key, images, settings)
 
 
 def classifier_view(key: jax.Array, image: jax.Array, settings: AugmentSettings) -> jax.Array:
@@ -176,3 +200,9 @@ def classifier_views(key: jax.Array, images: jax.Array, settings: AugmentSetting
 def eval_view(images: jax.Array, settings: AugmentSettings) -> jax.Array:
   """No augmentation: uint8 batch to normalised float32."""
   return normalize(to_unit(images), settings)
+
+
+def inference(apply_fn, settings: AugmentSettings):
+  """The one inference function: jit((variables, uint8 images) -> apply_fn(variables, the images
+  normalised as in training)), for evaluators, pictures and load_encoder alike."""
+  return jax.jit(lambda variables, images: apply_fn(variables, eval_view(images, settings)))

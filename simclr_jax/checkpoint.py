@@ -5,7 +5,13 @@
     update_meta(manager, step, meta)             # rewrite the meta of an existing step
     state, meta = restore_latest(manager, state)  # (None, None) when there is none
     list_steps(workdir)                          # the complete checkpoints' steps, ascending
-    encoder_vars, saved_config = restore_encoder('runs/pretrain')
+    variables, meta = restore_encoder('runs/pretrain', head_layers=0)
+
+Each checkpoint carries, in its meta, the format version (models.FORMAT_VERSION) and a CRC-32
+of every array of the state; a restore checks both, so a damaged file or a checkpoint of an
+older layout stops with one line instead of training on garbage. A step folder counts as a
+checkpoint once it holds both the arrays and the meta; a newest one without its meta is set
+aside (renamed <step>.incomplete) and the run resumes from the one before, with a notice.
 """
 from __future__ import annotations
 
@@ -15,29 +21,96 @@ import json
 import os
 import shutil
 import time
+import zlib
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from simclr_jax.errors import CheckpointError, summary
+from simclr_jax.metrics import log
+from simclr_jax.models import FORMAT_VERSION
 
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
+def _folder(path: str) -> str:
+  return path if os.path.basename(os.path.normpath(path)) == 'checkpoints' else checkpoint_dir(path)
+
+
+def _step_folders(folder: str) -> list[int]:
+  try:
+    return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+  except OSError:
+    return []
+
+
+def _complete(step_dir: str) -> bool:
+  return os.path.isdir(os.path.join(step_dir, 'state')) and os.path.isfile(os.path.join(step_dir, 'meta', 'metadata'))
+
+
 def list_steps(path: str) -> list[int]:
   """Steps of the complete checkpoints under a workdir or its checkpoints/ folder, ascending.
 
   Orbax writes each step into a temporary folder and renames it to <step> once complete, so a
-  folder named by its step alone is a complete checkpoint; the temporary ones are never listed.
+  folder named by its step alone, holding the arrays and the meta, is a complete checkpoint; the
+  temporary ones are never listed.
   """
-  folder = path if os.path.basename(os.path.normpath(path)) == 'checkpoints' else checkpoint_dir(path)
-  if not os.path.isdir(folder):
-    return []
-  return sorted(int(n) for n in os.listdir(folder)
-                if n.isdigit() and os.path.isdir(os.path.join(folder, n, 'state')))
+  folder = _folder(path)
+  return [s for s in _step_folders(folder) if _complete(os.path.join(folder, str(s)))]
+
+
+def set_aside_incomplete(path: str) -> None:
+  """Renames step folders newer than the newest complete checkpoint that lack their arrays or
+  meta to <step>.incomplete (nothing is deleted), with a notice; the run resumes from the
+  complete one before them."""
+  folder = _folder(path)
+  complete = list_steps(folder)
+  for step in _step_folders(folder):
+    if complete and step <= complete[-1] or step in complete:
+      continue
+    source = os.path.join(folder, str(step))
+    target = f'{source}.incomplete'
+    n = 1
+    while os.path.exists(target):
+      target, n = f'{source}.incomplete-{n}', n + 1
+    os.replace(source, target)
+    after = f'resuming from checkpoint {complete[-1]}' if complete else 'starting afresh'
+    log(f'notice: checkpoint {step} in {folder} is incomplete (no arrays or no meta/metadata): it is '
+        f'moved to {os.path.basename(target)} and the run is {after}')
+
+
+def checksums(tree) -> dict:
+  """{path: CRC-32 of the array's bytes} of every leaf of a state (this process's copy)."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    data = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
+    out[jax.tree_util.keystr(path)] = f'{zlib.crc32(np.ascontiguousarray(np.asarray(data)).tobytes()):08x}'
+  return out
+
+
+def verify(tree, meta: dict, step_dir: str, prefix: str = '') -> None:
+  """CheckpointError naming the first array of `tree` (a subtree at `prefix` of the saved state)
+  whose checksum differs from the one saved with it."""
+  saved = meta.get('checksums') or {}
+  for name, crc in checksums(tree).items():
+    if saved.get(prefix + name) != crc:
+      steps = [s for s in list_steps(os.path.dirname(step_dir)) if str(s) != os.path.basename(step_dir)]
+      fix = (f'move {step_dir} away to resume from checkpoint {steps[-1]}' if steps else
+             'start afresh with --fresh (the run is kept in workdir/previous-N)')
+      raise CheckpointError(f'checkpoint {step_dir} is corrupt: the array {prefix + name} does not match '
+                            f'the checksum saved with it (a damaged file under {step_dir}/state): {fix}')
+
+
+def check_format(meta: dict, step_dir: str, role: str = 'this run') -> None:
+  found = meta.get('format', 1)
+  if found != FORMAT_VERSION:
+    raise CheckpointError(f'checkpoint {step_dir} has format {found}, this simclr_jax reads format '
+                          f'{FORMAT_VERSION} (since format 2 strided convolutions are padded as torchvision '
+                          f'pads them and heads are MLPHead layers): it cannot be used for {role}; '
+                          'train it again, or read it with the simclr_jax that wrote it')
 
 
 def latest_step_dir(workdir: str) -> str | None:
@@ -59,6 +132,7 @@ def save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
   the checkpoints already there are untouched."""
   folder = str(manager.directory)
   _warn_if_space_is_short(folder)
+  meta = {**meta, 'format': FORMAT_VERSION, 'checksums': checksums(state)}
   try:
     with _quiet_stderr_on_failure():
       manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -80,6 +154,9 @@ def update_meta(manager: ocp.CheckpointManager, step: int, meta: dict) -> None:
     return
   path = os.path.join(str(manager.directory), str(step), 'meta', 'metadata')
   tmp = f'{path}.tmp{os.getpid()}'
+  with open(path) as f:
+    saved = json.load(f)
+  meta = {**meta, 'format': saved.get('format'), 'checksums': saved.get('checksums')}
   try:
     with open(tmp, 'w') as f:
       json.dump(meta, f)
@@ -159,13 +236,15 @@ def _quiet_stderr_on_failure():
 
 
 def restore_latest(manager: ocp.CheckpointManager, target_state):
-  """Restores the newest complete checkpoint onto target_state's structure and shardings."""
+  """Restores the newest complete checkpoint onto target_state's structure and shardings,
+  checking its format and its arrays' checksums."""
   steps = list_steps(str(manager.directory))
   if not steps:
     return None, None
   step = steps[-1]
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
   path = os.path.join(str(manager.directory), str(step))
+  check_format(read_meta(path, 'workdir'), path, 'resuming this run')
   try:
     with _quiet_stderr_on_failure():
       restored = manager.restore(step, args=ocp.args.Composite(
@@ -174,6 +253,7 @@ def restore_latest(manager: ocp.CheckpointManager, target_state):
     raise CheckpointError(f'checkpoint {path} cannot be restored into this run '
                           f'({summary(e, 300)}): it is corrupt or from another '
                           'config; move it away or use another --workdir') from None
+  verify(restored['state'], restored['meta'], path)
   return restored['state'], restored['meta']
 
 
@@ -203,17 +283,15 @@ def read_meta(step_dir: str, role: str = 'init_from') -> dict:
                           f'or not a simclr_jax checkpoint; point {role} at another run') from None
 
 
-def restore_encoder(path: str, role: str = 'init_from') -> tuple[dict, dict]:
-  """Reads only the encoder subtree of a pretraining or classifier checkpoint.
-
-  Returns ({'params': ..., 'batch_stats': ...} as numpy arrays, the checkpoint's meta: the run's
-  'config', 'image_shape', 'step', ...).
-  """
+def _restore_variables(path: str, role: str) -> tuple[dict, dict, str]:
+  """(the saved params and batch_stats as numpy arrays, the checkpoint's meta, its folder), its
+  format checked; one line naming what is wrong."""
   step_dir = find_checkpoint(path, role)
   meta = read_meta(step_dir, role)
   if 'config' not in meta:
     raise CheckpointError(f'checkpoint {step_dir} carries no config: it is not a simclr_jax '
                           f'checkpoint; point {role} at a simclr_jax workdir')
+  check_format(meta, step_dir, role)
   try:
     with _quiet_stderr_on_failure():
       restored = _read_numpy_subtrees(os.path.join(step_dir, 'state'), ('params', 'batch_stats'))
@@ -223,8 +301,42 @@ def restore_encoder(path: str, role: str = 'init_from') -> tuple[dict, dict]:
   if any('encoder' not in restored.get(k, {}) for k in ('params', 'batch_stats')):
     raise CheckpointError(f'checkpoint {step_dir} holds no encoder: it is not a simclr_jax model '
                           f'checkpoint; point {role} at a pretraining workdir')
-  encoder = {k: jax.tree.map(np.asarray, restored[k]['encoder']) for k in ('params', 'batch_stats')}
-  return encoder, meta
+  return restored, meta, step_dir
+
+
+def restore_encoder(path: str, role: str = 'init_from', head_layers: int = 0) -> tuple[dict, dict]:
+  """Reads the encoder of a pretraining or classifier checkpoint and, with head_layers = K > 0,
+  the first K layers of its projector (SimCLR v2's fine-tuning from inside the head).
+
+  Returns ({'params': {'encoder', ['projector']}, 'batch_stats': ...} as numpy arrays, checked
+  against their checksums; the checkpoint's meta: the run's 'config', 'model', 'image_shape',
+  'step', ...).
+  """
+  restored, meta, step_dir = _restore_variables(path, role)
+  layers = [f'dense_{i}' for i in range(head_layers)] + [f'norm_{i}' for i in range(head_layers)]
+  out = {}
+  for collection in ('params', 'batch_stats'):
+    tree = restored[collection]
+    out[collection] = {'encoder': jax.tree.map(np.asarray, tree['encoder'])}
+    verify(out[collection]['encoder'], meta, step_dir, f".{collection}['encoder']")
+    if head_layers:
+      projector = {k: v for k, v in tree.get('projector', {}).items() if k in layers}
+      out[collection]['projector'] = jax.tree.map(np.asarray, projector)
+      verify(projector, meta, step_dir, f".{collection}['projector']")
+  return out, meta
+
+
+def restore_classifier(path: str, role: str = 'teacher_from') -> tuple[dict, dict]:
+  """Every variable of a classifier checkpoint (encoder, head layers, head) as numpy arrays,
+  checked against their checksums, and the checkpoint's meta; one line when it has no head."""
+  restored, meta, step_dir = _restore_variables(path, role)
+  if 'head' not in restored['params']:
+    raise CheckpointError(f'{role} {path!r} is a {meta["config"].get("stage")!r} run, which has no '
+                          'classifier head: point it at a finetune, supervised or distill workdir')
+  out = {c: jax.tree.map(np.asarray, restored[c]) for c in ('params', 'batch_stats')}
+  for collection, tree in out.items():
+    verify(tree, meta, step_dir, f'.{collection}')
+  return out, meta
 
 
 def _read_numpy_subtrees(path: str, keys) -> dict:

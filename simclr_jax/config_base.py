@@ -1,21 +1,28 @@
 """Config fields shared by every stage; configs/*.py start from these.
 
     from simclr_jax.config_base import base_config
-    config = base_config('pretrain')
+    config = base_config('pretrain', method='byol')   # the method's own fields included
     apply_overrides(config, {'batch_size': 1024, 'evals.knn.k': 20})
+
+Defaults are written once, here (augmentation: augment.AugmentSettings; a method's fields: its
+module's FIELDS); configs/<name>.py changes only what its recipe changes.
 """
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from simclr_jax.augment import AugmentSettings
 
-STAGES = ('pretrain', 'finetune', 'linear_eval', 'supervised')
+STAGES = ('pretrain', 'finetune', 'linear_eval', 'supervised', 'distill')
+DOWNSTREAM = ('finetune', 'linear_eval')   # stages that start from a pretraining run (init_from)
 
 # Fields that fix the model or the data: a workdir refuses to resume with other values.
-RUN_DEFINING_FIELDS = ('stage', 'dataset', 'train_limit', 'model', 'width', 'dtype', 'batch_size',
-                       'optimizer', 'projection_dims', 'seed', 'label_fraction', 'label_seed',
-                       'init_from', 'protocol', 'image_size', 'stem', 'train_split', 'test_fraction')
+RUN_DEFINING_FIELDS = ('stage', 'method', 'dataset', 'train_limit', 'model', 'width', 'dtype', 'batch_size',
+                       'optimizer', 'projection_dims', 'predictor_dims', 'projector_norm', 'seed',
+                       'label_fraction', 'label_seed', 'init_from', 'protocol', 'image_size', 'stem',
+                       'train_split', 'test_fraction', 'finetune_from_head_layer', 'teacher_from',
+                       'distill_temperature', 'distill_label_weight')
 
 
 def augment_config() -> ml_collections.ConfigDict:
@@ -23,13 +30,23 @@ def augment_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(AugmentSettings()._asdict())
 
 
-def evaluator_config(**fields) -> ml_collections.ConfigDict:
-  """One evaluator's sub-config. every_epochs: N runs it every N epochs and at the end; 0 only at
-  the end; -1 never."""
-  return ml_collections.ConfigDict({'every_epochs': 0, **fields})
+def view2_config() -> ml_collections.ConfigDict:
+  """The second view's differences from `augment` (None: the same), for asymmetric views."""
+  return ml_collections.ConfigDict({k: config_dict.placeholder(type(v)) for k, v in AugmentSettings()._asdict().items()})
 
 
-def base_config(stage: str) -> ml_collections.ConfigDict:
+def evaluator_config(type: str, every_epochs: int = 0, **fields) -> ml_collections.ConfigDict:
+  """One evaluator instance's sub-config (evaluate.TYPES[type]). every_epochs: N runs it every N
+  epochs and at the end; 0 only at the end; -1 never."""
+  return ml_collections.ConfigDict({'type': type, 'every_epochs': every_epochs, **fields})
+
+
+def method_fields(method: str) -> dict:
+  from simclr_jax import methods
+  return {'projection_dims': (2048, 128), **methods.get(method).FIELDS}
+
+
+def base_config(stage: str, method: str = 'simclr') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.stage = stage
   # Data.
@@ -41,16 +58,16 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.test_split = 'test'
   c.test_fraction = 0.1      # held out of a labelled folder that has no train/ and test/
   c.eval_dataset = ''        # labelled data for the monitors when the training data has no labels
-  c.max_bad_fraction = 0.01  # unreadable images of a folder skipped (with a notice) up to this share
+  c.max_bad_fraction = 0.01  # unreadable images of a folder tolerated (black, unlabelled) up to this share
+  c.allow_data_change = False  # resume on data that changed since the checkpoint (with a notice)
   c.data_placement = 'auto'  # device | stream | auto: device when the uint8 splits fit (input_pipeline)
   c.input_workers = 0        # stream: grain worker processes (0: the CPU cores less one, at most 16)
   # Model.
-  c.model = 'resnet18'       # resnet18 | resnet34 | resnet50
+  c.model = 'resnet18'       # resnet10 | resnet18 | resnet34 | resnet50
   c.width = 1.0              # channel multiplier (tests use narrow networks)
   c.dtype = 'auto'           # compute dtype (auto: bfloat16 on GPU and TPU, float32 on CPU);
   #                            params, BatchNorm statistics and losses stay float32
   c.stem = 'auto'            # cifar (3x3, no max-pool) | imagenet (7x7/2, max-pool) | auto: cifar to 64 px
-  c.projection_dims = (2048, 128)
   # Optimisation.
   c.batch_size = 512
   c.epochs = 200
@@ -60,31 +77,42 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.momentum = 0.9
   c.warmup_epochs = 10.0     # shortened (with a notice) to a quarter of a shorter run
   c.weight_decay = 5e-4
+  c.lars_eta = 0.001         # LARS trust coefficient
   c.augment = augment_config()
-  # SimCLR.
-  c.temperature = 0.5
-  c.clamp_similarity = False
-  c.online_probe_learning_rate = 1e-3  # Adam on the online linear probe (pretraining; 0: no probe)
+  if stage == 'pretrain':
+    c.method = method
+    c.view2 = view2_config()
+    c.update(method_fields(method))
+    c.online_probe_learning_rate = 1e-3  # Adam on the online linear probe (0: no probe)
+  if stage != 'supervised':  # 0: the encoder; K: after the projector's layer K (SimCLR v2)
+    c.finetune_from_head_layer = 0
   # Downstream stages.
-  c.init_from = ''           # pretraining workdir or checkpoint directory
+  if stage in DOWNSTREAM + ('distill',):
+    c.init_from = ''         # pretraining workdir or checkpoint directory (distill: optional)
+  if stage == 'distill':     # SimCLR v2's distillation (simclr_jax.distill)
+    c.teacher_from = ''      # finetune (or supervised, distill) workdir whose classifier teaches
+    c.distill_temperature = 1.0  # softmax temperature of teacher and student
+    c.distill_label_weight = 0.0  # weight of the true labels' cross-entropy (labelled images only)
   c.label_fraction = 1.0
   c.label_seed = 0
-  c.protocol = 'features' if stage == 'linear_eval' else ''  # linear_eval: features | augmented
-  # Evaluators, each with its own sub-config (simclr_jax.evaluate.EVALUATORS).
+  if stage == 'linear_eval':
+    c.protocol = 'features'  # features | augmented
+  # Evaluators: config.evals.<name> = evaluator_config(type, ...) (simclr_jax.evaluate.TYPES).
   c.evals = ml_collections.ConfigDict()
   if stage == 'pretrain':
-    c.evals.knn = evaluator_config(every_epochs=10, k=200, temperature=0.1)
-    c.evals.online_linear = evaluator_config(every_epochs=10)
+    c.evals.knn = evaluator_config('knn', every_epochs=10, k=200, temperature=0.1)
+    c.evals.online_linear = evaluator_config('online_linear', every_epochs=10)
   else:
-    c.evals.classify = evaluator_config(every_epochs=1)
+    c.evals.test = evaluator_config('classify', every_epochs=1)
   if stage in ('pretrain', 'linear_eval'):  # the offline probe on frozen features, at the end
-    c.evals.linear = evaluator_config(every_epochs=0, weight_decays=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
+    c.evals.linear = evaluator_config('linear', every_epochs=0, weight_decays=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
                                       steps=500)
   c.eval_batch_size = 1000   # images per inference chunk
   # Checkpoints, logs, faults.
   c.checkpoint_every_epochs = 10
   c.keep_checkpoints = 3
-  c.log_every_steps = 50
+  c.log_every_steps = 50     # a progress line and a metrics row every N steps,
+  c.log_every_seconds = 30.0  # or after this many seconds, whichever comes first
   c.skip_nonfinite = False   # True: skip updates whose loss or gradients are not finite, and count them
   c.inject_nan_at_step = -1  # fault injection for tests: make the loss NaN at this step
   c.seed = 0
@@ -102,9 +130,13 @@ def classifier_config(stage: str) -> ml_collections.ConfigDict:
   return c
 
 
-def reference_config(stage: str) -> ml_collections.ConfigDict:
-  """The fields (and their types) a config of `stage` must have."""
-  return base_config(stage) if stage == 'pretrain' else classifier_config(stage)
+def reference_config(config) -> ml_collections.ConfigDict:
+  """The fields (and their types) a config of its stage and method must have."""
+  stage = config.get('stage')
+  stage = stage if stage in STAGES else 'pretrain'
+  if stage == 'pretrain':
+    return base_config(stage, config.get('method') or 'simclr')
+  return base_config(stage) if stage == 'linear_eval' else classifier_config(stage)
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:

@@ -2,13 +2,19 @@
 
     encoder = simclr_jax.load_encoder('runs/pretrain')   # any pretraining or classifier workdir
     features = encoder.embed(images_uint8)               # [N, F] float32, inference-mode BatchNorm
-    simclr_jax.export_encoder('runs/pretrain', 'encoder.safetensors')
+    simclr_jax.export_encoder('runs/pretrain', 'encoder.safetensors')                  # Flax names
+    simclr_jax.export_encoder('runs/pretrain', 'resnet.safetensors', layout='torchvision')
     encoder = simclr_jax.load_encoder('encoder.safetensors')
 
-The safetensors file holds float32 arrays named by their Flax path, 'params/<module>/<leaf>' and
-'batch_stats/<module>/<leaf>' (README, "Portable weights", maps them onto torchvision's ResNet),
-and in its metadata the architecture and input: format, model, width, stem, dtype, image_shape,
-mean, std, feature_dim (values JSON-encoded).
+The encoder is the ResNet and, for a run whose finetune_from_head_layer is K > 0, the first K
+layers of its projector (models.Backbone). layout='flax' names the float32 arrays by their path in
+its variables ('params/encoder/stem_conv/kernel', 'batch_stats/projector/norm_0/mean', ...) and
+carries the architecture and input in its metadata (JSON values: format, model, width, stem,
+dtype, image_shape, mean, std, feature_dim, feature_layer, projector, checksums); load_encoder
+reads it back. layout='torchvision' writes torchvision's ResNet state-dict names with OIHW
+kernels, which torchvision.models.resnet18 loads as it is (README, "Portable weights"). Every
+file carries a CRC-32 of each array, checked on load; it is written to a temporary file beside
+the target and renamed, so a failed or interrupted export leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -16,46 +22,53 @@ import dataclasses
 import functools
 import json
 import os
+import stat
+import tempfile
+import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simclr_jax import augment, checkpoint, models
+from simclr_jax import augment, checkpoint, interrupts, models
 from simclr_jax.errors import UserError
+
+FORMAT = 'simclr_jax.encoder/2'
+LAYOUTS = ('flax', 'torchvision')
 
 
 @dataclasses.dataclass
 class Encoder:
-  """The encoder module, its variables, the normalisation it was trained with and its input size."""
-  module: models.ResNet
+  """The encoder module (models.Backbone), its variables, its architecture (`spec`, as
+  models.encoder_spec gives it) and the normalisation it was trained with."""
+  module: models.Backbone
   variables: dict
-  config: dict
-  image_shape: tuple | None = None  # (H, W, 3) of the training images, when known
+  spec: dict
+  mean: tuple
+  std: tuple
+
+  @property
+  def image_shape(self) -> tuple:
+    return tuple(self.spec['image_shape'])
 
   @property
   def feature_dim(self) -> int:
-    return int(jax.eval_shape(self.apply, jax.ShapeDtypeStruct((1,) + self._shape(), jnp.float32)).shape[-1])
-
-  def _shape(self) -> tuple:
-    return tuple(self.image_shape) if self.image_shape else (32, 32, 3)
-
-  def apply(self, images: jax.Array) -> jax.Array:
-    """Features of normalised float images [B, H, W, 3]."""
-    return self.module.apply(self.variables, images, train=False)
+    x = jax.ShapeDtypeStruct((1,) + self.image_shape, jnp.float32)
+    return int(jax.eval_shape(lambda v, x: self.module.apply(v, x, train=False), self.variables, x).shape[-1])
 
   def embed(self, images_uint8, batch_size: int = 1000) -> np.ndarray:
     """Features of uint8 images [N, H, W, 3], normalised as in training, computed in batches."""
     images = self.check_images(images_uint8)
     if len(images) == 0:
       return np.zeros((0, self.feature_dim), np.float32)
-    out = [np.asarray(self._embed(jnp.asarray(images[i:i + batch_size])))
+    out = [np.asarray(self._infer(self.variables, jnp.asarray(images[i:i + batch_size])))
            for i in range(0, len(images), batch_size)]
     return np.concatenate(out)
 
   def check_images(self, images) -> np.ndarray:
     """The images as a numpy array, or a UserError naming what differs from uint8 [N, H, W, 3]."""
-    want = f'uint8 [N, {self._shape()[0]}, {self._shape()[1]}, 3]'
+    h, w = self.image_shape[:2]
+    want = f'uint8 [N, {h}, {w}, 3]'
     images = np.asarray(images)
     if images.dtype != np.uint8:
       raise UserError(f'Encoder.embed takes {want} pixels (0-255), as in training; got {images.dtype}: '
@@ -63,33 +76,39 @@ class Encoder:
     if images.ndim != 4 or images.shape[-1] != 3:
       raise UserError(f'Encoder.embed takes {want} images; got shape {images.shape}: stack a batch, '
                       'put channels last (x.transpose(0, 2, 3, 1)) and give greyscale images 3 channels')
-    if self.image_shape and tuple(images.shape[1:]) != tuple(self.image_shape):
+    if tuple(images.shape[1:]) != self.image_shape:
       raise UserError(f'Encoder.embed takes {want} images, the size it was trained on; got '
                       f'{images.shape[1]}x{images.shape[2]}: resize them first')
     return images
 
   @functools.cached_property
-  def _embed(self):
-    aug = augment.AugmentSettings(mean=tuple(self.config['augment']['mean']),
-                                  std=tuple(self.config['augment']['std']))
-    return jax.jit(lambda x: self.apply(augment.eval_view(x, aug)))
+  def _infer(self):
+    settings = augment.AugmentSettings(mean=tuple(self.mean), std=tuple(self.std))
+    return augment.inference(functools.partial(self.module.apply, train=False), settings)
 
 
-FORMAT = 'simclr_jax.encoder/1'
-ARCHITECTURE_KEYS = ('model', 'width', 'stem', 'dtype')
+def _backbone(spec: dict, head_layer: int) -> models.Backbone:
+  encoder = models.encoder_from_spec(spec)
+  return models.Backbone(encoder, models.head_layers(spec.get('projector'), head_layer, encoder.dtype))
 
 
-def load_encoder(path: str) -> Encoder:
+def load_encoder(path: str, head_layer: int | None = None) -> Encoder:
   """Loads an encoder from a .safetensors file written by export_encoder, or from the newest
-  checkpoint under `path` (a workdir, its checkpoints/ folder or one step folder)."""
+  checkpoint under `path` (a workdir, its checkpoints/ folder or one step folder). head_layer:
+  the projector layers to include (default: the run's finetune_from_head_layer)."""
   if path.endswith('.safetensors') or os.path.isfile(path):
     return _load_safetensors(path)
-  variables, meta = checkpoint.restore_encoder(path, role='load_encoder path')
-  config = dict(meta['config'])
-  shape = tuple(meta['image_shape']) if meta.get('image_shape') else None
-  config['stem'] = models.resolve_stem(config.get('stem', 'cifar'), shape[0] if shape else 32)
-  module = models.make_encoder(config['model'], config['width'], config['dtype'], config['stem'])
-  return Encoder(module, jax.tree.map(jnp.asarray, variables), config, shape)
+  role = 'load_encoder path'
+  meta = checkpoint.read_meta(checkpoint.find_checkpoint(path, role), role)
+  spec = dict(meta.get('model') or {})
+  k = spec.get('feature_layer', 0) if head_layer is None else head_layer
+  variables, meta = checkpoint.restore_encoder(path, role=role, head_layers=k)
+  spec['feature_layer'] = k
+  if k:
+    spec['projector'] = {**spec['projector'], 'dims': spec['projector']['dims'][:k]}
+  aug = meta['config']['augment']
+  return Encoder(_backbone(spec, k), jax.tree.map(jnp.asarray, variables), spec, tuple(aug['mean']),
+                 tuple(aug['std']))
 
 
 def _flatten(tree: dict, prefix: str = '') -> dict:
@@ -114,18 +133,95 @@ def _unflatten(flat: dict) -> dict:
   return tree
 
 
-def export_encoder(workdir: str, path: str) -> str:
+def _crc(array: np.ndarray) -> str:
+  return f'{zlib.crc32(np.ascontiguousarray(array).tobytes()):08x}'
+
+
+_TORCH_BN = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
+
+
+def torchvision_state_dict(variables: dict, spec: dict) -> dict:
+  """The encoder's variables under torchvision ResNet state-dict names: conv kernels OIHW,
+  BatchNorm weight, bias, running_mean, running_var and num_batches_tracked (0)."""
+  basic = models.ARCHITECTURES[spec['model']][0] == 'basic'
+  shortcut = 2 if basic else 3  # the index of the 1x1 projection shortcut's Conv_ and BatchNorm_
+
+  def name(module: str) -> str:
+    if module == 'stem_conv':
+      return 'conv1'
+    if module == 'stem_norm':
+      return 'bn1'
+    block, layer = module.split('/')
+    s, b = block[len('stage'):].split('_block')
+    kind, index = layer.split('_')
+    index = int(index)
+    prefix = f'layer{s}.{int(b) - 1}'
+    if index == shortcut:
+      return f'{prefix}.downsample.{0 if kind == "Conv" else 1}'
+    return f'{prefix}.{"conv" if kind == "Conv" else "bn"}{index + 1}'
+
+  out = {}
+  for collection in ('params', 'batch_stats'):
+    for path, value in _flatten(variables[collection]['encoder']).items():
+      module, leaf = path.rsplit('/', 1)
+      if leaf == 'kernel':
+        out[f'{name(module)}.weight'] = np.ascontiguousarray(value.transpose(3, 2, 0, 1))
+      else:
+        out[f'{name(module)}.{_TORCH_BN[leaf]}'] = value
+        if leaf == 'mean':
+          out[f'{name(module)}.num_batches_tracked'] = np.zeros((), np.int64)
+  return out
+
+
+def export_encoder(workdir: str, path: str, layout: str = 'flax') -> str:
   """Writes the encoder of workdir's newest checkpoint to `path` (.safetensors); returns path."""
-  from safetensors.numpy import save_file
+  from safetensors.numpy import save
+  if layout not in LAYOUTS:
+    raise UserError(f'export_encoder layout {layout!r} is unknown: use one of {", ".join(LAYOUTS)}')
+  target = _check_target(path)
   encoder = load_encoder(workdir)
-  metadata = {k: encoder.config[k] for k in ARCHITECTURE_KEYS}
-  metadata.update(format=FORMAT, image_shape=list(encoder.image_shape or ()),
-                  mean=list(encoder.config['augment']['mean']),
-                  std=list(encoder.config['augment']['std']), feature_dim=encoder.feature_dim)
-  tensors = _flatten({'params': encoder.variables['params'],
-                      'batch_stats': encoder.variables['batch_stats']})
-  save_file(tensors, path, metadata={k: json.dumps(v) for k, v in metadata.items()})
+  spec = encoder.spec
+  if layout == 'torchvision':
+    if spec.get('feature_layer'):
+      raise UserError(f'{workdir!r} includes {spec["feature_layer"]} projector layers, which torchvision\'s '
+                      'ResNet does not have: export it with layout=\'flax\', or load_encoder(..., head_layer=0)')
+    tensors = torchvision_state_dict(encoder.variables, spec)
+  else:
+    tensors = _flatten({c: encoder.variables[c] for c in ('params', 'batch_stats')})
+  metadata = {k: spec[k] for k in ('model', 'width', 'stem', 'dtype', 'image_shape', 'feature_layer', 'projector')}
+  metadata.update(format=FORMAT, layout=layout, mean=list(encoder.mean), std=list(encoder.std),
+                  feature_dim=encoder.feature_dim, checksums={k: _crc(v) for k, v in tensors.items()})
+  data = save(tensors, metadata={k: json.dumps(v) for k, v in metadata.items()})
+  folder = os.path.dirname(target)
+  fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(target)}.', suffix='.tmp', dir=folder)
+  with interrupts.temporary(tmp):
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, target)
   return path
+
+
+def _check_target(path: str) -> str:
+  """The export's target: a regular file (replaced) or a new name in an existing folder."""
+  target = os.path.abspath(path)
+  folder = os.path.dirname(target)
+  if os.path.isdir(target):
+    raise UserError(f'export path {path!r} is a folder: name a file in it, such as {os.path.join(path, "encoder.safetensors")!r}')
+  if os.path.lexists(target) and not stat.S_ISREG(os.lstat(target).st_mode):
+    raise UserError(f'export path {path!r} exists and is not a regular file (a device, a link or a pipe): '
+                    'name a new file or a regular one to replace')
+  if not os.path.isdir(folder):
+    raise UserError(f'export path {path!r}: the folder {folder!r} does not exist: create it first')
+  if not os.access(folder, os.W_OK):
+    raise UserError(f'export path {path!r}: the folder {folder!r} is not writable: choose another path')
+  return target
+
+
+REQUIRED = ('model', 'width', 'stem', 'dtype', 'image_shape', 'mean', 'std', 'feature_layer', 'projector',
+            'checksums')
 
 
 def _load_safetensors(path: str) -> Encoder:
@@ -133,20 +229,40 @@ def _load_safetensors(path: str) -> Encoder:
   if not os.path.isfile(path):
     raise UserError(f'load_encoder path {path!r} does not exist: point it at a .safetensors file '
                     'written by simclr_jax.export_encoder, or at a simclr_jax workdir')
+  again = 'export it again with simclr_jax.export_encoder'
   try:
     with safe_open(path, framework='numpy') as f:
       metadata = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
       flat = {name: f.get_tensor(name) for name in f.keys()}
   except Exception as e:
     raise UserError(f'load_encoder path {path!r} is not a readable safetensors file '
-                    f'({type(e).__name__}): export it again with simclr_jax.export_encoder') from None
+                    f'({type(e).__name__}): {again}') from None
   if metadata.get('format') != FORMAT:
-    raise UserError(f'{path!r} is not a simclr_jax encoder (metadata format '
-                    f'{metadata.get("format")!r}, expected {FORMAT!r}): export it with '
-                    'simclr_jax.export_encoder')
-  variables = _unflatten(flat)
-  config = {k: metadata[k] for k in ARCHITECTURE_KEYS}
-  config['augment'] = {'mean': tuple(metadata['mean']), 'std': tuple(metadata['std'])}
-  module = models.make_encoder(config['model'], config['width'], config['dtype'], config['stem'])
-  shape = tuple(metadata['image_shape']) or None
-  return Encoder(module, jax.tree.map(jnp.asarray, variables), config, shape)
+    older = str(metadata.get('format', '')).startswith('simclr_jax.encoder/')
+    raise UserError(f'{path!r} is not a simclr_jax encoder of this version (metadata format '
+                    f'{metadata.get("format")!r}, expected {FORMAT!r}{"; format 1 padded strided convolutions differently" if older else ""}): {again}')
+  if metadata.get('layout') != 'flax':
+    raise UserError(f'{path!r} holds torchvision\'s names (layout={metadata.get("layout")!r}), for PyTorch: '
+                    'load_encoder reads the layout=\'flax\' export')
+  missing = [k for k in REQUIRED if k not in metadata]
+  if missing:
+    raise UserError(f'{path!r} lacks the metadata {", ".join(missing)}: {again}')
+  for name, value in flat.items():
+    if metadata['checksums'].get(name) != _crc(value):
+      raise UserError(f'{path!r} is corrupt: the tensor {name} does not match its checksum: {again}')
+  spec = {k: metadata[k] for k in ('model', 'width', 'stem', 'dtype', 'image_shape', 'feature_layer', 'projector')}
+  try:
+    module = _backbone(spec, spec['feature_layer'])
+    expected = jax.eval_shape(functools.partial(module.init, train=False), jax.random.PRNGKey(0),
+                              jnp.zeros((1,) + tuple(spec['image_shape']), jnp.float32))
+  except Exception as e:
+    raise UserError(f'{path!r} describes an encoder this version cannot build ({type(e).__name__}: {e}): '
+                    f'{again}') from None
+  want = {k: tuple(v.shape) for k, v in _flatten(jax.tree.map(lambda s: np.zeros(s.shape, np.float32), expected)).items()}
+  got = {k: tuple(v.shape) for k, v in flat.items()}
+  if want != got:
+    wrong = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
+    raise UserError(f'{path!r} does not hold the arrays of a {spec["model"]} of width {spec["width"]:g} '
+                    f'({wrong[0]} is missing, extra or of another shape): {again}')
+  return Encoder(module, jax.tree.map(jnp.asarray, _unflatten(flat)), spec, tuple(metadata['mean']),
+                 tuple(metadata['std']))

@@ -1,13 +1,14 @@
-"""Evaluators, chosen and scheduled from config.evals, each given only its own sub-config.
+"""Evaluators by type, each instance named in config.evals and given only its own sub-config.
 
     evaluators = make_evaluators(config.evals, available={'labels', 'probe'})
     ctx = EvalContext(infer, variables, inputs, batch=1000)  # one round; outputs computed once
     scalars = {}
-    for e in evaluators: scalars.update(e(ctx))
+    for e in evaluators: scalars.update(e(ctx))              # {'<name>_top1': ..., ...}
 
-A new evaluator is a class with `name`, a constructor taking its sub-config (which has
-every_epochs) and __call__(ctx) -> {name: float}, plus an entry in EVALUATORS and a default
-sub-config in config_base.
+config.evals.<name> = evaluator_config('knn', every_epochs=10, k=200) (config_base): the type
+picks the class (TYPES), several instances of one type may run (kNN at k=20 and at k=200), and
+each figure is '<name>_<metric>' with the protocol of its type. A new evaluator is one class
+here (type, protocol, label, metrics, __call__) and one config line.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from simclr_jax.linear_probe import fit_linear_probe
-from simclr_jax.losses import classification_loss
+from simclr_jax.losses import classification_loss, top1
 from simclr_jax.metrics import log
 
 
@@ -50,16 +51,13 @@ class EvalContext:
       self._labels[split] = np.concatenate(labels)
     return self._outputs[split]
 
-  def features(self, split: str) -> jax.Array:
-    return self.outputs(split)['features']
-
-  def labelled(self, split: str) -> tuple[jax.Array, np.ndarray]:
-    """(features, labels) of the split's images that have a label."""
-    labels = self.labels(split)
+  def labelled(self, split: str, output: str = 'features') -> tuple[jax.Array, np.ndarray]:
+    """(an output, labels) of the split's images that have a label."""
+    labels, values = self.labels(split), self.outputs(split)[output]
     if np.all(labels >= 0):
-      return self.features(split), labels
+      return values, labels
     keep = np.flatnonzero(labels >= 0)
-    return self.features(split)[keep], labels[keep]
+    return values[keep], labels[keep]
 
 
 def normalized(f: jax.Array) -> jax.Array:
@@ -86,84 +84,112 @@ def knn_top1(train_f, train_y, test_f, test_y, num_classes: int, k: int = 200,
   return correct / test_f.shape[0]
 
 
-def top1(logits: jax.Array, labels) -> float:
-  return float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(labels)))
-
-
 class Evaluator:
-  """Base: keeps every_epochs from the sub-config; `requires` names what it cannot run without."""
-  name = ''
+  """Base: the instance's name and every_epochs; `requires` names what it cannot run without;
+  `protocol` says how its figures are obtained (README, "Evaluation"); `metrics` the names of
+  its figures, reported as '<name>_<metric>'."""
+  type = ''
+  protocol = ''
   requires = ('labels',)
+  metrics = ('top1',)
 
-  def __init__(self, cfg):
-    self.every_epochs = int(cfg.every_epochs)
+  def __init__(self, name: str, cfg):
+    self.name, self.every_epochs = name, int(cfg.every_epochs)
+    self.skipped = False  # the run lacks what it requires: it never runs, its figures stay null
+
+  @property
+  def label(self) -> str:
+    """How the report names it."""
+    return self.name
+
+  def key(self, metric: str = 'top1') -> str:
+    return f'{self.name}_{metric}'
+
+  def __call__(self, ctx: EvalContext) -> dict:
+    return {self.key(m): v for m, v in self.evaluate(ctx).items()}
 
 
 class KnnEvaluator(Evaluator):
-  """kNN top-1 of the test split against the training split on normalised encoder features."""
-  name = 'knn'
+  """kNN top-1 of the test split against the training split on normalised features."""
+  type, protocol = 'knn', 'knn'
 
-  def __init__(self, cfg):
-    super().__init__(cfg)
+  def __init__(self, name, cfg):
+    super().__init__(name, cfg)
     self.k, self.temperature = int(cfg.k), float(cfg.temperature)
 
-  def __call__(self, ctx: EvalContext) -> dict:
+  @property
+  def label(self) -> str:
+    return f'kNN (k={self.k})'
+
+  def evaluate(self, ctx: EvalContext) -> dict:
     train_f, train_y = ctx.labelled('train')
-    top1 = knn_top1(normalized(train_f), train_y, normalized(ctx.features('test')), ctx.labels('test'),
-                    ctx.num_classes, self.k, self.temperature)
-    return {'knn_top1': top1}
+    test_f, test_y = ctx.labelled('test')
+    return {'top1': knn_top1(normalized(train_f), train_y, normalized(test_f), test_y, ctx.num_classes,
+                             self.k, self.temperature)}
 
 
 class OnlineLinearEvaluator(Evaluator):
   """Test top-1 of the online linear probe trained inside the pretraining step."""
-  name = 'online_linear'
+  type, protocol = 'online_linear', 'online'
   requires = ('labels', 'probe')
+  label = 'online linear probe'
 
-  def __call__(self, ctx: EvalContext) -> dict:
-    return {'online_linear_top1': top1(ctx.outputs('test')['probe_logits'], ctx.labels('test'))}
+  def evaluate(self, ctx: EvalContext) -> dict:
+    logits, labels = ctx.labelled('test', 'probe_logits')
+    return {'top1': float(top1(logits, jnp.asarray(labels)))}
 
 
 class LinearEvaluator(Evaluator):
   """The offline linear probe on frozen, unaugmented features (simclr_jax.linear_probe)."""
-  name = 'linear'
+  type, protocol = 'linear', 'features'
+  metrics = ('top1', 'weight_decay')
+  label = 'linear probe on frozen features'
 
-  def __init__(self, cfg):
-    super().__init__(cfg)
+  def __init__(self, name, cfg):
+    super().__init__(name, cfg)
     self.weight_decays = tuple(float(w) for w in cfg.weight_decays)
     self.steps = int(cfg.steps)
 
-  def __call__(self, ctx: EvalContext) -> dict:
+  def evaluate(self, ctx: EvalContext) -> dict:
     train_f, train_y = ctx.labelled('train')
-    fit = fit_linear_probe(train_f, train_y, ctx.features('test'), ctx.labels('test'),
-                           ctx.num_classes, self.weight_decays, self.steps)
-    return {'linear_top1': fit['test_top1'], 'linear_weight_decay': fit['weight_decay']}
+    test_f, test_y = ctx.labelled('test')
+    fit = fit_linear_probe(train_f, train_y, test_f, test_y, ctx.num_classes, self.weight_decays, self.steps)
+    return {'top1': fit['test_top1'], 'weight_decay': fit['weight_decay']}
 
 
 class ClassifyEvaluator(Evaluator):
   """Test top-1 and loss of a classifier in inference mode."""
-  name = 'classify'
+  type, protocol = 'classify', 'trained'
+  metrics = ('top1', 'loss')
+  label = 'classifier'
 
-  def __call__(self, ctx: EvalContext) -> dict:
-    logits = ctx.outputs('test')['logits']
-    labels = jnp.asarray(ctx.labels('test'))
-    return {'test_top1': top1(logits, labels), 'test_loss': float(classification_loss(logits, labels))}
+  def evaluate(self, ctx: EvalContext) -> dict:
+    logits, labels = ctx.labelled('test', 'logits')
+    labels = jnp.asarray(labels)
+    return {'top1': float(top1(logits, labels)), 'loss': float(classification_loss(logits, labels))}
 
 
-EVALUATORS = {cls.name: cls for cls in (KnnEvaluator, OnlineLinearEvaluator, LinearEvaluator,
-                                        ClassifyEvaluator)}
+TYPES = {cls.type: cls for cls in (KnnEvaluator, OnlineLinearEvaluator, LinearEvaluator, ClassifyEvaluator)}
 
 
 def make_evaluators(evals_cfg, available) -> list[Evaluator]:
-  """The evaluators of config.evals that can run (every_epochs >= 0 and what they require is
-  available); each skipped one gets a one-line notice."""
+  """The evaluators of config.evals with every_epochs >= 0; one whose requirements the run lacks
+  is marked skipped (it never runs; results.json gives its figures as null), with a notice."""
   out = []
   for name, cfg in evals_cfg.items():
-    cls = EVALUATORS[name]
     if cfg.every_epochs < 0:
       continue
-    missing = [r for r in cls.requires if r not in available]
+    evaluator = TYPES[cfg.type](name, cfg)
+    missing = [r for r in evaluator.requires if r not in available]
     if missing:
       log(f'notice: evaluator {name} is skipped: the run has no {" or ".join(missing)}')
-      continue
-    out.append(cls(cfg))
+      evaluator.skipped = True
+    out.append(evaluator)
   return out
+
+
+def describe(evaluators) -> dict:
+  """{'<name>_<metric>': {'protocol', 'label'}} of every figure the evaluators give, for
+  results.json and the report."""
+  return {e.key(m): {'protocol': e.protocol, 'label': e.label} for e in evaluators for m in e.metrics
+          if m == 'top1'}

@@ -1,12 +1,15 @@
 """Decoding images into uint8 RGB arrays of one size, in parallel, counting what could not be read.
 
     batch = decode_all(sources, size=96)   # sources: file paths, encoded bytes or arrays
-    batch.images                           # uint8 [N_ok, 96, 96, 3]
-    batch.kept, batch.bad, batch.upscaled  # indices decoded; (index, reason) of failures; count
+    batch.images                           # uint8 [N, 96, 96, 3]; zeros where an image is unreadable
+    batch.bad, batch.upscaled              # (index, reason) of the unreadable ones; a count
 
-Each image is EXIF-rotated, converted to RGB (greyscale, RGBA, palette and CMYK alike), its
-shorter side resized to `size` (bilinear, antialiased when shrinking) and centre-cropped to a
-square. size 0 keeps the decoded size, which must then be the same for every image.
+Each image is EXIF-rotated, converted to RGB (greyscale, RGBA, palette and CMYK alike), fully
+decoded, then resized and centre-cropped as torchvision's Resize(size) and CenterCrop(size) do on a
+PIL image: the shorter side to `size` and the longer to int(size * longer / shorter) (truncated),
+bilinear with antialiasing (Pillow's BILINEAR filter widens with the scale when shrinking), then
+the crop offset int(round((side - size) / 2)). size 0 keeps the decoded size, which must then be
+the same for every image.
 """
 from __future__ import annotations
 
@@ -26,6 +29,19 @@ def is_image_file(name: str) -> bool:
   return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def resize_shape(width: int, height: int, size: int) -> tuple[int, int]:
+  """(new width, new height) of torchvision's Resize(size): the shorter side to size, the longer
+  to int(size * longer / shorter)."""
+  if width <= height:
+    return size, int(size * height / width)
+  return int(size * width / height), size
+
+
+def crop_offset(side: int, size: int) -> int:
+  """torchvision's CenterCrop offset along one side."""
+  return int(round((side - size) / 2.0))
+
+
 def decode(source, size: int = 0) -> tuple[np.ndarray, bool]:
   """(uint8 [H, W, 3], whether it was upscaled) of one image."""
   from PIL import Image, ImageOps
@@ -33,8 +49,6 @@ def decode(source, size: int = 0) -> tuple[np.ndarray, bool]:
     image = Image.fromarray(source)
   else:
     image = Image.open(source if isinstance(source, str) else io.BytesIO(source))
-    if size and image.format == 'JPEG':  # decode large JPEGs at a reduced scale, still >= size
-      image.draft('RGB', (size, size))
     image = ImageOps.exif_transpose(image)
   if image.mode != 'RGB':
     image = image.convert('RGBA').convert('RGB') if image.mode == 'P' else image.convert('RGB')
@@ -42,20 +56,18 @@ def decode(source, size: int = 0) -> tuple[np.ndarray, bool]:
   if size:
     w, h = image.size
     upscaled = min(w, h) < size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    new_w, new_h = resize_shape(w, h, size)
     if (new_w, new_h) != (w, h):
       image = image.resize((new_w, new_h), Image.BILINEAR)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
+    left, top = crop_offset(new_w, size), crop_offset(new_h, size)
     image = image.crop((left, top, left + size, top + size))
   return np.asarray(image, dtype=np.uint8), upscaled
 
 
 @dataclasses.dataclass
 class Decoded:
-  images: np.ndarray              # uint8 [len(kept), H, W, 3]
-  kept: np.ndarray                # indices into the sources that decoded
-  bad: list                       # (index, reason) of the sources that did not
+  images: np.ndarray              # uint8 [len(sources), H, W, 3]; zeros for the unreadable ones
+  bad: list                       # (index, reason) of the sources that could not be decoded
   upscaled: int                   # how many images were smaller than size
 
 
@@ -70,14 +82,15 @@ def decode_all(sources, size: int = 0, workers: int = 0) -> Decoded:
   workers = workers or min(16, os.cpu_count() or 1)
   with ThreadPoolExecutor(max_workers=workers) as pool:
     results = list(pool.map(one, sources, chunksize=64))
-  kept = [i for i, r in enumerate(results) if not isinstance(r, str)]
   bad = [(i, r) for i, r in enumerate(results) if isinstance(r, str)]
-  if kept:
-    shapes = {results[i][0].shape for i in kept}
-    if len(shapes) > 1:
-      raise ValueError(f'images of several sizes ({", ".join(str(s[:2]) for s in sorted(shapes)[:3])}, '
-                       '...): set --config.image_size to resize them on load')
-    images = np.stack([results[i][0] for i in kept])
-  else:
-    images = np.zeros((0, size, size, 3), np.uint8)
-  return Decoded(images, np.asarray(kept, np.int64), bad, sum(results[i][1] for i in kept))
+  good = [r[0] for r in results if not isinstance(r, str)]
+  shapes = {x.shape for x in good}
+  if len(shapes) > 1:
+    raise ValueError(f'images of several sizes ({", ".join(str(s[:2]) for s in sorted(shapes)[:3])}, '
+                     '...): set --config.image_size to resize them on load')
+  shape = shapes.pop() if shapes else (size, size, 3)
+  images = np.zeros((len(results),) + shape, np.uint8)
+  for i, r in enumerate(results):
+    if not isinstance(r, str):
+      images[i] = r[0]
+  return Decoded(images, bad, sum(r[1] for r in results if not isinstance(r, str)))

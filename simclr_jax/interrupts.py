@@ -1,14 +1,17 @@
-"""SIGTERM and SIGINT at any moment: outside training they stop the run at once (status 75),
-during training they become a flag that the loop reads between steps (it saves a checkpoint,
-then stops with status 75).
+"""SIGTERM and SIGINT at any moment, each honoured within seconds with exit status 75.
 
-    interrupts.install()                  # first thing in main: loading and compiling can be stopped
-    with interrupts.deferred() as flag:   # the training loop: a signal only sets flag.name
+    interrupts.install()                  # the CLI's first step: a signal stops the run at once
+    with interrupts.phase('evaluating'):  # names what was stopped in the one-line message
       ...
-      if flag.name: save(); raise Preempted(...)
+    with interrupts.deferred() as flag:   # training: progress since the last checkpoint exists,
+      ...                                 # so a signal only sets flag.name; the loop saves, then stops
+    with interrupts.temporary(path):      # a file being written: removed if a signal stops the run
 
-A second SIGINT while a signal is deferred (a long save or evaluation) exits at once (status 75)
-without saving; the last complete checkpoint stays.
+A watcher thread reads the signals from a wakeup pipe, so it acts even while the main thread is
+inside a long computation (compiling, an evaluation, a save): outside deferred() it removes the
+registered temporary files, prints one `preempted:` line and exits at once; inside, it sets the
+flag, and a second SIGINT exits at once without saving. Library use (no install()): deferred()
+installs the handlers for its block, and a signal outside it raises Preempted in the main thread.
 """
 from __future__ import annotations
 
@@ -30,35 +33,105 @@ class _Flag:
     self.name = None
 
 
-_state = {'deferring': False, 'flag': _Flag(), 'installed': False}
+_state = {'installed': False, 'deferring': 0, 'flag': _Flag(), 'phase': 'starting',
+          'temporary': set(), 'lock': threading.Lock(), 'resume': 'rerun the same command to resume'}
 
 
-def _handle(signum, frame):
-  name = signal.Signals(signum).name
-  flag = _state['flag']
-  if _state['deferring']:
-    if flag.name is None:
-      flag.name = name
-      return
-    if signum == signal.SIGINT:  # a second Ctrl-C: stop now, without the save
-      print('preempted: second SIGINT: stopped at once without saving; rerun the same command to '
-            'resume from the last complete checkpoint', file=sys.stderr, flush=True)
-      os._exit(Preempted.exit_code)
-    return
-  # Outside training nothing is half-written that a rerun would not redo: stop now.
-  print(f'preempted: {name} outside training (loading, compiling or writing results): the last '
-        'complete checkpoint is kept; rerun the same command to resume', file=sys.stderr, flush=True)
-  sys.stdout.flush()
+def _stop_now(name: str, detail: str = '') -> None:
+  """Removes the temporary files being written, prints the line and exits with status 75."""
+  for path in list(_state['temporary']):
+    try:
+      os.remove(path)
+    except OSError:
+      pass
+  message = detail or f'{name} while {_state["phase"]}: {_state["resume"]}'
+  try:
+    sys.stdout.flush()
+  except Exception:  # a closed or broken stdout must not keep the process alive
+    pass
+  os.write(2, f'preempted: {message}\n'.encode('utf-8', 'backslashreplace'))
   os._exit(Preempted.exit_code)
 
 
+def _on_signal(signum: int) -> None:
+  """What a signal does, decided in the watcher thread (CLI) or the handler (library use)."""
+  name = signal.Signals(signum).name
+  with _state['lock']:
+    flag = _state['flag']
+    if _state['deferring']:
+      if flag.name is None:
+        flag.name = name
+        return
+      if signum == signal.SIGINT:  # a second Ctrl-C: stop now, without the save
+        _stop_now(name, 'second SIGINT: stopped at once without saving; rerun the same command to '
+                        'resume from the last complete checkpoint')
+      return
+  if _state['installed']:
+    _stop_now(name)
+  raise Preempted(f'{name} while {_state["phase"]}: {_state["resume"]}')
+
+
+def _watch(read_fd: int) -> None:
+  while True:
+    try:
+      data = os.read(read_fd, 64)
+    except InterruptedError:
+      continue
+    except OSError:
+      return
+    for signum in data:
+      if signum in _SIGNALS:
+        _on_signal(signum)
+
+
+def _handler(signum, frame):
+  """The Python-level handler: the watcher has acted already where one runs."""
+  if not _state['installed']:
+    _on_signal(signum)
+
+
 def install() -> None:
-  """Installs the handlers (main thread only; elsewhere this does nothing)."""
+  """The CLI's handlers and watcher thread (main thread only; elsewhere this does nothing).
+  Calling it again puts the handlers back, should a library (jax.distributed) have taken them."""
   if threading.current_thread() is not threading.main_thread():
     return
+  if 'write_fd' not in _state:
+    read_fd, _state['write_fd'] = os.pipe()
+    os.set_blocking(_state['write_fd'], False)
+    threading.Thread(target=_watch, args=(read_fd,), name='simclr_jax-signals', daemon=True).start()
   for sig in _SIGNALS:
-    signal.signal(sig, _handle)
+    signal.signal(sig, _handler)
+  signal.set_wakeup_fd(_state['write_fd'], warn_on_full_buffer=False)
   _state['installed'] = True
+
+
+def set_resume_hint(text: str) -> None:
+  """What the one-line message tells the user to do, e.g. which checkpoint a rerun resumes from."""
+  _state['resume'] = text
+
+
+@contextlib.contextmanager
+def phase(name: str):
+  """Names what the run is doing ('loading the data', 'evaluating', ...) for the message."""
+  previous, _state['phase'] = _state['phase'], name
+  try:
+    yield
+  finally:
+    _state['phase'] = previous
+
+
+@contextlib.contextmanager
+def temporary(path: str):
+  """A file being written: a signal that stops the run removes it; so does an error."""
+  _state['temporary'].add(path)
+  try:
+    yield path
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(path)
+    raise
+  finally:
+    _state['temporary'].discard(path)
 
 
 @contextlib.contextmanager
@@ -69,12 +142,30 @@ def deferred():
   if not _state['installed'] and threading.current_thread() is threading.main_thread():
     previous = {sig: signal.getsignal(sig) for sig in _SIGNALS}
     for sig in _SIGNALS:
-      signal.signal(sig, _handle)
-  _state['flag'] = flag = _Flag()
-  _state['deferring'] = True
+      signal.signal(sig, _handler)
+  with _state['lock']:
+    _state['flag'] = flag = _Flag()
+    _state['deferring'] += 1
   try:
     yield flag
   finally:
-    _state['deferring'] = False
+    with _state['lock']:
+      _state['deferring'] -= 1
     for sig, handler in (previous or {}).items():
       signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def immediate():
+  """Within a deferred() block: a stretch with nothing unsaved (the state equals the last
+  checkpoint) where a signal stops the run at once, e.g. compiling or an evaluation round."""
+  with _state['lock']:
+    saved, _state['deferring'] = _state['deferring'], 0
+    pending = _state['flag'].name
+  if pending:  # a signal that arrived just before: stop here
+    _on_signal(signal.Signals[pending].value)
+  try:
+    yield
+  finally:
+    with _state['lock']:
+      _state['deferring'] = saved

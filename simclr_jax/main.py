@@ -1,6 +1,7 @@
 """Command line: python -m simclr_jax.main --config=configs/pretrain.py --workdir=runs/pretrain
 
-Overrides: --config.batch_size=1024. The config's `stage` picks pretraining or a classifier stage.
+Overrides: --config.batch_size=1024. The config's `stage` picks pretraining or a classifier stage;
+a pretraining config's `method` picks the self-supervised method (configs/<method>.py).
 Exit status: 0 done, 2 bad input (one line on stderr), 3 non-finite loss, 75 preempted (rerun to resume).
 """
 import os
@@ -27,14 +28,25 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if config.stage == 'pretrain':
     from simclr_jax import pretrain
     return pretrain.train_and_evaluate(config, workdir)
+  if config.stage == 'distill':
+    from simclr_jax import distill
+    return distill.train_and_evaluate(config, workdir)
   from simclr_jax import classify
   return classify.train_and_evaluate(config, workdir)
 
 
 def parse_flags(argv):
-  """absl flag parsing whose failures (bad config file, unknown field, wrong type) are one line."""
+  """absl flag parsing whose failures (bad config file, unknown field, wrong type) are one line;
+  --help and --helpfull print the flags and exit 0."""
   from simclr_jax import interrupts
-  interrupts.install()  # SIGTERM or SIGINT from here on: exit 75 with one line
+  interrupts.install()  # SIGTERM or SIGINT from here on: exit 75 with one line, at any moment
+  if any(a in ('--help', '-h', '--helpshort', '--helpfull') for a in argv[1:]):
+    try:
+      print(__doc__)
+      print(flags.FLAGS.main_module_help() if '--helpfull' not in argv else flags.FLAGS.get_help())
+    except BrokenPipeError:  # piped into head
+      pass
+    os._exit(0)
   try:
     args = flags.FLAGS(argv)
     if flags.FLAGS.config is not None:
@@ -58,9 +70,11 @@ def main(argv):
     if flags.FLAGS.coordinator_address or flags.FLAGS.num_processes:
       jax.distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
                                  flags.FLAGS.process_id)
-      interrupts.install()  # ours again, should the runtime have taken SIGTERM
-    workdir_lib.prepare(flags.FLAGS.workdir, config, fresh=flags.FLAGS.fresh)
-    train_and_evaluate(config, flags.FLAGS.workdir)
+      interrupts.install()  # ours again: the runtime installs its own SIGTERM handler
+    with interrupts.phase('preparing the workdir'):
+      workdir_lib.prepare(flags.FLAGS.workdir, config, fresh=flags.FLAGS.fresh)
+    with interrupts.phase('loading the data'):
+      train_and_evaluate(config, flags.FLAGS.workdir)
   except (errors.UserError, errors.NonFiniteError, errors.Preempted) as e:
     print(f'error: {e}' if not isinstance(e, errors.Preempted) else f'preempted: {e}',
           file=sys.stderr, flush=True)

@@ -2,8 +2,9 @@
 
     writer = MetricWriter(workdir)
     writer.write('train', step, {'loss': 1.2})
-    writer.rows('eval')  # every row of that kind, this run and earlier ones
     write_results(workdir, {'knn_top1': 0.9})
+    log('notice: ...')   # one line to stdout from process 0
+    plural(1, 'epoch')   # '1 epoch'
 
 Resuming appends: rows for steps already in the file are not written again.
 """
@@ -21,17 +22,15 @@ class MetricWriter:
   def __init__(self, workdir: str):
     self.primary = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    self._rows = []
+    self._last = {}
     if os.path.exists(self.path):
       with open(self.path) as f:
         for line in f:
           try:
-            self._rows.append(json.loads(line))
+            row = json.loads(line)
           except ValueError:
-            pass  # a line cut short by a kill
-    self._last = {}
-    for r in self._rows:
-      self._last[r['kind']] = max(self._last.get(r['kind'], -1), r['step'])
+            continue  # a line cut short by a kill
+          self._last[row['kind']] = max(self._last.get(row['kind'], -1), row['step'])
     self._file = open(self.path, 'a') if self.primary else None
     self._tb = None
     if self.primary:
@@ -45,7 +44,6 @@ class MetricWriter:
     if step <= self._last.get(kind, -1):
       return
     row = {'kind': kind, 'step': int(step), **{k: _plain(v) for k, v in scalars.items()}}
-    self._rows.append(row)
     self._last[kind] = step
     if self.primary:
       self._file.write(json.dumps(row) + '\n')
@@ -58,9 +56,6 @@ class MetricWriter:
   def last_step(self, kind: str) -> int:
     """The newest step with a row of that kind in the file (0 when none)."""
     return max(self._last.get(kind, 0), 0)
-
-  def rows(self, kind: str) -> list[dict]:
-    return [r for r in self._rows if r['kind'] == kind]
 
   def close(self) -> None:
     if self._file:
@@ -92,9 +87,23 @@ def write_results(workdir: str, results: dict) -> dict:
 
 
 def log(message: str) -> None:
-  """One line to stdout from process 0."""
-  if jax.process_index() == 0:
-    print(f'{time.strftime("%H:%M:%S")} {message}', file=sys.stdout, flush=True)
+  """One line to stdout from process 0. Characters the terminal cannot show (a file name that is
+  not UTF-8) are escaped, never an error."""
+  if jax.process_index() != 0:
+    return
+  line = f'{time.strftime("%H:%M:%S")} {message}\n'
+  stream = sys.stdout
+  encoding = getattr(stream, 'encoding', None) or 'utf-8'
+  try:
+    stream.write(line.encode(encoding, 'backslashreplace').decode(encoding))
+    stream.flush()
+  except (OSError, ValueError):  # a closed or broken stdout: logs are not worth a crash
+    pass
+
+
+def plural(n: int, word: str, words: str = '') -> str:
+  """'1 epoch', '2 epochs' (words: an irregular plural)."""
+  return f'{n:,} {word if n == 1 else (words or word + "s")}'
 
 
 def format_eta(seconds: float) -> str:

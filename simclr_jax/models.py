@@ -1,10 +1,11 @@
-"""ResNets (CIFAR or ImageNet stem), the SimCLR projector with the online probe, and a linear
-classifier.
+"""ResNets (CIFAR or ImageNet stem) with torchvision's padding, MLP heads, the pretraining model
+(encoder, projector, optional predictor and online probe) and the classifier.
 
 Every model returns a dict of named outputs so callers read what they need:
 
-    model = SimCLRModel(encoder=make_encoder('resnet18'))
+    model = PretrainModel(encoder=make_encoder('resnet18'), projector=MLPHead((2048, 128)))
     out = model.apply(variables, images, train=False)  # {'features', 'projection'}
+    model.apply(target_variables, images, method=PretrainModel.target)  # the EMA branch's outputs
 """
 from __future__ import annotations
 
@@ -16,12 +17,17 @@ import jax
 import jax.numpy as jnp
 
 ARCHITECTURES = {
+    'resnet10': ('basic', (1, 1, 1, 1)),   # the smallest: quick tests
     'resnet18': ('basic', (2, 2, 2, 2)),
     'resnet34': ('basic', (3, 4, 6, 3)),
     'resnet50': ('bottleneck', (3, 4, 6, 3)),
 }
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 DTYPE_CHOICES = ('auto',) + tuple(DTYPES)
+# Checkpoints and exported files of another format are refused with one line (checkpoint.py).
+# 2: convolutions padded as torchvision pads them (one pixel on each side of a 3x3 kernel, at any
+# stride; three for the 7x7 stem; one for the max-pool), heads as MLPHead layers.
+FORMAT_VERSION = 2
 
 
 def resolve_dtype(dtype: str, backend: str | None = None) -> str:
@@ -33,6 +39,13 @@ def resolve_dtype(dtype: str, backend: str | None = None) -> str:
   return 'float32' if backend == 'cpu' else 'bfloat16'
 
 
+def _pad(kernel: int) -> tuple:
+  """torchvision's padding of a k x k convolution: (k - 1) / 2 pixels on every side, whatever the
+  stride (Flax's 'SAME' would pad a stride-2 3x3 convolution by 0 before and 1 after)."""
+  p = (kernel - 1) // 2
+  return ((p, p), (p, p))
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut."""
   filters: int
@@ -42,12 +55,12 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(x)
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), padding=_pad(3))(x)
     y = nn.relu(self.norm()(y))
-    y = self.conv(self.filters, (3, 3))(y)
+    y = self.conv(self.filters, (3, 3), padding=_pad(3))(y)
     y = self.norm()(y)
     if x.shape != y.shape:
-      x = self.conv(self.filters, (1, 1), (self.strides, self.strides))(x)
+      x = self.conv(self.filters, (1, 1), (self.strides, self.strides), padding=_pad(1))(x)
       x = self.norm()(x)
     return nn.relu(x + y)
 
@@ -61,12 +74,12 @@ class BottleneckBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x)))
-    y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(y)
+    y = nn.relu(self.norm()(self.conv(self.filters, (1, 1), padding=_pad(1))(x)))
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), padding=_pad(3))(y)
     y = nn.relu(self.norm()(y))
-    y = self.norm()(self.conv(self.filters * 4, (1, 1))(y))
+    y = self.norm()(self.conv(self.filters * 4, (1, 1), padding=_pad(1))(y))
     if x.shape != y.shape:
-      x = self.conv(self.filters * 4, (1, 1), (self.strides, self.strides))(x)
+      x = self.conv(self.filters * 4, (1, 1), (self.strides, self.strides), padding=_pad(1))(x)
       x = self.norm()(x)
     return nn.relu(x + y)
 
@@ -93,20 +106,21 @@ class ResNet(nn.Module):
   width: float = 1.0
   dtype: Any = jnp.float32
   stem: str = 'cifar'
+  architecture: str = ''     # its name in ARCHITECTURES
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding='SAME')
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, dtype=self.dtype)
     block_cls = BasicBlock if self.block == 'basic' else BottleneckBlock
     base = max(1, int(round(64 * self.width)))
     if self.stem == 'imagenet':
-      x = conv(base, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name='stem_conv')(x.astype(self.dtype))
+      x = conv(base, (7, 7), (2, 2), padding=_pad(7), name='stem_conv')(x.astype(self.dtype))
       x = nn.relu(norm(name='stem_norm')(x))
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))
     else:
-      x = conv(base, (3, 3), name='stem_conv')(x.astype(self.dtype))
+      x = conv(base, (3, 3), padding=_pad(3), name='stem_conv')(x.astype(self.dtype))
       x = nn.relu(norm(name='stem_norm')(x))
     for stage, num_blocks in enumerate(self.stage_sizes):
       for b in range(num_blocks):
@@ -117,70 +131,138 @@ class ResNet(nn.Module):
 
 def make_encoder(model: str = 'resnet18', width: float = 1.0, dtype: str = 'float32',
                  stem: str = 'cifar') -> ResNet:
-  """Builds a ResNet by name ('resnet18', 'resnet34', 'resnet50'); dtype may be 'auto', stem
-  'cifar' or 'imagenet' (resolve 'auto' with resolve_stem first)."""
+  """Builds a ResNet by name (ARCHITECTURES); dtype may be 'auto', stem 'cifar' or 'imagenet'
+  (resolve 'auto' with resolve_stem first)."""
   block, stages = ARCHITECTURES[model]
   return ResNet(stage_sizes=stages, block=block, width=width, dtype=DTYPES[resolve_dtype(dtype)],
-                stem=stem)
+                stem=stem, architecture=model)
 
 
-class Projector(nn.Module):
-  """Dense(hidden), ReLU, Dense(out): the SimCLR projection head (float32 output)."""
-  dims: Sequence[int] = (2048, 128)
+def encoder_spec(encoder: ResNet, image_shape, projector: 'MLPHead | None' = None, feature_layer: int = 0) -> dict:
+  """What rebuilds an encoder elsewhere (downstream stages, load_encoder), saved with every
+  checkpoint: {'model', 'width', 'stem', 'dtype' (resolved), 'image_shape', 'feature_layer',
+  'projector': {'dims', 'norm', 'last_norm'} or None}."""
+  head = None if projector is None else {'dims': list(projector.dims), 'norm': projector.norm,
+                                         'last_norm': projector.last_norm}
+  return {'model': encoder.architecture, 'width': encoder.width, 'stem': encoder.stem,
+          'dtype': jnp.dtype(encoder.dtype).name, 'image_shape': list(image_shape),
+          'feature_layer': feature_layer, 'projector': head}
+
+
+def encoder_from_spec(spec: dict) -> ResNet:
+  return make_encoder(spec['model'], spec['width'], spec['dtype'], spec['stem'])
+
+
+class MLPHead(nn.Module):
+  """Dense layers `dims`; ReLU after every layer but the last. With norm, each layer's Dense has
+  no bias and is followed by BatchNorm (the last one by `last_norm`).
+
+  last_norm: 'none' (a Dense with bias: SimCLR, BYOL), 'full' (BatchNorm as the other layers),
+  'scale' (BatchNorm without centring, as SimCLR v2's last head layer) or 'plain' (BatchNorm
+  without scale or centring: MoCo v3, SimSiam).
+  Returns (output, hiddens): hiddens[k] is the output of layer k - 1 after its ReLU, hiddens[0]
+  the input, so hiddens[K] is what fine-tuning from head layer K starts from.
+  """
+  dims: Sequence[int]
+  norm: bool = False
+  last_norm: str = 'none'
   dtype: Any = jnp.float32
+  relu_last: bool = False     # the first K layers of a projector inside a classifier
 
   @nn.compact
-  def __call__(self, h):
+  def __call__(self, h, train: bool = True):
+    hiddens = [h]
     for i, d in enumerate(self.dims):
-      h = nn.Dense(d, dtype=self.dtype)(h)
-      if i < len(self.dims) - 1:
+      last = i == len(self.dims) - 1
+      kind = self.last_norm if last else ('full' if self.norm else 'none')
+      h = nn.Dense(d, use_bias=kind == 'none', dtype=self.dtype, name=f'dense_{i}')(h)
+      if kind != 'none':
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                         use_bias=kind == 'full', use_scale=kind != 'plain', name=f'norm_{i}')(h)
+      if not last or self.relu_last:
         h = nn.relu(h)
-    return h.astype(jnp.float32)
+      hiddens.append(h.astype(jnp.float32))
+    return h.astype(jnp.float32), hiddens
 
 
-class SimCLRModel(nn.Module):
-  """Encoder plus projector; outputs {'features': [B, F], 'projection': [B, D]}.
+class PretrainModel(nn.Module):
+  """Encoder, projector and (for some methods) a predictor; outputs {'features': [B, F],
+  'projection': [B, D], 'prediction': [B, D] (with a predictor)}. `features` is the encoder's
+  output, or the projector's hidden layer `feature_layer` > 0 (what a fine-tune from that layer
+  starts from; the monitors evaluate it).
 
   With probe_classes > 0 it also holds the online linear probe (params['online_probe']), a
   linear classifier on stop-gradient features: out['probe_logits'] [B, probe_classes]. No
-  gradient reaches the encoder or the projector from it.
+  gradient reaches the rest of the model from it. With target=True only the branch an EMA
+  target network runs: {'projection'} from the encoder and projector.
   """
   encoder: ResNet
-  projection_dims: Sequence[int] = (2048, 128)
+  projector: MLPHead
+  predictor: MLPHead | None = None
   probe_classes: int = 0
+  feature_layer: int = 0
+
+  @nn.compact
+  def __call__(self, x, train: bool = True, target: bool = False):
+    z, hiddens = self.projector(self.encoder(x, train=train), train=train)
+    if target:
+      return {'projection': z}
+    out = {'features': hiddens[self.feature_layer], 'projection': z}
+    if self.predictor is not None:
+      out['prediction'] = self.predictor(z, train=train)[0]
+    if self.probe_classes:
+      out['probe_logits'] = nn.Dense(self.probe_classes, dtype=jnp.float32, name='online_probe')(
+          jax.lax.stop_gradient(out['features']))
+    return out
+
+
+class Backbone(nn.Module):
+  """What downstream stages take from a pretraining run: the ResNet and, for a fine-tune from
+  head layer K (SimCLR v2), the first K layers of its projector, named 'encoder' and 'projector'
+  as in every model here so their variables carry over. Returns float32 features."""
+  encoder: ResNet
+  projector: MLPHead | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     h = self.encoder(x, train=train)
-    z = Projector(self.projection_dims, dtype=self.encoder.dtype, name='projector')(h)
-    out = {'features': h, 'projection': z}
-    if self.probe_classes:
-      out['probe_logits'] = nn.Dense(self.probe_classes, dtype=jnp.float32, name='online_probe')(
-          jax.lax.stop_gradient(h))
-    return out
+    return h if self.projector is None else self.projector(h, train=train)[0]
+
+
+def head_layers(spec: dict | None, k: int, dtype) -> MLPHead | None:
+  """The first k layers of a projector described by spec ({'dims', 'norm', 'last_norm'}, as a
+  checkpoint stores it), each followed by its ReLU; None for k = 0."""
+  if not k:
+    return None
+  return MLPHead(tuple(spec['dims'][:k]), norm=spec['norm'], last_norm='full' if spec['norm'] else 'none',
+                 relu_last=True, dtype=dtype)
 
 
 class Classifier(nn.Module):
-  """Encoder plus a linear head; outputs {'features', 'logits'} (logits in float32).
+  """A ResNet (and, from a pretraining run, its projector's first layers) plus a linear head;
+  outputs {'features', 'logits'} (logits in float32). Parameters: 'encoder', 'projector' (head
+  layers, when any), 'head'.
 
-  With frozen_encoder the encoder runs in inference mode (BatchNorm statistics are
-  read, never updated) and no gradient flows into it.
+  With frozen_encoder the encoder and head layers run in inference mode (BatchNorm statistics
+  are read, never updated) and no gradient flows into them.
   """
   encoder: ResNet
   num_classes: int
+  projector: MLPHead | None = None
   frozen_encoder: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = True):
+    inner = train and not self.frozen_encoder
+    h = self.encoder(x, train=inner)
+    if self.projector is not None:
+      h = self.projector(h, train=inner)[0]
     if self.frozen_encoder:
-      h = jax.lax.stop_gradient(self.encoder(x, train=False))
-    else:
-      h = self.encoder(x, train=train)
-    logits = nn.Dense(self.num_classes, dtype=jnp.float32, name='head')(h)
-    return {'features': h, 'logits': logits}
+      h = jax.lax.stop_gradient(h)
+    return {'features': h, 'logits': nn.Dense(self.num_classes, dtype=jnp.float32, name='head')(h)}
 
 
 def init_variables(model: nn.Module, seed: int, image_shape) -> dict:
-  """Float32 params and batch_stats of a model (SimCLRModel or Classifier) on the default device."""
+  """Float32 params and batch_stats of a model (PretrainModel or Classifier) on the default device."""
   x = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
   return jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(seed), x)

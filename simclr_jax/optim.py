@@ -55,15 +55,16 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(name: str, schedule: optax.Schedule, momentum: float,
-                   weight_decay: float) -> optax.GradientTransformation:
-  """SGD with momentum, LARS or AdamW; no decay or LARS adaptation on biases and BatchNorm."""
+def make_optimizer(name: str, schedule: optax.Schedule, momentum: float, weight_decay: float,
+                   lars_eta: float = 0.001) -> optax.GradientTransformation:
+  """SGD with momentum, LARS (trust coefficient lars_eta) or AdamW; no decay or LARS adaptation
+  on biases and BatchNorm."""
   if name == 'sgd':
     return optax.chain(optax.add_decayed_weights(weight_decay, decay_mask),
                        optax.sgd(schedule, momentum=momentum, nesterov=False))
   if name == 'lars':
     return optax.lars(schedule, weight_decay=weight_decay, weight_decay_mask=decay_mask,
-                      trust_ratio_mask=decay_mask, momentum=momentum)
+                      trust_coefficient=lars_eta, trust_ratio_mask=decay_mask, momentum=momentum)
   if name == 'adamw':
     return optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask)
   raise ValueError(f'unknown optimizer {name!r}')

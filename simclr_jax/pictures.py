@@ -114,28 +114,47 @@ def retrieval_grid(train_f, train_y, train_x, test_f, test_y, test_x, class_name
 
 
 def pictures_of_run(workdir: str, out_dir: str = '', dataset: str = '', data_dir: str | None = None,
-                    max_points: int = 2000, seed: int = 0) -> dict:
+                    max_points: int = 2000, seed: int = 0, image_size: int = 0) -> dict:
   """Both pictures for the encoder of a workdir (or an exported .safetensors file with `dataset`
-  given), on the run's dataset: {'embedding_map': path, 'retrieval': path}."""
+  given), on the run's labelled data (its dataset, or its eval_dataset when that is unlabelled),
+  read as the run read it (image size, splits, train_limit): {'embedding_map': path,
+  'retrieval': path}. The output folder is checked before any work."""
   import os
-  from simclr_jax import checkpoint, data
+  from simclr_jax import checkpoint, datasets
   from simclr_jax.encoder import load_encoder
-  encoder = load_encoder(workdir)
-  config = encoder.config
+  from simclr_jax.errors import UserError
+  config = {}
   if os.path.isdir(workdir):
     config = checkpoint.read_meta(checkpoint.find_checkpoint(workdir, 'workdir'), 'workdir')['config']
-  name = dataset or config.get('dataset')
-  if not name:
-    raise ValueError('pass the dataset the pictures are made on (the encoder file does not name it)')
-  ds = data.load_dataset(name, config.get('data_dir', '') if data_dir is None else data_dir,
-                         config.get('train_limit', 0))
-  train_f, test_f = encoder.embed(ds.train.images), encoder.embed(ds.test.images)
   out_dir = out_dir or (workdir if os.path.isdir(workdir) else os.path.dirname(os.path.abspath(workdir)))
-  os.makedirs(out_dir, exist_ok=True)
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+    probe = os.path.join(out_dir, f'.write-test-{os.getpid()}')
+    open(probe, 'w').close()
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f'cannot write the pictures into {out_dir!r} ({e.strerror}): pass --out=FOLDER '
+                    'to write them elsewhere') from None
+  encoder = load_encoder(workdir)
+  # An eval_dataset means the training data has no labels: picture the monitors' data.
+  name = dataset or config.get('eval_dataset') or config.get('dataset')
+  if not name:
+    raise UserError('pass the dataset the pictures are made on (--dataset): an encoder file does not name it')
+  own = name == config.get('dataset')
+  ds = datasets.load(name, config.get('data_dir', '') if data_dir is None else data_dir,
+                     config.get('train_limit', 0) if own else 0,
+                     image_size=image_size or encoder.image_shape[0],
+                     train_split=config.get('train_split', 'train') if own else 'train',
+                     test_split=config.get('test_split', 'test') if own else 'test',
+                     test_fraction=config.get('test_fraction', 0.1))
+  if ds.test is None or not ds.num_classes:
+    raise UserError(f'{name} has no labelled test split to picture: pass --dataset with labelled data')
+  train, test = (split.subset(split.labels >= 0) for split in (ds.train, ds.test))
+  train_f, test_f = encoder.embed(train.images), encoder.embed(test.images)
   return {
-      'embedding_map': embedding_map(test_f, ds.test.labels, ds.class_names,
+      'embedding_map': embedding_map(test_f, test.labels, ds.class_names,
                                      os.path.join(out_dir, 'embedding_map.png'), max_points, seed,
                                      f'{name} test features (t-SNE of {min(max_points, len(test_f))})'),
-      'retrieval': retrieval_grid(train_f, ds.train.labels, ds.train.images, test_f, ds.test.labels,
-                                  ds.test.images, ds.class_names, os.path.join(out_dir, 'retrieval.png'),
+      'retrieval': retrieval_grid(train_f, train.labels, train.images, test_f, test.labels,
+                                  test.images, ds.class_names, os.path.join(out_dir, 'retrieval.png'),
                                   seed=seed)}

@@ -1,111 +1,133 @@
-"""SimCLR pretraining: two augmented views, NT-Xent on the projections, an online linear probe,
-and the evaluators of config.evals (kNN, online probe, offline linear probe).
+"""Self-supervised pretraining with the method config.method names (simclr_jax.methods): two
+augmented views per image, the method's model, loss, state and update hook in one compiled step,
+an online linear probe, a collapse monitor and the evaluators of config.evals.
 
     results = train_and_evaluate(config, workdir)
 """
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from simclr_jax import augment, input_pipeline, models, optim, parallel, train_loop
+from simclr_jax import augment, methods, models, optim, parallel, stage, train_loop
 from simclr_jax.evaluate import make_evaluators
-from simclr_jax.losses import nt_xent
+from simclr_jax.losses import classification_loss, top1
+from simclr_jax.metrics import log
 
 
-def make_model(config, image_size: int, probe_classes: int = 0) -> models.SimCLRModel:
-  encoder = models.make_encoder(config.model, config.width, config.dtype,
-                                models.resolve_stem(config.stem, image_size))
-  return models.SimCLRModel(encoder=encoder, projection_dims=tuple(config.projection_dims),
-                            probe_classes=probe_classes)
-
-
-def simclr_loss_fn(model, temperature: float, clamp: bool):
-  """NT-Xent on the projections of the views (rows 2k, 2k+1 of image k), plus, when the model
-  has the online probe, its cross-entropy on the first view's stop-gradient features."""
-  def loss_fn(params, batch_stats, views, labels):
+def pretrain_loss_fn(model, method):
+  """The method's loss on the online model's outputs for the views (rows 2k, 2k+1 are image k's),
+  plus, when the model has the online probe, its cross-entropy on the first views' stop-gradient
+  features (images without a label do not train it)."""
+  def loss_fn(params, batch_stats, method_state, views, labels, step):
     out, updated = model.apply({'params': params, 'batch_stats': batch_stats}, views, train=True,
                                mutable=['batch_stats'])
-    loss = nt_xent(out['projection'], temperature, clamp)
-    metrics, objective = {'loss': loss}, loss
-    if 'probe_logits' in out:  # images without a label (-1) do not train the probe
-      logits = out['probe_logits'][0::2].astype(jnp.float32)
-      known = (labels >= 0).astype(jnp.float32)
-      count = jnp.maximum(known.sum(), 1.0)
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
-      probe_loss = jnp.sum(ce * known) / count
+    loss, method_state, extra = method.loss(model, out, method_state, views, step)
+    metrics, objective = {'loss': loss, **extra}, loss
+    if 'probe_logits' in out:
+      logits = out['probe_logits'][0::2]
+      probe_loss = classification_loss(logits, labels)
       objective = objective + probe_loss
-      metrics.update(probe_loss=probe_loss,
-                     probe_top1=jnp.sum((jnp.argmax(logits, -1) == labels) * known) / count)
-    return objective, (updated['batch_stats'], metrics)
+      metrics.update(probe_loss=probe_loss, probe_top1=top1(logits, labels))
+    return objective, (updated['batch_stats'], method_state, metrics)
   return loss_fn
 
 
 def make_tx(config, steps_per_epoch: int):
-  """(optimiser, schedule): config's optimiser for the encoder and projector, Adam for the probe."""
+  """(optimiser, schedule): config's optimiser for the model, Adam for the online probe."""
   schedule = optim.make_schedule(config.learning_rate, config.lr_scaling, config.batch_size,
                                  config.epochs, config.warmup_epochs, steps_per_epoch)
-  model_tx = optim.make_optimizer(config.optimizer, schedule, config.momentum, config.weight_decay)
-  groups = {'encoder': 'model', 'projector': 'model', 'online_probe': 'probe'}
-  tx = optim.partition({'model': model_tx, 'probe': optax.adam(config.online_probe_learning_rate)},
-                       groups)
+  model_tx = optim.make_optimizer(config.optimizer, schedule, config.momentum, config.weight_decay,
+                                  config.lars_eta)
+  groups = {'encoder': 'model', 'projector': 'model', 'predictor': 'model', 'online_probe': 'probe'}
+  tx = optim.partition({'model': model_tx, 'probe': optax.adam(config.online_probe_learning_rate)}, groups)
   return tx, schedule
 
 
+def collapse_statistics(z):
+  """(deviation, rank) of embeddings z [N, D]: the standard deviation over the batch of the
+  L2-normalised embeddings, averaged over dimensions (about 1/sqrt(D) when healthy, 0 when
+  collapsed; SimSiam, section 4.1), and RankMe (Garrido et al. 2023): the exponential of the
+  entropy of the normalised singular values."""
+  z = z.astype(jnp.float32)
+  normed = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+  s = jnp.linalg.svd(z, compute_uv=False)
+  p = s / jnp.maximum(s.sum(), 1e-12) + 1e-7
+  return jnp.mean(jnp.std(normed, axis=0)), jnp.exp(-jnp.sum(p * jnp.log(p)))
+
+
+def collapse_monitor(model, settings, images, dims: int):
+  """state -> {'embedding_std', 'embedding_rank'}: collapse_statistics of the projections of a
+  fixed batch of training images (unaugmented, BatchNorm on the batch's statistics). A notice
+  names a collapse when the deviation falls below a tenth of 1/sqrt(d)."""
+  @jax.jit
+  def measure(variables, images):
+    out, _ = model.apply(variables, augment.eval_view(images, settings), train=True, mutable=['batch_stats'])
+    return collapse_statistics(out['projection'])
+
+  warned = []
+
+  def monitor(state) -> dict:
+    std, rank = (float(x) for x in measure(state.variables, images))
+    if std < 0.1 / math.sqrt(dims) and not warned:
+      warned.append(True)
+      log(f'notice: the embeddings collapse: their deviation {std:.2g} is below a tenth of 1/sqrt({dims}) '
+          f'= {1 / math.sqrt(dims):.3g} (rank {rank:.3g}); lower the learning rate or check the method\'s recipe')
+    return {'embedding_std': std, 'embedding_rank': rank}
+  return monitor
+
+
+def _monitor_images(inputs, batch: int):
+  for chunk, valid, _ in inputs.chunks('train', min(batch, 512)):
+    return chunk[:valid] if valid == chunk.shape[0] else chunk
+
+
 def build_task(config, mesh, inputs, eval_inputs=None, make_views=None) -> train_loop.Task:
-  """Model, optimiser, initial state, compiled step and evaluators for pretraining. eval_inputs
-  (default: inputs) holds the labelled splits of the monitors; make_views(key, images_uint8)
-  replaces the SimCLR augmentation (the benchmark's ablation)."""
-  parallel.check_batch_size(config.batch_size, mesh)
+  """Model, optimiser, initial state, compiled step, monitor and evaluators for pretraining.
+  eval_inputs (default: inputs) holds the labelled splits of the monitors; make_views(key,
+  images_uint8) replaces the method's views (the benchmark's ablation)."""
   eval_inputs = eval_inputs or inputs
-  probe = inputs.num_classes > 0 and config.online_probe_learning_rate > 0
-  model = make_model(config, inputs.image_shape[0], inputs.num_classes if probe else 0)
-  aug = augment.settings_from_config(config.augment)
+  total_steps = inputs.steps_per_epoch * config.epochs
+  method = methods.get(config.method)(config, total_steps)
+  stem = models.resolve_stem(config.stem, inputs.image_shape[0])
+  encoder = models.make_encoder(config.model, config.width, config.dtype, stem)
+  probe = config.online_probe_learning_rate > 0 and inputs.has_labels
+  model = method.make_model(encoder, inputs.num_classes if probe else 0, config.finetune_from_head_layer)
+  first = augment.settings_from_config(config.augment)
+  second = augment.settings_from_config(config.augment, config.view2)
   tx, schedule = make_tx(config, inputs.steps_per_epoch)
   variables = models.init_variables(model, config.seed, inputs.image_shape)
-  state = train_loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed)
+  state = train_loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed,
+                                       method.init_state(variables))
   state = jax.device_put(state, parallel.replicated(mesh))
-  step_fn = train_loop.make_train_step(
-      simclr_loss_fn(model, config.temperature, config.clamp_similarity),
-      make_views or functools.partial(augment.simclr_views, settings=aug), tx, config.inject_nan_at_step)
-  labelled = eval_inputs.labelled_test
-  available = {'labels'} if labelled else set()
-  if probe and labelled and eval_inputs.num_classes == inputs.num_classes:
+  views = make_views or functools.partial(augment.pair_views, first=first, second=second)
+  loss_fn = pretrain_loss_fn(model, method)
+  step_fn = train_loop.make_train_step(loss_fn, views, tx, method.update, config.inject_nan_at_step)
+  available = {'labels'} if eval_inputs.labelled_test else set()
+  if probe and eval_inputs.labelled_test and eval_inputs.num_classes == inputs.num_classes:
     available.add('probe')
-  infer = jax.jit(lambda v, x: model.apply(v, augment.eval_view(x, aug), train=False))
+  evaluators = make_evaluators(config.evals, available)
+  monitor = collapse_monitor(model, first, _monitor_images(inputs, config.batch_size), model.projector.dims[-1])
   return train_loop.Task(
-      state=state, step_fn=step_fn, inputs=inputs, evaluators=make_evaluators(config.evals, available),
-      infer=infer, summarize=summarize, schedule=schedule, eval_inputs=eval_inputs)
+      state=state, step_fn=step_fn, inputs=inputs, evaluators=evaluators,
+      infer=augment.inference(functools.partial(model.apply, train=False), first),
+      summarize=functools.partial(summarize, evaluators=evaluators), schedule=schedule,
+      notes={'method': config.method, 'finetune_from_head_layer': config.finetune_from_head_layer}, eval_inputs=eval_inputs, monitor=monitor, model=model, loss_fn=loss_fn,
+      meta={'model': models.encoder_spec(encoder, inputs.image_shape, model.projector,
+                                         config.finetune_from_head_layer)})
 
 
-def _last(record: dict, key: str):
-  rows = [r for r in record['evals'] if key in r]
-  return rows[-1][key] if rows else None
-
-
-def summarize(record: dict, facts: dict) -> dict:
+def summarize(record: dict, facts: dict, evaluators=()) -> dict:
   """results.json of a pretraining run, from the checkpoint's record."""
-  knn = [[r['epoch'], r['knn_top1']] for r in record['evals'] if 'knn_top1' in r]
-  return {**facts, 'final_loss': (record['train'] or {}).get('loss'),
-          'knn_top1': _last(record, 'knn_top1'),
-          'online_linear_top1': _last(record, 'online_linear_top1'),
-          'linear_top1': _last(record, 'linear_top1'),
-          'linear_weight_decay': _last(record, 'linear_weight_decay'),
-          'protocols': {'knn_top1': 'knn', 'online_linear_top1': 'online', 'linear_top1': 'features'},
-          'knn_history': knn}
+  train = record['train'] or {}
+  return {**facts, 'final_loss': train.get('loss'), 'embedding_std': train.get('embedding_std'),
+          'embedding_rank': train.get('embedding_rank'), **stage.evaluator_figures(record, evaluators)}
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Pretrains to config.epochs (resuming from workdir) and writes workdir/results.json."""
-  done = train_loop.finished_results(config, workdir)
-  if done is not None:
-    return done
-  mesh = parallel.make_mesh()
-  parallel.check_batch_size(config.batch_size, mesh)
-  train_loop.log_setup(config)
-  inputs, eval_inputs = input_pipeline.make_inputs(config, mesh)
-  train_loop.log_model(config, inputs)
-  return train_loop.run(config, workdir, build_task(config, mesh, inputs, eval_inputs))
+  return stage.train_and_evaluate(config, workdir, build_task)

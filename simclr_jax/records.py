@@ -146,7 +146,8 @@ class ChunkPlan:
 
 class Decode:
   """[(source, label, index)] -> {'image': uint8 [n, S, S, 3], 'label', 'index', 'ok'}: an image
-  that cannot be read becomes zeros with ok False (counted and named by the main process)."""
+  that cannot be read becomes zeros without a label (-1) and ok False (counted and named by the
+  main process), as the device path keeps it (datasets.Source.decode)."""
 
   def __init__(self, size: int, shape: tuple):
     self.size, self.shape = size, shape
@@ -165,6 +166,7 @@ class Decode:
   def __call__(self, elements):
     decoded = [self.one(source) for source, _, _ in elements]
     return {'image': np.stack([image for image, _ in decoded]),
-            'label': np.asarray([label for _, label, _ in elements], np.int32),
+            'label': np.asarray([label if ok else -1 for (_, label, _), (_, ok) in zip(elements, decoded)],
+                                np.int32),
             'index': np.asarray([index for _, _, index in elements], np.int64),
             'ok': np.asarray([ok for _, ok in decoded], bool)}

@@ -12,12 +12,13 @@ import os
 METHODS = {
     'supervised': ('supervised (from scratch)', 'trained'),
     'finetune': ('finetune (SimCLR encoder)', 'trained'),
+    'finetune_head': ('finetune (from a projector layer)', 'trained'),
+    'distilled': ('distilled (student of the fine-tuned model)', 'trained'),
     'linear_features': ('linear probe', 'features'),
     'linear_augmented': ('linear probe', 'augmented'),
 }
-PRETRAIN_ROWS = (('knn_top1', 'kNN (k=200)', 'knn'), ('online_linear_top1', 'online linear probe', 'online'),
-                 ('linear_top1', 'linear probe at the end of pretraining', 'features'))
-CURVE_COLOURS = {'supervised': 'tab:red', 'finetune': 'tab:blue', 'linear_augmented': 'tab:green'}
+CURVE_COLOURS = {'supervised': 'tab:red', 'finetune': 'tab:blue', 'finetune_head': 'tab:cyan',
+                 'distilled': 'tab:purple', 'linear_augmented': 'tab:green'}
 
 
 def _pct(x) -> str:
@@ -40,10 +41,11 @@ def markdown_table(runs: dict, pretrain: dict, fractions) -> str:
       else:
         cells.append(_pct(r['test_top1']))
     rows.append(f'| {label} | {protocol} | ' + ' | '.join(cells) + ' |')
-  for key, label, protocol in PRETRAIN_ROWS:
+  for key, protocol in (pretrain.get('protocols') or {}).items():  # every evaluator of the pretraining run
     if pretrain.get(key) is not None:
+      label = (pretrain.get('labels') or {}).get(key, key)
       cells = [_pct(pretrain[key]) if f == 1.0 else '-' for f in fractions]
-      rows.append(f'| {label} | {protocol} | ' + ' | '.join(cells) + ' |')
+      rows.append(f'| {label} (pretraining) | {protocol} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(rows)
 
 
@@ -62,6 +64,8 @@ def plot_curves(runs: dict, fraction: float, path: str) -> None:
     ax.plot(epochs, [100 * h['test_top1'] for h in r['history']], '-', color=color, label=f'{label} test')
     ax.plot(epochs, [100 * (h['train_top1'] or 0) for h in r['history']], '--', color=color,
             label=f'{label} train')
+  from matplotlib.ticker import MaxNLocator
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
   ax.set_xlabel('epoch')
   ax.set_ylabel('top-1 accuracy (%)')
   ax.set_title(f'{100 * fraction:g}% of the labels')
@@ -72,9 +76,40 @@ def plot_curves(runs: dict, fraction: float, path: str) -> None:
   plt.close(fig)
 
 
+def methods_table(methods: dict, wall: dict) -> str:
+  """Method x kNN, online and features probes, finetune top-1, pretraining images/s and
+  wall-clock, the final embedding deviation and rank. methods: name -> (pretraining results,
+  finetune results or None, embedding map or None)."""
+  rows = ['| method | kNN | online linear | features linear | finetune | pretraining images/s | '
+          'pretraining wall-clock s | embedding std | embedding rank |', '|---' * 9 + '|']
+  for name, (pre, fine, _) in methods.items():
+    rate = pre.get('images_per_second')
+    std, rank = pre.get('embedding_std'), pre.get('embedding_rank')
+    rows.append(f"| {name} | {_pct(pre.get('knn_top1'))} | {_pct(pre.get('online_linear_top1'))} | "
+                f"{_pct(pre.get('linear_top1'))} | {_pct((fine or {}).get('test_top1'))} | "
+                f"{'-' if rate is None else f'{rate:,.0f}'} | {wall.get(('pretrain', name), float('nan')):.0f} | "
+                f"{'-' if std is None else f'{std:.3g}'} | {'-' if rank is None else f'{rank:.3g}'} |")
+  return '\n'.join(rows)
+
+
+def distilled_notes(runs: dict) -> list:
+  """One line per distilled run naming its teacher and its student."""
+  out = []
+  for (method, f), r in sorted(runs.items(), key=lambda kv: kv[0][1], reverse=True):
+    if method == 'distilled':
+      t, s = r.get('teacher') or {}, r.get('student') or {}
+      out.append(f"- distilled at {100 * f:g}% of labels: teacher {t.get('stage')} {t.get('model')} width "
+                 f"{t.get('width'):g} from head layer {t.get('finetune_from_head_layer')} "
+                 f"({os.path.basename(str(t.get('workdir')))}), student {s.get('model')} width {s.get('width'):g} "
+                 f"from {s.get('from')}, {r.get('labelled_examples')} labelled of {r.get('train_examples')} "
+                 'training images')
+  return out + [''] if out else []
+
+
 def write_report(workdir: str, runs: dict, pretrain: dict, fractions, header: str = '',
-                 pictures: dict | None = None, wall: dict | None = None) -> str:
-  """Writes workdir/report.md and workdir/accuracy_<fraction>.png; returns the markdown."""
+                 pictures: dict | None = None, wall: dict | None = None, methods: dict | None = None) -> str:
+  """Writes workdir/report.md and workdir/accuracy_<fraction>.png; returns the markdown. methods
+  (name -> (pretraining results, finetune results, embedding map)) adds the methods table."""
   lines = ['# SimCLR comparison', '', header, '',
            f"Pretraining: {pretrain.get('epochs')} epochs, {pretrain.get('train_seconds', 0):.0f} s of "
            'training.', '',
@@ -84,6 +119,16 @@ def write_report(workdir: str, runs: dict, pretrain: dict, fractions, header: st
            'frozen encoder with augmentation; *online* = the probe trained alongside pretraining; '
            '*knn* = weighted k-nearest neighbours on frozen features.', '',
            markdown_table(runs, pretrain, fractions), '']
+  lines += distilled_notes(runs)
+  wall = wall or {}
+  if methods and len(methods) > 1:
+    lines += ['## Methods', '', 'Test top-1 (%) of each method\'s encoder: kNN (k=200), the online probe and '
+              'the features probe at the end of pretraining, and a fine-tune on all the labels; the final '
+              'deviation of the L2-normalised embeddings (about 1/sqrt(d) when healthy, 0 collapsed) and '
+              'their effective rank (RankMe).', '', methods_table(methods, wall), '']
+    for name, (_, _, picture) in methods.items():
+      if picture:
+        lines += [f'![{name}: embedding map]({os.path.relpath(picture, workdir)})', '']
   for f in fractions:
     name = f'accuracy_{f:g}.png'
     plot_curves(runs, f, os.path.join(workdir, name))
@@ -93,10 +138,11 @@ def write_report(workdir: str, runs: dict, pretrain: dict, fractions, header: st
     if pictures and pictures.get(key):
       lines += [f'![{title}]({os.path.relpath(pictures[key], workdir)})', '']
   lines += ['| stage | label fraction | epochs | training s | wall-clock s |', '|---|---|---|---|---|']
-  wall = wall or {}
-  lines.append(f"| pretrain | 1 | {pretrain.get('epochs')} | {pretrain.get('train_seconds', 0):.0f} | "
-               f"{wall.get(('pretrain', 1.0), float('nan')):.0f} |")
-  for (m, f), r in sorted(runs.items()):
+  for name, (pre, _, _) in (methods or {'pretrain': (pretrain, None, None)}).items():
+    key = ('pretrain', name) if methods else ('pretrain', 1.0)
+    lines.append(f"| pretrain {name if methods else ''} | 1 | {pre.get('epochs')} | "
+                 f"{pre.get('train_seconds', 0):.0f} | {wall.get(key, float('nan')):.0f} |")
+  for (m, f), r in sorted(((k, v) for k, v in runs.items()), key=lambda kv: (kv[0][0], kv[0][1])):
     lines.append(f"| {m} | {f:g} | {r.get('epochs')} | {r.get('train_seconds', 0):.0f} | "
                  f"{wall.get((m, f), float('nan')):.0f} |")
   text = '\n'.join(lines) + '\n'

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 
-from simclr_jax import config_base
+from simclr_jax import config_base, methods
 from simclr_jax.errors import ConfigError
 from simclr_jax.models import ARCHITECTURES, DTYPE_CHOICES, STEMS
 
@@ -19,13 +19,15 @@ CHOICES = {
     'lr_scaling': ('linear', 'sqrt', 'none'),
     'stem': ('auto',) + STEMS,
     'data_placement': ('auto', 'device', 'stream'),
+    'method': methods.NAMES,
+    'protocol': ('features', 'augmented'),
 }
-POSITIVE = ('batch_size', 'epochs', 'learning_rate', 'temperature', 'width', 'log_every_steps',
-            'eval_batch_size', 'keep_checkpoints')
+POSITIVE = ('batch_size', 'epochs', 'learning_rate', 'width', 'log_every_steps', 'log_every_seconds',
+            'eval_batch_size', 'keep_checkpoints', 'lars_eta')
 NON_NEGATIVE = ('train_limit', 'warmup_epochs', 'weight_decay', 'momentum', 'checkpoint_every_epochs',
-                'seed', 'label_seed', 'online_probe_learning_rate', 'image_size', 'input_workers')
-PROBABILITIES = ('flip_prob', 'jitter_prob', 'grayscale_prob', 'blur_prob')
-PROTOCOLS = ('features', 'augmented')
+                'online_probe_learning_rate', 'image_size', 'input_workers', 'finetune_from_head_layer')
+SEEDS = ('seed', 'label_seed')  # NumPy and JAX take seeds below 2**32
+PROBABILITIES = ('flip_prob', 'jitter_prob', 'grayscale_prob', 'blur_prob', 'solarize_prob')
 
 
 def _fail(field: str, value, fix: str):
@@ -48,16 +50,23 @@ def _non_finite(tree, prefix=''):
 
 def validate_config(config) -> None:
   """Checks names, ranges and cross-field rules; the type of each field is checked by ml_collections."""
-  stage = config.get('stage')
-  reference = config_base.reference_config(stage if stage in config_base.STAGES else 'pretrain')
-  for key in config.keys():
-    if key not in reference:
-      _fail(key, config[key], f'there is no such field; known fields: {", ".join(sorted(reference))}')
-  for key in reference.keys():
-    if key not in config:
-      _fail(key, None, 'the field is missing; start the config from simclr_jax.config_base')
+  if config.get('stage') == 'pretrain' and config.get('method') not in methods.NAMES:
+    _fail('method', config.get('method'), f'use one of {", ".join(methods.NAMES)}')
+  reference = config_base.reference_config(config)
+  extra = [k for k in config.keys() if k not in reference]
+  missing = [k for k in reference.keys() if k not in config]
+  if config.get('stage') == 'pretrain' and (extra or missing):
+    others = {k for name in methods.NAMES for k in config_base.method_fields(name)}
+    if set(extra + missing) & others:
+      _fail('method', config.method, f'the config has the fields of another method ({", ".join(extra + missing)} '
+            f'differ): start from --config=configs/{config.method}.py (a config file per method)')
+  for key in extra:
+    _fail(key, config[key], f'there is no such field for stage {config.get("stage")!r}; known fields: '
+          f'{", ".join(sorted(reference))}')
+  for key in missing:
+    _fail(key, None, 'the field is missing; start the config from simclr_jax.config_base')
   for key, choices in CHOICES.items():
-    if config[key] not in choices:
+    if key in config and config[key] not in choices:
       _fail(key, config[key], f'use one of {", ".join(choices)}')
   bad = _non_finite(config)
   if bad:
@@ -66,8 +75,11 @@ def validate_config(config) -> None:
     if not config[key] > 0:
       _fail(key, config[key], 'it must be greater than 0')
   for key in NON_NEGATIVE:
-    if config[key] < 0:
+    if key in config and config[key] < 0:
       _fail(key, config[key], 'it must be 0 or more')
+  for key in SEEDS:
+    if not 0 <= config[key] < 2**32:
+      _fail(key, config[key], 'use a seed from 0 to 4294967295')
   if not 0 < config.label_fraction <= 1:
     _fail('label_fraction', config.label_fraction, 'use a fraction in (0, 1]')
   if not isinstance(config.dataset, str) or not config.dataset:
@@ -86,49 +98,57 @@ def validate_config(config) -> None:
   if config.data_dir and not os.path.isdir(config.data_dir):
     _fail('data_dir', config.data_dir, 'the folder does not exist; point it at prepared TFDS data '
           'or leave it empty for the TFDS default')
-  _validate_augment(config.augment)
+  _validate_augment('augment', config.augment)
   _validate_evals(config.evals)
-  if len(config.projection_dims) < 1 or min(config.projection_dims) < 1:
-    _fail('projection_dims', config.projection_dims, 'use positive layer sizes such as (2048, 128)')
-  if config.stage == 'linear_eval' and config.protocol not in PROTOCOLS:
-    _fail('protocol', config.protocol, f'use one of {", ".join(PROTOCOLS)}')
-  if config.stage != 'linear_eval' and config.protocol:
-    _fail('protocol', config.protocol, 'only linear_eval has a protocol; leave it empty')
-  if config.stage in ('finetune', 'linear_eval') and not config.init_from:
+  if config.stage == 'pretrain':
+    methods.get(config.method).validate(config)
+    _validate_augment('view2', {k: v for k, v in config.view2.items() if v is not None}, partial=True)
+  if config.stage in config_base.DOWNSTREAM and not config.init_from:
     _fail('init_from', config.init_from, f'{config.stage} needs a pretraining workdir or checkpoint '
           'directory: set --config.init_from=runs/pretrain')
+  if config.stage == 'distill':
+    if not config.teacher_from:
+      _fail('teacher_from', config.teacher_from, 'distill needs a fine-tuned teacher: set '
+            '--config.teacher_from=runs/finetune')
+    if not config.distill_temperature > 0:
+      _fail('distill_temperature', config.distill_temperature, 'use a temperature above 0 (1.0 as in SimCLR v2)')
+    if not 0 <= config.distill_label_weight <= 1:
+      _fail('distill_label_weight', config.distill_label_weight, 'use a weight in [0, 1] (0: the teacher alone)')
 
 
-def _validate_augment(aug) -> None:
+def _validate_augment(name: str, aug, partial: bool = False) -> None:
+  has = lambda key: key in aug
   for key in PROBABILITIES:
-    if not 0 <= aug[key] <= 1:
-      _fail(f'augment.{key}', aug[key], 'a probability must lie in [0, 1]')
+    if has(key) and not 0 <= aug[key] <= 1:
+      _fail(f'{name}.{key}', aug[key], 'a probability must lie in [0, 1]')
   for key in ('brightness', 'contrast', 'saturation'):
-    if aug[key] < 0:
-      _fail(f'augment.{key}', aug[key], 'it must be 0 or more')
-  if not 0 <= aug.hue <= 0.5:
-    _fail('augment.hue', aug.hue, 'it must lie in [0, 0.5]')
-  lo, hi = aug.crop_scale
-  if not 0 < lo <= hi <= 1:
-    _fail('augment.crop_scale', aug.crop_scale, 'use (min, max) with 0 < min <= max <= 1')
-  lo, hi = aug.crop_ratio
-  if not 0 < lo <= hi:
-    _fail('augment.crop_ratio', aug.crop_ratio, 'use (min, max) with 0 < min <= max')
-  if len(aug.std) != 3 or min(aug.std) <= 0:
-    _fail('augment.std', aug.std, 'use three deviations greater than 0, e.g. (0.2023, 0.1994, 0.2010)')
-  if len(aug.mean) != 3:
-    _fail('augment.mean', aug.mean, 'use three channel means, e.g. (0.4914, 0.4822, 0.4465)')
-  if aug.crop_padding < 0:
-    _fail('augment.crop_padding', aug.crop_padding, 'it must be 0 or more')
+    if has(key) and aug[key] < 0:
+      _fail(f'{name}.{key}', aug[key], 'it must be 0 or more')
+  if has('hue') and not 0 <= aug['hue'] <= 0.5:
+    _fail(f'{name}.hue', aug['hue'], 'it must lie in [0, 0.5]')
+  if has('crop_scale'):
+    lo, hi = aug['crop_scale']
+    if not 0 < lo <= hi <= 1:
+      _fail(f'{name}.crop_scale', aug['crop_scale'], 'use (min, max) with 0 < min <= max <= 1')
+  if has('crop_ratio'):
+    lo, hi = aug['crop_ratio']
+    if not 0 < lo <= hi:
+      _fail(f'{name}.crop_ratio', aug['crop_ratio'], 'use (min, max) with 0 < min <= max')
+  if has('std') and (len(aug['std']) != 3 or min(aug['std']) <= 0):
+    _fail(f'{name}.std', aug['std'], 'use three deviations greater than 0, e.g. (0.2023, 0.1994, 0.2010)')
+  if has('mean') and len(aug['mean']) != 3:
+    _fail(f'{name}.mean', aug['mean'], 'use three channel means, e.g. (0.4914, 0.4822, 0.4465)')
+  if has('crop_padding') and aug['crop_padding'] < 0:
+    _fail(f'{name}.crop_padding', aug['crop_padding'], 'it must be 0 or more')
 
 
 def _validate_evals(evals) -> None:
-  from simclr_jax.evaluate import EVALUATORS
+  from simclr_jax.evaluate import TYPES
   for name, cfg in evals.items():
-    if name not in EVALUATORS:
-      _fail(f'evals.{name}', None, f'there is no such evaluator; known: {", ".join(EVALUATORS)}')
-    if cfg.every_epochs < -1:
-      _fail(f'evals.{name}.every_epochs', cfg.every_epochs,
+    if 'type' not in cfg or cfg.type not in TYPES:
+      _fail(f'evals.{name}.type', cfg.get('type'), f'use an evaluator type: {", ".join(TYPES)}')
+    if 'every_epochs' not in cfg or cfg.every_epochs < -1:
+      _fail(f'evals.{name}.every_epochs', cfg.get('every_epochs'),
             'use N > 0 (every N epochs and at the end), 0 (at the end) or -1 (never)')
     for key in ('k', 'temperature', 'steps'):
       if key in cfg and not cfg[key] > 0:

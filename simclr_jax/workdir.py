@@ -1,12 +1,17 @@
-"""The workdir: one run at a time (a lock), and a run that resumes only with its own config.
+"""The workdir: one run at a time (a lock), a run that resumes only with its own config and data,
+and results that a rerun never contradicts.
 
-    prepare(workdir, config, fresh=False)  # raises ConfigError with one line; writes config.json
+    prepare(workdir, config, fresh=False)    # raises ConfigError with one line; writes config.json
+    check_data(workdir, {'dataset': source}, allow_change=False)   # after the data is described
 
-Checks, in order, before anything in the workdir is written: the path is not empty and is
-writable; no other live run holds the lock (a lock left by a killed run does not count); the
-run-defining fields match the run already there, read from its newest checkpoint (config.json
-only where no checkpoint exists); epochs is not below what the checkpoint has trained. In a
-multi-process run process 0 checks and every process learns the outcome.
+Checks, in order, before anything in the workdir is written: the path is not empty, lies apart
+from every dataset folder and is writable; no other live run holds the lock (a lock left by a
+killed run does not count); a newest checkpoint left incomplete is set aside; results.json without
+a checkpoint is refused (its run cannot be resumed or told apart from a new one); the
+run-defining fields match the run already there, read from its newest checkpoint (config.json only
+where no checkpoint exists); epochs is not below what the checkpoint has trained. --fresh moves
+whatever is there to workdir/previous-N first. In a multi-process run process 0 checks and every
+process learns the outcome.
 """
 from __future__ import annotations
 
@@ -16,8 +21,9 @@ import os
 import socket
 import time
 
-from simclr_jax import checkpoint, config_base
-from simclr_jax.errors import ConfigError
+from simclr_jax import checkpoint, config_base, folders
+from simclr_jax.errors import CheckpointError, ConfigError
+from simclr_jax.metrics import log, plural
 
 LOCK_NAME = '.lock'
 _held = {}  # path -> open file descriptor: the lock lasts as long as this process
@@ -29,6 +35,7 @@ def prepare(workdir: str, config, fresh: bool = False) -> None:
   if not workdir:
     raise ConfigError('--workdir is empty: pass the folder for checkpoints and results, for '
                       'example --workdir=runs/pretrain')
+  check_apart(workdir, config)
   if jax.process_count() == 1:
     _prepare(workdir, config, fresh)
     return
@@ -47,39 +54,150 @@ def prepare(workdir: str, config, fresh: bool = False) -> None:
     raise ConfigError(f'process 0 refused workdir {workdir!r} (its error line says why)')
 
 
+def _inside(path: str, folder: str) -> bool:
+  path, folder = os.path.realpath(path), os.path.realpath(folder)
+  return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_apart(workdir: str, config) -> None:
+  """ConfigError when the workdir lies inside a dataset folder (its files would become data) or
+  holds one (a --fresh or a cleanup would move the data)."""
+  places = [(field, folders.folder_path(config[field])) for field in ('dataset', 'eval_dataset')
+            if folders.is_folder_dataset(config[field])]
+  if config.data_dir:
+    places.append(('data_dir', os.path.abspath(config.data_dir)))
+  for field, folder in places:
+    if _inside(workdir, folder) or _inside(folder, workdir):
+      where = 'inside' if _inside(workdir, folder) else 'around'
+      raise ConfigError(f'--workdir {workdir!r} is {where} the dataset folder {folder!r} '
+                        f'(config.{field}): a run never writes into its data; choose a --workdir '
+                        'outside it')
+
+
 def _prepare(workdir: str, config, fresh: bool) -> None:
   _check_writable(workdir)
   acquire_lock(workdir)
-  path = os.path.join(workdir, 'config.json')
-  saved = _saved_config(workdir)
-  if saved is not None and fresh:
-    archive_run(workdir)
-  elif saved is not None:
-    current = json.loads(config.to_json())
-    differ = [k for k in config_base.RUN_DEFINING_FIELDS if saved['config'].get(k) != current.get(k)]
-    if differ and saved['checkpoint']:
-      detail = ', '.join(f'{k}: {saved["config"].get(k)!r} -> {current.get(k)!r}' for k in differ)
-      raise ConfigError(f'workdir {workdir!r} holds a run with another config ({detail}): '
-                        'choose another --workdir, or pass --fresh to start afresh')
-    if differ:  # a run that never saved: keep its files aside, start anew
-      archive_run(workdir)
-    else:
+  if fresh and _has_run(workdir):
+    archive_run(workdir, 'because of --fresh')
+  elif not fresh:
+    checkpoint.set_aside_incomplete(workdir)
+    saved = _saved_config(workdir)
+    if saved is not None and saved['checkpoint']:
+      _check_same(workdir, config, saved['config'])
       meta = saved['meta']
       check_epochs(workdir, config.epochs, int(meta.get('step', 0)), int(meta.get('steps_per_epoch') or 0))
-      if os.path.exists(path):
-        return  # config.json keeps the run's first config; each checkpoint stores the current one
+    elif os.path.exists(os.path.join(workdir, 'results.json')) and saved is not None and _fits_without_checkpoints(config):
+      _check_same(workdir, config, saved['config'])  # a finished features probe: kept as it is
+    elif os.path.exists(os.path.join(workdir, 'results.json')):
+      raise ConfigError(f'workdir {workdir!r} holds results.json but no checkpoint (checkpoints/ was '
+                        'deleted?): its run cannot be resumed, and a new one would overwrite its results; '
+                        'pass --fresh to keep it in previous-N and start afresh, or choose another --workdir')
+    elif _has_run(workdir) and (saved is None or _differs(config, saved['config']) or
+                                set(os.listdir(workdir)) - {'config.json', LOCK_NAME}):
+      archive_run(workdir, 'it saved no checkpoint')
+    if os.path.exists(os.path.join(workdir, 'config.json')):
+      return  # config.json keeps the run's first config; each checkpoint stores the current one
+  path = os.path.join(workdir, 'config.json')
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     f.write(config.to_json(indent=2))
   os.replace(tmp, path)
 
 
+def _has_run(workdir: str) -> bool:
+  """Whether the workdir holds anything of a run (besides the lock and earlier archives)."""
+  return any(n != LOCK_NAME and not n.startswith(('previous-', '.write-test-')) for n in os.listdir(workdir))
+
+
+def _differs(config, saved: dict) -> list:
+  current = json.loads(config.to_json())
+  return [f'{k}: {saved.get(k)!r} -> {current.get(k)!r}' for k in config_base.RUN_DEFINING_FIELDS
+          if saved.get(k) != current.get(k)]
+
+
+def _check_same(workdir: str, config, saved: dict) -> None:
+  differ = _differs(config, saved)
+  if differ:
+    raise ConfigError(f'workdir {workdir!r} holds a run with another config ({", ".join(differ)}): '
+                      'choose another --workdir, or pass --fresh to start afresh')
+
+
+def _fits_without_checkpoints(config) -> bool:
+  """The stages that write results.json without checkpoints (the features probe)."""
+  return config.stage == 'linear_eval' and config.protocol == 'features'
+
+
 def check_epochs(workdir: str, epochs: int, trained: int, steps_per_epoch: int) -> None:
-  """ConfigError when `epochs` is below the `trained` steps of the run in workdir."""
+  """ConfigError when `epochs` is below the `trained` steps of the run in workdir (counted in the
+  checkpoint's own steps per epoch)."""
   if steps_per_epoch and epochs * steps_per_epoch < trained:
+    done = trained / steps_per_epoch
     raise ConfigError(f'config.epochs={epochs} is below what the run in {workdir!r} has already '
-                      f'trained ({trained} steps = {trained / steps_per_epoch:g} epochs): pass '
+                      f'trained ({plural(trained, "step")} = {done:g} epoch{"" if done == 1 else "s"}): pass '
                       f'--config.epochs={-(-trained // steps_per_epoch)} or more, or another --workdir')
+
+
+def check_data(workdir: str, sources: dict, allow_change: bool = False) -> None:
+  """ConfigError when the data a run was trained on has changed since its newest checkpoint
+  (images added, removed or modified, another TFDS version or split), naming what changed; with
+  allow_change a notice instead. sources: role ('dataset', 'eval_dataset') -> datasets.Source."""
+  step_dir = checkpoint.latest_step_dir(workdir)
+  if step_dir is None:
+    return
+  saved = checkpoint.read_meta(step_dir).get('data') or {}
+  manifest = _read_manifest(workdir)
+  for role, source in sources.items():
+    for split, now in source.identity.items():
+      before = (saved.get(role) or {}).get(split)
+      if before is None or now is None or before == now:
+        continue
+      change = describe_change(manifest.get(role, {}).get(split), source.manifest[split], before, now)
+      message = (f'the {split} split of {source.name} (config.{role}) changed since checkpoint '
+                 f'{os.path.basename(step_dir)} ({change})')
+      if not allow_change:
+        raise ConfigError(f'{message}: restore it, or pass --config.allow_data_change=True to continue '
+                          'on the new data (steps per epoch and the test split may change), or start a '
+                          'new --workdir')
+      log(f'notice: {message}; training continues on the new data (config.allow_data_change=True)')
+
+
+def describe_change(before: list | None, now: list, before_id: dict, now_id: dict) -> str:
+  """'3 images added, 1 removed, 2 modified (first: a.jpg)' from two manifests (one line a
+  file: path, label, size, modification time), or the counts when the old list is unknown."""
+  if before is None:
+    return f'{before_id["count"]} images before, {now_id["count"]} now'
+  path = lambda line: line.rsplit(' ', 3)[0]
+  old, new = {path(l): l for l in before}, {path(l): l for l in now}
+  added = sorted(set(new) - set(old))
+  removed = sorted(set(old) - set(new))
+  modified = sorted(p for p in set(old) & set(new) if old[p] != new[p])
+  parts = [f'{len(added)} added' if added else '', f'{len(removed)} removed' if removed else '',
+           f'{len(modified)} modified' if modified else '']
+  first = (added + removed + modified)[:3]
+  return ', '.join(p for p in parts if p) + (f'; first: {", ".join(first)}' if first else '') or 'reordered'
+
+
+MANIFEST = 'data_manifest.json'
+
+
+def _read_manifest(workdir: str) -> dict:
+  try:
+    with open(os.path.join(workdir, MANIFEST)) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}
+
+
+def write_manifest(workdir: str, sources: dict) -> None:
+  """workdir/data_manifest.json: the file lists of the data the run trains on, to name what
+  changed should a resume find other data (process 0)."""
+  import jax
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, MANIFEST)
+  with open(path + '.tmp', 'w') as f:
+    json.dump({role: s.manifest for role, s in sources.items()}, f)
+  os.replace(path + '.tmp', path)
 
 
 def _check_writable(workdir: str) -> None:
@@ -99,7 +217,10 @@ def _saved_config(workdir: str):
   stored config wins over config.json, which may be missing or edited."""
   step_dir = checkpoint.latest_step_dir(workdir)
   if step_dir is not None:
-    meta = checkpoint.read_meta(step_dir)
+    try:
+      meta = checkpoint.read_meta(step_dir, 'workdir')
+    except CheckpointError as e:
+      raise ConfigError(f'{e}; or pass --fresh to start afresh (the old run is kept in previous-N)') from None
     if 'config' in meta:
       return {'config': meta['config'], 'checkpoint': step_dir, 'meta': meta}
   path = os.path.join(workdir, 'config.json')
@@ -134,12 +255,6 @@ def acquire_lock(workdir: str) -> None:
   _held[path] = fd
 
 
-def release_lock(workdir: str) -> None:
-  fd = _held.pop(os.path.join(os.path.abspath(workdir), LOCK_NAME), None)
-  if fd is not None:
-    os.close(fd)
-
-
 def _read_holder(fd: int) -> str:
   for _ in range(20):  # the holder writes its details just after taking the lock
     try:
@@ -152,8 +267,9 @@ def _read_holder(fd: int) -> str:
   return 'holder unknown'
 
 
-def archive_run(workdir: str) -> None:
-  """Moves everything in workdir (but the lock and earlier archives) to workdir/previous-<n>."""
+def archive_run(workdir: str, why: str) -> str:
+  """Moves everything in workdir (but the lock and earlier archives) to workdir/previous-<n>,
+  with a notice saying why; returns that folder."""
   n = 1
   while os.path.exists(os.path.join(workdir, f'previous-{n}')):
     n += 1
@@ -162,3 +278,5 @@ def archive_run(workdir: str) -> None:
   for name in os.listdir(workdir):
     if not name.startswith('previous-') and name != LOCK_NAME:
       os.replace(os.path.join(workdir, name), os.path.join(target, name))
+  log(f'notice: the earlier run in {workdir} is moved to {target} ({why}); this run starts afresh')
+  return target

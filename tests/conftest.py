@@ -1,7 +1,16 @@
-"""Shared helpers: the prepared cifar10_jpeg copy, tiny configs and a CLI runner."""
+"""Shared helpers: the prepared cifar10_jpeg copy, tiny configs, a CLI runner, session-wide caches
+and the runs many tests read.
+
+Markers: `e2e` (runs the CLI or a script in a subprocess) and `slow` (tens of seconds or more);
+`python -m pytest -m "not slow" tests` is the quick inner loop.
+"""
+import contextlib
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -10,36 +19,50 @@ DATA_DIR = os.environ.get('SIMCLR_JAX_TEST_DATA',
                           os.path.normpath(os.path.join(ROOT, '..', 'shared', 'data', 'tfds')))
 DATASET = 'cifar10_jpeg'
 
-TINY = {'dataset': DATASET, 'data_dir': DATA_DIR, 'train_limit': 512, 'width': 0.125,
-        'dtype': 'float32', 'batch_size': 64, 'epochs': 2, 'warmup_epochs': 0.0,
+# One decoded-array cache and one persistent compilation cache for the whole session, subprocesses
+# and pytest-xdist workers included (set before anything imports JAX): the same tiny model
+# compiles once, not per test. The workers of one run share the folder named by xdist's run id.
+_RUN = os.environ.get('PYTEST_XDIST_TESTRUNUID')
+_SESSION = os.path.join(tempfile.gettempdir(), f'simclr_jax_tests_{_RUN}') if _RUN else tempfile.mkdtemp(
+    prefix='simclr_jax_tests_')
+os.makedirs(_SESSION, exist_ok=True)
+os.environ.setdefault('SIMCLR_JAX_CACHE', os.path.join(_SESSION, 'data'))
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(_SESSION, 'xla'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+# Tiny runs: a narrow ResNet-10 on 512 training images and 1,000 test images, 8 steps an epoch.
+TINY = {'dataset': DATASET, 'data_dir': DATA_DIR, 'train_limit': 512, 'test_split': 'test[:1000]',
+        'model': 'resnet10', 'width': 0.125, 'dtype': 'float32', 'batch_size': 64, 'epochs': 2, 'warmup_epochs': 0.0,
         'log_every_steps': 4, 'eval_batch_size': 500, 'checkpoint_every_epochs': 1}
 # Fields only pretraining configs have: kNN every epoch; the offline probe (tested on its own) off.
 TINY_PRETRAIN = {'evals.knn.every_epochs': 1, 'evals.linear.every_epochs': -1}
 
 
-@pytest.fixture(scope='session', autouse=True)
-def _cache_dir(tmp_path_factory):
-  """One decoded-array cache for the whole session, subprocesses included."""
-  if 'SIMCLR_JAX_CACHE' not in os.environ:
-    os.environ['SIMCLR_JAX_CACHE'] = str(tmp_path_factory.mktemp('cache'))
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+def config_file(stage: str) -> str:
+  return os.path.join(ROOT, 'configs', f'{stage}.py')
 
 
 def tiny_config(stage: str = 'pretrain', **fields):
-  """configs/<stage>.py with the tiny settings and `fields` applied."""
+  """configs/<stage>.py (a stage or method config) with the tiny settings and `fields` applied."""
   from simclr_jax.config_base import apply_overrides, load_config_file
-  return apply_overrides(load_config_file(os.path.join(ROOT, 'configs', f'{stage}.py')),
-                         {**tiny_fields(stage), **fields})
+  config = load_config_file(config_file(stage))
+  return apply_overrides(config, {**tiny_fields(config.stage), **fields})
 
 
 def tiny_fields(stage: str) -> dict:
   return {**TINY, **(TINY_PRETRAIN if stage == 'pretrain' else {})}
 
 
+def _stage_of(name: str) -> str:
+  from simclr_jax.config_base import load_config_file
+  return load_config_file(config_file(name)).stage
+
+
 def cli_args(stage: str, workdir, **fields) -> list:
-  args = [sys.executable, '-m', 'simclr_jax.main', f'--config={ROOT}/configs/{stage}.py',
-          f'--workdir={workdir}']
-  for key, value in {**tiny_fields(stage), **fields}.items():
+  args = [sys.executable, '-m', 'simclr_jax.main', f'--config={config_file(stage)}', f'--workdir={workdir}']
+  for key, value in {**tiny_fields(_stage_of(stage)), **fields}.items():
     args.append(f'--config.{key}={value}')
   return args
 
@@ -57,43 +80,87 @@ def error_line(proc) -> str:
   return lines[-1] if lines else proc.stderr[-2000:]
 
 
+@contextlib.contextmanager
+def _shared(name):
+  """(folder, whether it is new) for a session-wide artefact: the first xdist worker to ask makes
+  it while the others wait on a lock, then they all read it."""
+  folder = os.path.join(_SESSION, name)
+  with open(folder + '.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    done = os.path.exists(folder + '.done')
+    if not done and os.path.exists(folder):
+      shutil.rmtree(folder)  # a half-made one from a worker that failed
+    yield folder, not done
+    open(folder + '.done', 'w').close()
+
+
+def _shared_run(name, stage, **fields):
+  """A CLI run shared by the whole session: (its stdout, its workdir)."""
+  import pathlib
+  with _shared(name) as (folder, new):
+    workdir = pathlib.Path(folder) / 'run'
+    if new:
+      proc = run_cli(stage, workdir, **fields)
+      assert proc.returncode == 0, proc.stderr[-3000:]
+      pathlib.Path(folder, 'stdout.txt').write_text(proc.stdout)
+    return pathlib.Path(folder, 'stdout.txt').read_text(), workdir
+
+
 @pytest.fixture(scope='session')
-def pretrained_workdir(tmp_path_factory):
-  """A real one-epoch pretraining run made through the CLI, shared by the downstream tests."""
-  workdir = tmp_path_factory.mktemp('pretrained') / 'run'
-  proc = run_cli('pretrain', workdir, epochs=1)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir
+def pretrained_run():
+  """A real two-epoch pretraining run made through the CLI (its stdout, its workdir), shared by the
+  CLI tests and the downstream stages. Tests that change it work on a copy."""
+  return _shared_run('pretrained', 'pretrain', epochs=2)
+
+
+@pytest.fixture(scope='session')
+def pretrained_workdir(pretrained_run):
+  return pretrained_run[1]
+
+
+@pytest.fixture(scope='session')
+def supervised_workdir():
+  """A real one-epoch supervised run made through the CLI."""
+  return _shared_run('supervised', 'supervised', epochs=1)[1]
+
+
+def make_inputs(config, mesh=None):
+  """The inputs of a config, made as the stages make them."""
+  from simclr_jax import datasets, input_pipeline, parallel
+  source = datasets.get(config.dataset, config.data_dir, image_size=config.image_size,
+                        train_split=config.train_split, test_split=config.test_split,
+                        test_fraction=config.test_fraction)
+  rows = datasets.select_rows(source, config.train_limit, config.label_fraction, config.label_seed)
+  return input_pipeline.make_inputs(source, rows, config.data_placement, mesh or parallel.make_mesh(),
+                                    config.batch_size, config.seed, workers=config.input_workers,
+                                    max_bad_fraction=config.max_bad_fraction)
 
 
 def pretrain_task(config):
-  """The pretraining task of a config, its inputs made as the CLI makes them."""
-  from simclr_jax import input_pipeline, parallel, pretrain
+  """The pretraining task of a config and its loop settings, its inputs made as the CLI makes them."""
+  from simclr_jax import parallel, pretrain, stage
   mesh = parallel.make_mesh()
-  inputs, eval_inputs = input_pipeline.make_inputs(config, mesh)
-  return pretrain.build_task(config, mesh, inputs, eval_inputs)
+  inputs, eval_inputs = make_inputs(config, mesh)
+  task = pretrain.build_task(config, mesh, inputs, eval_inputs)
+  return task, stage.loop_settings(config, inputs, {})
 
 
 def train_in_process(config, workdir, stop_at_step=None):
-  """train_loop.run of a pretraining config; with stop_at_step, a SIGTERM right after that step
-  (the loop saves a checkpoint, then raises Preempted)."""
+  """train_loop.run of a pretraining config; with stop_at_step, a SIGTERM just before that step
+  runs (the loop finishes it, saves a checkpoint, then raises Preempted)."""
   import signal
   from simclr_jax import train_loop
-  task = pretrain_task(config)
+  task, settings = pretrain_task(config)
   if stop_at_step is not None:
-    bind = task.inputs.bind
+    batches = task.inputs.batches
 
-    def bind_and_stop(core):
-      step = bind(core)
-
-      def step_fn(state, *args):
-        out = step(state, *args)
-        if int(out[0].step) == stop_at_step:
+    def signalling(first, total):
+      for k, args in batches(first, total):
+        if k == stop_at_step - 1:
           os.kill(os.getpid(), signal.SIGTERM)
-        return out
-      return step_fn
-    task.inputs.bind = bind_and_stop
-  return train_loop.run(config, str(workdir), task)
+        yield k, args
+    task.inputs.batches = signalling
+  return train_loop.run(task, str(workdir), settings)
 
 
 def final_params(workdir):
@@ -101,4 +168,33 @@ def final_params(workdir):
   from simclr_jax import checkpoint
   step = checkpoint.list_steps(str(workdir))[-1]
   path = os.path.join(checkpoint.checkpoint_dir(str(workdir)), str(step), 'state')
-  return step, checkpoint._read_numpy_subtrees(path, ('params', 'batch_stats'))
+  return step, checkpoint._read_numpy_subtrees(path, ('params', 'batch_stats', 'method_state'))
+
+
+@contextlib.contextmanager
+def sigterm_before_step(step):
+  """Within the block, a SIGTERM just before step `step` of any run on the device path (the loop
+  finishes that step, saves a checkpoint, then raises Preempted)."""
+  import signal
+  from simclr_jax import input_pipeline
+  original = input_pipeline.DeviceInputs.batches
+
+  def signalling(self, first, total):
+    for k, args in original(self, first, total):
+      if k == step - 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield k, args
+  input_pipeline.DeviceInputs.batches = signalling
+  try:
+    yield
+  finally:
+    input_pipeline.DeviceInputs.batches = original
+
+
+def run_in_process(config, workdir, stop_at_step=None):
+  """Any stage of a config as the CLI runs it (workdir checks, data, loop), in this process;
+  with stop_at_step, stopped by a SIGTERM just before that step (Preempted is raised)."""
+  from simclr_jax import main, workdir as workdir_lib
+  workdir_lib.prepare(str(workdir), config)
+  with sigterm_before_step(stop_at_step) if stop_at_step else contextlib.nullcontext():
+    return main.train_and_evaluate(config, str(workdir))

@@ -25,8 +25,9 @@ def _leaves(state):
 
 
 def _setup(config, mesh):
-  from simclr_jax import input_pipeline, pretrain
-  inputs, _ = input_pipeline.make_inputs(config, mesh)
+  from conftest import make_inputs
+  from simclr_jax import pretrain
+  inputs, _ = make_inputs(config, mesh)
   task = pretrain.build_task(config, mesh, inputs)
   return inputs, inputs.bind(task.step_fn), task.state
 
@@ -40,7 +41,8 @@ def _replay(config, mesh, path):
   treedef = jax.tree.structure(state)
   load = lambda k: jax.tree.unflatten(treedef, [ref[f'{k}/{i}'] for i in range(treedef.num_leaves)])
   loss_diff, state_diff = [], []
-  for k, batch in enumerate(inputs.epoch(0), start=1):
+  for k, batch in inputs.batches(0, inputs.steps_per_epoch):
+    k += 1
     after, metrics = step(parallel.put_replicated(load(k - 1), mesh), *batch)
     loss_diff.append(abs(float(metrics['loss']) - float(ref['losses'][k - 1])))
     worst = 0.0
@@ -68,15 +70,15 @@ def main():
   mesh = parallel.make_mesh()
   path = os.path.join(workdir, 'reference.npz')
   inputs, step, state = _setup(config, mesh)
-  plan = inputs.train_plan(0)
+  plan = inputs.train_plan(0, inputs.steps_per_epoch)
   out = {'process': jax.process_index(), 'devices': jax.device_count(), 'rows': [plan.lo, plan.hi],
          'read': [int(i) for j in range(inputs.steps_per_epoch) for i in plan.record_indices(j)]}
   if mode == 'reference':
     saved, losses = {'0': _leaves(state)}, []
-    for k, batch in enumerate(inputs.epoch(0), start=1):
+    for k, batch in inputs.batches(0, inputs.steps_per_epoch):
       state, metrics = step(state, *batch)
       losses.append(float(metrics['loss']))
-      saved[str(k)] = _leaves(state)
+      saved[str(k + 1)] = _leaves(state)
     inputs.close()
     np.savez(path, losses=np.asarray(losses),
              **{f'{k}/{i}': leaf for k, leaves in saved.items() for i, leaf in enumerate(leaves)})

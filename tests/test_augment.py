@@ -136,8 +136,8 @@ def test_resized_crop_matches_torchvision_on_real_images():
   2.13's interpolate on these images: largest difference 1.8e-7); within 1e-4 of the same
   bilinear formula in NumPy, on the outermost ring of pixels too."""
   from conftest import DATA_DIR, DATASET
-  from simclr_jax import data
-  images = data.load_dataset(DATASET, DATA_DIR, train_limit=256).train.images.astype(np.float32) / 255
+  from simclr_jax import datasets
+  images = datasets.load(DATASET, DATA_DIR, train_limit=256, test_split='').train.images.astype(np.float32) / 255
   keys = jax.random.split(jax.random.PRNGKey(0), len(images))
   boxes = np.asarray(jax.vmap(lambda k: jnp.stack(augment.crop_box(k, 32, 32, (0.08, 1.0), (3 / 4, 4 / 3))))(keys))
   crop = jax.jit(jax.vmap(lambda im, b: augment.resized_crop(im, b[0], b[1], b[2], b[3], (32, 32))))

@@ -1,3 +1,5 @@
+"""The data-source lookup: TFDS splits described without decoding, decoded once into the user
+cache, label fractions, and the faults of a prepared dataset."""
 import json
 import os
 import shutil
@@ -6,12 +8,20 @@ import numpy as np
 import pytest
 
 from conftest import DATA_DIR, DATASET
-from simclr_jax import data
+from simclr_jax import datasets, decode_cache, tfds_source
 from simclr_jax.errors import DataError
 
 
-def test_loads_uint8_splits_and_limits_train():
-  ds = data.load_dataset(DATASET, DATA_DIR, train_limit=1000)
+def test_a_source_is_described_without_decoding_and_decodes_uint8_splits(monkeypatch):
+  calls = []
+  original = tfds_source._read_split
+  monkeypatch.setattr(tfds_source, '_read_split', lambda *a: calls.append(a) or original(*a))
+  source = datasets.get(DATASET, DATA_DIR, test_split='test[:1000]')
+  assert (source.size('train'), source.size('test'), source.image_size, source.num_classes) == (50000, 1000, 32, 10)
+  assert source.nbytes(512) == (512 + 1000) * 32 * 32 * 3 and source.class_names[0] == 'airplane'
+  assert source.identity['train']['count'] == 50000 and source.identity['train']['hash']
+  assert not calls  # described from metadata alone
+  ds = datasets.load(DATASET, DATA_DIR, train_limit=1000)
   assert ds.train.images.shape == (1000, 32, 32, 3) and ds.train.images.dtype == np.uint8
   assert ds.test.images.shape == (10000, 32, 32, 3) and ds.test.labels.dtype == np.int32
   assert ds.num_classes == 10 and set(np.unique(ds.test.labels)) == set(range(10))
@@ -20,34 +30,49 @@ def test_loads_uint8_splits_and_limits_train():
 def test_second_load_comes_from_the_user_cache_not_data_dir(tmp_path, monkeypatch):
   monkeypatch.setenv('SIMCLR_JAX_CACHE', str(tmp_path / 'cache'))
   before = sorted(os.listdir(os.path.join(DATA_DIR, DATASET, '1.0.0')))
-  first = data.load_dataset(DATASET, DATA_DIR)
+  first = datasets.load(DATASET, DATA_DIR, train_split='train[:2000]', test_split='test[:500]')
   decoded = []
-  original = data.images_lib.decode_all
-  monkeypatch.setattr(data.images_lib, 'decode_all', lambda *a, **k: decoded.append(1) or original(*a, **k))
-  second = data.load_dataset(DATASET, DATA_DIR)
+  original = tfds_source.images_lib.decode_all
+  monkeypatch.setattr(tfds_source.images_lib, 'decode_all', lambda *a, **k: decoded.append(1) or original(*a, **k))
+  second = datasets.load(DATASET, DATA_DIR, train_split='train[:2000]', test_split='test[:500]')
   assert sorted(os.listdir(os.path.join(DATA_DIR, DATASET, '1.0.0'))) == before
   cached = [f for _, _, files in os.walk(tmp_path / 'cache') for f in files]
-  assert sorted(cached) == ['test-0.npz', 'train-0.npz']
+  assert sorted(cached) == ['test[:500]-0.npz', 'train[:2000]-0.npz']
   np.testing.assert_array_equal(first.train.images, second.train.images)
   assert not decoded  # the second load read the cache: nothing was decoded
 
 
 def test_balanced_subset_is_balanced_reproducible_and_seeded():
   labels = np.repeat(np.arange(10), 500)
-  a = data.balanced_subset(labels, 0.1, 10, seed=0)
-  assert np.array_equal(a, data.balanced_subset(labels, 0.1, 10, seed=0))
+  a = datasets.balanced_subset(labels, 0.1, 10, seed=0)
+  assert np.array_equal(a, datasets.balanced_subset(labels, 0.1, 10, seed=0))
   assert np.all(np.bincount(labels[a]) == 50)
-  assert not np.array_equal(a, data.balanced_subset(labels, 0.1, 10, seed=1))
-  tiny = data.balanced_subset(labels, 0.001, 10)
+  assert not np.array_equal(a, datasets.balanced_subset(labels, 0.1, 10, seed=1))
+  tiny = datasets.balanced_subset(labels, 0.001, 10)
   assert np.all(np.bincount(labels[tiny]) == 1)
-  assert len(data.balanced_subset(labels, 1.0, 10)) == 5000
+  assert len(datasets.balanced_subset(labels, 1.0, 10)) == 5000
+
+
+def test_select_rows_applies_train_limit_then_the_label_fraction(capsys):
+  source = datasets.get(DATASET, DATA_DIR, test_split='')
+  assert datasets.select_rows(source) is None
+  np.testing.assert_array_equal(datasets.select_rows(source, 1000), np.arange(1000))
+  rows = datasets.select_rows(source, 1000, 0.1, label_seed=0)
+  assert len(rows) == 100 and rows.max() < 1000
+  assert np.all(np.bincount(source.labels('train')[rows], minlength=10) == 10)
+  assert datasets.select_rows(source, 60000) is None
+  assert 'notice: train_limit=60000 is above the 50,000 training images' in capsys.readouterr().out
 
 
 def test_unknown_dataset_and_missing_data_dir():
   with pytest.raises(DataError, match="unknown dataset 'no_such_set'"):
-    data.load_dataset('no_such_set', DATA_DIR)
+    datasets.get('no_such_set', DATA_DIR)
   with pytest.raises(DataError, match='does not exist'):
-    data.load_dataset(DATASET, '/no/such/folder')
+    datasets.get(DATASET, '/no/such/folder')
+  with pytest.raises(DataError, match=r"has no split 'validation'"):
+    datasets.get(DATASET, DATA_DIR, train_split='validation')
+  with pytest.raises(DataError, match=r"split 'train\[:0\]' of dataset 'cifar10_jpeg' holds no images"):
+    datasets.get(DATASET, DATA_DIR, train_split='train[:0]')
 
 
 def _copy_dataset(tmp_path):
@@ -67,20 +92,46 @@ def test_images_that_are_not_hxwx3_uint8_are_refused(tmp_path):
   root, folder = _copy_dataset(tmp_path)
   _edit_features(folder, lambda f: f['image']['image']['shape'].update(dimensions=['32', '32', '1']))
   with pytest.raises(DataError, match='not HxWx3 uint8'):
-    data.load_dataset(DATASET, str(root))
+    datasets.get(DATASET, str(root))
 
 
 def test_missing_label_feature_is_refused(tmp_path):
   root, folder = _copy_dataset(tmp_path)
   _edit_features(folder, lambda f: f.pop('label'))
   with pytest.raises(DataError, match='no class-label feature'):
-    data.load_dataset(DATASET, str(root))
+    datasets.get(DATASET, str(root))
 
 
-def test_truncated_data_file_is_reported(tmp_path, monkeypatch):
+@pytest.mark.parametrize('split', ['train', 'test'])
+def test_truncated_data_file_is_reported(tmp_path, monkeypatch, split):
   monkeypatch.setenv('SIMCLR_JAX_CACHE', str(tmp_path / 'cache'))
   root, folder = _copy_dataset(tmp_path)
-  record = folder / f'{DATASET}-test.array_record-00000-of-00001'
-  record.write_bytes(record.read_bytes()[: record.stat().st_size // 2])
-  with pytest.raises(DataError, match='corrupt or truncated'):
-    data.load_dataset(DATASET, str(root))
+  record = folder / f'{DATASET}-{split}.array_record-00000-of-00001'
+  record.write_bytes(record.read_bytes()[: record.stat().st_size // 2 if split == 'test' else 100_000])
+  with pytest.raises(DataError, match=rf"split '{split}'.*corrupt or truncated"):
+    datasets.get(DATASET, str(root)).decode(split)
+
+
+def test_an_unreadable_dataset_folder_is_one_line(tmp_path, monkeypatch):
+  """A dataset folder without read permission (simulated: this machine's tests may run as root,
+  whom permissions do not stop)."""
+  root, folder = _copy_dataset(tmp_path)
+  import tensorflow_datasets as tfds
+
+  def denied(*args, **kwargs):
+    raise PermissionError(13, 'Permission denied', str(folder))
+  monkeypatch.setattr(tfds, 'builder', denied)
+  with pytest.raises(DataError, match=r"cannot read the dataset folder of 'cifar10_jpeg' \(Permission denied"):
+    datasets.get(DATASET, str(root))
+
+
+def test_a_cache_that_cannot_be_written_leaves_nothing_and_says_so(tmp_path, monkeypatch, capsys):
+  def full_disk(path, **arrays):
+    with open(path, 'wb') as f:
+      f.write(b'half a cache file')
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(decode_cache.np, 'savez', full_disk)
+  assert not decode_cache.write(str(tmp_path / 'x.npz'), images=np.zeros((2, 1, 1, 3), np.uint8))
+  assert os.listdir(tmp_path) == []  # no temporary file left behind
+  out = capsys.readouterr().out
+  assert 'notice: cannot write the decode cache' in out and 'No space left on device' in out

@@ -8,30 +8,30 @@ import numpy as np
 import pytest
 
 import simclr_jax
-from conftest import DATA_DIR, DATASET, tiny_config
-from simclr_jax import data, evaluate, input_pipeline, parallel, pretrain
+from conftest import DATA_DIR, DATASET, make_inputs, tiny_config
+from simclr_jax import datasets, evaluate, parallel, pretrain
 from simclr_jax.linear_probe import fit_linear_probe, standardize
 
 
 @pytest.fixture(scope='module')
 def dataset():
-  return data.load_dataset(DATASET, DATA_DIR, train_limit=256)
+  return datasets.load(DATASET, DATA_DIR, train_limit=256, test_split='test[:1000]')
 
 
-def _steps(config, dataset, n):
+def _steps(config, n):
   mesh = parallel.make_mesh()
-  inputs = input_pipeline.device_inputs(dataset, mesh, config.batch_size, config.seed)
+  inputs, _ = make_inputs(config, mesh)
   task = pretrain.build_task(config, mesh, inputs)
   initial = jax.tree.map(np.array, task.state.params)  # a copy: the step donates its input state
   step, state = inputs.bind(task.step_fn), task.state
-  for args in list(inputs.epoch(0))[:n]:
+  for _, args in inputs.batches(0, n):
     state, metrics = step(state, *args)
   return task, initial, state, metrics
 
 
 def test_the_online_probe_changes_nothing_in_the_encoder_and_projector_updates(dataset):
-  _, initial, state_a, metrics = _steps(tiny_config(), dataset, 3)
-  _, _, state_b, _ = _steps(tiny_config(online_probe_learning_rate=0.0), dataset, 3)
+  _, initial, state_a, metrics = _steps(tiny_config(train_limit=256), 3)
+  _, _, state_b, _ = _steps(tiny_config(train_limit=256, online_probe_learning_rate=0.0), 3)
   assert 'online_probe' in state_a.params and 'online_probe' not in state_b.params
   assert {'loss', 'probe_loss', 'probe_top1'} <= set(metrics)
   for group in ('encoder', 'projector'):
@@ -44,20 +44,43 @@ def test_the_online_probe_changes_nothing_in_the_encoder_and_projector_updates(d
 
 
 def test_the_online_probe_evaluator_scores_the_probe_head_on_test_features(dataset):
-  task, _, state, _ = _steps(tiny_config(), dataset, 2)
+  task, _, state, _ = _steps(tiny_config(train_limit=256), 2)
   ctx = evaluate.EvalContext(task.infer, state.variables, task.inputs, 500)
-  got = evaluate.OnlineLinearEvaluator(tiny_config().evals.online_linear)(ctx)['online_linear_top1']
+  got = evaluate.OnlineLinearEvaluator('online_linear', tiny_config().evals.online_linear)(ctx)['online_linear_top1']
   head = jax.tree.map(np.asarray, state.params['online_probe'])
-  logits = np.asarray(ctx.features('test')) @ head['kernel'] + head['bias']
+  logits = np.asarray(ctx.outputs('test')['features']) @ head['kernel'] + head['bias']
   assert abs(got - np.mean(logits.argmax(1) == dataset.test.labels)) < 1e-6
 
 
 def test_evaluators_come_from_the_config_each_with_its_own_sub_config(capsys):
   config = tiny_config(**{'evals.knn.k': 7, 'evals.linear.every_epochs': -1})
   made = evaluate.make_evaluators(config.evals, {'labels'})
-  assert [e.name for e in made] == ['knn']  # online_linear needs the probe; linear is off
+  assert [e.name for e in made if not e.skipped] == ['knn']  # online_linear needs the probe; linear is off
+  assert [e.name for e in made if e.skipped] == ['online_linear']  # its figures are null in results.json
   assert made[0].k == 7 and made[0].every_epochs == 1
   assert 'notice: evaluator online_linear is skipped: the run has no probe' in capsys.readouterr().out
+
+
+def test_several_instances_of_one_evaluator_type_each_report_under_their_name():
+  from ml_collections import ConfigDict
+  from simclr_jax.config_base import evaluator_config
+  evals = ConfigDict({'knn': evaluator_config('knn', 1, k=200, temperature=0.1),
+                      'knn20': evaluator_config('knn', 1, k=20, temperature=0.1)})
+  made = evaluate.make_evaluators(evals, {'labels'})
+  rng = np.random.default_rng(0)
+
+  class Ctx:
+    num_classes = 3
+    def labelled(self, split, output='features'):
+      n = 300 if split == 'train' else 60
+      y = np.arange(n) % 3
+      return np.eye(3)[y] + 0.9 * rng.normal(size=(n, 3)), y
+  scalars = {}
+  for e in made:
+    scalars.update(e(Ctx()))
+  assert set(scalars) == {'knn_top1', 'knn20_top1'} and [e.label for e in made] == ['kNN (k=200)', 'kNN (k=20)']
+  info = evaluate.describe(made)
+  assert info['knn20_top1'] == {'protocol': 'knn', 'label': 'kNN (k=20)'}
 
 
 def test_the_features_probe_agrees_with_scikit_learn_within_a_point(dataset):
@@ -82,13 +105,21 @@ def test_export_and_reload_give_identical_features(pretrained_workdir, tmp_path,
   with safe_open(path, framework='numpy') as f:
     meta = {k: json.loads(v) for k, v in f.metadata().items()}
     names = list(f.keys())
-  assert meta['model'] == 'resnet18' and meta['width'] == 0.125 and meta['image_shape'] == [32, 32, 3]
+  assert meta['model'] == 'resnet10' and meta['width'] == 0.125 and meta['image_shape'] == [32, 32, 3]
   assert meta['feature_dim'] == 64 and len(meta['mean']) == 3
-  assert 'params/stem_conv/kernel' in names and 'batch_stats/stage1_block1/BatchNorm_0/mean' in names
+  assert 'params/encoder/stem_conv/kernel' in names and 'batch_stats/encoder/stage1_block1/BatchNorm_0/mean' in names
+  assert meta['format'] == 'simclr_jax.encoder/2' and meta['checksums']['params/encoder/stem_conv/kernel']
+  assert os.stat(path).st_mode & 0o777 == 0o666 & ~_umask()  # as any file the user writes
   images = dataset.test.images[:50]
   original = simclr_jax.load_encoder(str(pretrained_workdir)).embed(images)
   reloaded = simclr_jax.load_encoder(path).embed(images)
   np.testing.assert_array_equal(original, reloaded)
+
+
+def _umask():
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def test_pictures_of_a_run_are_written(pretrained_workdir, tmp_path):

@@ -1,5 +1,6 @@
 """Faults beyond kills and NaNs: a workdir in use, a full or read-only disk, signals outside the
 training loop, stale caches, and the notices for odd sizes."""
+import json
 import os
 import shutil
 import signal
@@ -11,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DATA_DIR, DATASET, ROOT, cli_args, error_line, run_cli
-from simclr_jax import data, input_pipeline, workdir as workdir_lib
-from simclr_jax.errors import ConfigError
+from conftest import DATA_DIR, DATASET, ROOT, cli_args, error_line, run_cli, tiny_config
+from simclr_jax import checkpoint, datasets, input_pipeline, workdir as workdir_lib
+from simclr_jax.errors import CheckpointError, ConfigError
 
 HOLD_LOCK = textwrap.dedent('''
     import sys, time
@@ -42,9 +43,10 @@ def test_a_workdir_in_use_is_refused_naming_the_holder_and_a_dead_holder_does_no
     holder.wait()
   assert (tmp_path / workdir_lib.LOCK_NAME).exists()  # the killed run's lock file is left behind
   workdir_lib.acquire_lock(str(tmp_path))  # but it does not block the rerun
-  workdir_lib.release_lock(str(tmp_path))
+  os.close(workdir_lib._held.pop(os.path.join(str(tmp_path), workdir_lib.LOCK_NAME)))
 
 
+@pytest.mark.e2e
 def test_a_second_cli_run_on_a_workdir_in_use_refuses_at_once(tmp_path):
   (tmp_path / 'w').mkdir()
   holder = _hold_lock(tmp_path / 'w')
@@ -86,6 +88,8 @@ ls "$W/run/checkpoints" >"$OUT/readonly.ls"
 '''
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_a_full_or_read_only_disk_stops_with_one_line_and_the_rerun_resumes(tmp_path):
   """A 7 MB tmpfs holds one tiny checkpoint (4.5 MB) but not two: the second save fails. Once
   the tmpfs is enlarged the rerun resumes from the first; a read-only checkpoints folder then
@@ -130,6 +134,7 @@ def _wait_for_line(proc, fragment, timeout=300):
   raise AssertionError(f'{fragment!r} never appeared: {lines}')
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_while_the_data_loads_exits_75_with_one_line(tmp_path, sig):
   env = {**os.environ, 'SIMCLR_JAX_CACHE': str(tmp_path / 'empty-cache'), 'PYTHONUNBUFFERED': '1'}
@@ -140,7 +145,8 @@ def test_a_signal_while_the_data_loads_exits_75_with_one_line(tmp_path, sig):
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 75, err[-2000:]
   lines = [l for l in err.splitlines() if l.strip()]
-  assert len(lines) == 1 and lines[0].startswith(f'preempted: {sig.name} outside training'), err[-2000:]
+  assert len(lines) == 1 and lines[0].startswith(f'preempted: {sig.name} while loading the data'), err[-2000:]
+  assert not os.path.exists(tmp_path / 'w' / 'checkpoints')
 
 
 SECOND_SIGINT = textwrap.dedent('''
@@ -166,44 +172,144 @@ def test_a_second_sigint_during_a_long_save_exits_at_once():
 
 def test_a_cache_that_does_not_match_its_source_is_rebuilt_with_a_notice(tmp_path, monkeypatch, capsys):
   monkeypatch.setenv('SIMCLR_JAX_CACHE', str(tmp_path / 'cache'))
-  good = data.load_dataset(DATASET, DATA_DIR, train_limit=100)
-  test_cache = next(p for p in (tmp_path / 'cache').rglob('test-0.npz'))
+  good = datasets.load(DATASET, DATA_DIR, train_limit=100, test_split='test[:300]')
+  test_cache = next(p for p in (tmp_path / 'cache').rglob('test[[]:300[]]-0.npz'))
   with np.load(test_cache) as f:
     fingerprint = f['fingerprint']
   for images, labels, why in (
-      (np.zeros((10000, 16, 16, 3), np.uint8), np.zeros(10000, np.int32), 'images (10000, 16, 16, 3)'),
-      (good.test.images, np.full(10000, 12, np.int32), 'labels outside [-1, 10)')):
+      (np.zeros((300, 16, 16, 3), np.uint8), np.zeros(300, np.int32), 'images (300, 16, 16, 3)'),
+      (good.test.images, np.full(300, 12, np.int32), 'labels outside [-1, 10)')):
     np.savez(test_cache, images=images, labels=labels, fingerprint=fingerprint)
     capsys.readouterr()
-    again = data.load_dataset(DATASET, DATA_DIR, train_limit=100)
+    again = datasets.load(DATASET, DATA_DIR, train_limit=100, test_split='test[:300]')
     out = capsys.readouterr().out
     assert 'does not match' in out and why in out, out
     np.testing.assert_array_equal(again.test.images, good.test.images)
     np.testing.assert_array_equal(again.test.labels, good.test.labels)
   np.savez(test_cache, images=good.test.images, labels=good.test.labels, fingerprint=np.asarray('{}'))
-  data.load_dataset(DATASET, DATA_DIR, train_limit=100)
+  datasets.load(DATASET, DATA_DIR, train_limit=100, test_split='test[:300]')
   assert 'made from other source files' in capsys.readouterr().out
 
 
 def test_notices_for_a_train_limit_above_the_split_and_a_set_smaller_than_a_batch(capsys):
-  ds = data.load_dataset(DATASET, DATA_DIR, train_limit=60000)
+  ds = datasets.load(DATASET, DATA_DIR, train_limit=60000, test_split='')
   assert len(ds.train.images) == 50000
-  assert 'notice: train_limit=60000 is above the 50000 training images' in capsys.readouterr().out
-  small = data.Dataset('small', 10, ds.train.subset(slice(0, 40)), ds.test)
+  assert 'notice: train_limit=60000 is above the 50,000 training images' in capsys.readouterr().out
   from simclr_jax import parallel
-  inputs = input_pipeline.device_inputs(small, parallel.make_mesh(), batch_size=64, seed=0)
+  small = datasets.in_memory('small', ds.train.subset(slice(0, 40)), num_classes=10)
+  inputs, _ = input_pipeline.make_inputs(small, None, 'device', parallel.make_mesh(), batch_size=64, seed=0)
   assert inputs.steps_per_epoch == 1
   assert 'notice: the training set has 40 images, fewer than batch_size=64' in capsys.readouterr().out
+  one = datasets.in_memory('one', ds.train.subset(slice(0, 1)), num_classes=10)
+  input_pipeline.make_inputs(one, None, 'device', parallel.make_mesh(), batch_size=64, seed=0)
+  assert 'the training set has 1 image, fewer' in capsys.readouterr().out
 
 
-def test_a_config_file_that_raises_is_named_and_an_empty_workdir_is_refused(tmp_path):
-  bad = tmp_path / 'bad_config.py'
-  bad.write_text('def get_config():\n  raise RuntimeError("forgot to set the dataset")\n')
-  proc = subprocess.run([sys.executable, '-m', 'simclr_jax.main', f'--config={bad}', f'--workdir={tmp_path}/w'],
-                        cwd=ROOT, capture_output=True, text=True, timeout=120)
-  lines = [l for l in proc.stderr.splitlines() if l.strip()]
-  assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
-  assert f"config file '{bad}' raised RuntimeError: forgot to set the dataset" in lines[0]
-  proc = subprocess.run([sys.executable, '-m', 'simclr_jax.main', '--config=configs/pretrain.py', '--workdir='],
-                        cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2 and error_line(proc).startswith('error: --workdir is empty'), proc.stderr[-2000:]
+def test_an_empty_workdir_is_refused():
+  with pytest.raises(ConfigError, match='--workdir is empty'):
+    workdir_lib.prepare('', tiny_config())
+
+
+TEMPORARY = textwrap.dedent('''
+    import os, signal, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from simclr_jax import interrupts
+    interrupts.install()
+    path = sys.argv[2]
+    with interrupts.phase('writing the decode cache'), interrupts.temporary(path):
+        with open(path, 'w') as f:
+            f.write('half')
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+''')
+
+
+def test_a_signal_while_a_file_is_written_removes_it_and_names_what_it_stopped(tmp_path):
+  path = tmp_path / 'cache.npz.tmp123.npz'
+  proc = subprocess.run([sys.executable, '-c', TEMPORARY, ROOT, str(path)], capture_output=True, text=True,
+                        timeout=60)
+  assert proc.returncode == 75 and not path.exists(), (proc.stdout, proc.stderr)
+  assert proc.stderr.startswith('preempted: SIGTERM while writing the decode cache')
+
+
+def test_results_without_checkpoints_are_refused_and_fresh_keeps_them(pretrained_workdir, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(pretrained_workdir, workdir)
+  shutil.rmtree(workdir / 'checkpoints')
+  before = (workdir / 'results.json').read_bytes()
+  with pytest.raises(ConfigError, match='holds results.json but no checkpoint .* pass --fresh') as e:
+    workdir_lib.prepare(str(workdir), tiny_config())
+  assert '\n' not in str(e.value) and (workdir / 'results.json').read_bytes() == before
+  workdir_lib.prepare(str(workdir), tiny_config(), fresh=True)
+  assert (workdir / 'previous-1' / 'results.json').read_bytes() == before
+  assert not (workdir / 'results.json').exists() and not (workdir / 'metrics.jsonl').exists()
+
+
+def test_a_newest_checkpoint_without_its_meta_is_set_aside_and_fresh_always_works(pretrained_workdir, tmp_path, capsys):
+  workdir = tmp_path / 'run'
+  shutil.copytree(pretrained_workdir, workdir)
+  os.remove(workdir / 'checkpoints' / '16' / 'meta' / 'metadata')
+  assert checkpoint.list_steps(str(workdir)) == [8]
+  workdir_lib.prepare(str(workdir), tiny_config())
+  out = capsys.readouterr().out
+  assert 'notice: checkpoint 16 in' in out and 'moved to 16.incomplete and the run is resuming from checkpoint 8' in out
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['16.incomplete', '8']
+  (workdir / 'checkpoints' / '8' / 'meta' / 'metadata').write_text('{not json')
+  with pytest.raises(ConfigError, match='no readable meta/metadata.*or pass --fresh'):
+    workdir_lib.prepare(str(workdir), tiny_config())
+  workdir_lib.prepare(str(workdir), tiny_config(), fresh=True)  # --fresh works whatever is there
+  assert sorted(os.listdir(workdir / 'previous-1' / 'checkpoints')) == ['16.incomplete', '8']
+
+
+def test_a_damaged_checkpoint_file_is_named_before_anything_trains(pretrained_workdir, tmp_path):
+  """One bit flipped in the arrays' data file of the newest checkpoint: Orbax reads it without a
+  complaint, the checksums saved with the checkpoint stop the resume with one line naming the
+  array; load_encoder checks the encoder's arrays the same way."""
+  from conftest import train_in_process
+  workdir = tmp_path / 'run'
+  shutil.copytree(pretrained_workdir, workdir)
+  data = workdir / 'checkpoints' / '16' / 'state' / 'ocdbt.process_0' / 'd'
+  path = max(data.iterdir(), key=lambda p: p.stat().st_size)
+  with open(path, 'r+b') as fh:
+    fh.seek(path.stat().st_size // 2)
+    byte = fh.read(1)
+    fh.seek(-1, 1)
+    fh.write(bytes([byte[0] ^ 0x10]))
+  with pytest.raises(CheckpointError) as e:
+    train_in_process(tiny_config(epochs=3), workdir)
+  message = str(e.value)
+  assert '\n' not in message and f'checkpoint {workdir}/checkpoints/16 is corrupt: the array' in message
+  assert 'does not match the checksum saved with it' in message and 'resume from checkpoint 8' in message
+  meta_path = workdir / 'checkpoints' / '8' / 'meta' / 'metadata'
+  meta = json.loads(meta_path.read_text())
+  meta['checksums'][".params['encoder']['stem_conv']['kernel']"] = '00000000'
+  meta_path.write_text(json.dumps(meta))
+  with pytest.raises(CheckpointError, match=r"the array \.params\['encoder'\]\['stem_conv'\]\['kernel'\] does not match"):
+    checkpoint.restore_encoder(str(workdir / 'checkpoints' / '8'))
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_signal_during_the_final_evaluation_stops_at_once_and_loses_nothing(tmp_path):
+  """SIGTERM while the final evaluation runs: the final checkpoint was written before it, the run
+  stops within seconds (exit 75, one line naming what it stopped), and the rerun only evaluates."""
+  workdir = tmp_path / 'w'
+  fields = {'epochs': 1, 'evals.linear.every_epochs': 0, 'evals.linear.steps': 5000, 'evals.knn.every_epochs': 0,
+            'test_split': 'test'}
+  env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+  proc = subprocess.Popen(cli_args('pretrain', workdir, **fields), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  _wait_for_line(proc, 'evaluating (epoch 1)')
+  sent = time.time()
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert time.time() - sent < 15, 'the evaluation went on after SIGTERM'
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert proc.returncode == 75 and len(lines) == 1, err[-2000:]
+  assert lines[0].startswith('preempted: SIGTERM while evaluating (epoch 1): checkpoint 8 is kept'), lines[0]
+  assert checkpoint.list_steps(str(workdir)) == [8] and not (workdir / 'results.json').exists()
+  rerun = run_cli('pretrain', workdir, **fields)
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  assert 'resumed from' in rerun.stdout and 'compiling the training step' not in rerun.stdout
+  results = json.loads((workdir / 'results.json').read_text())
+  assert results['knn_top1'] is not None and results['linear_top1'] is not None and results['steps'] == 8

@@ -10,15 +10,15 @@ import pytest
 from PIL import Image
 
 from conftest import DATA_DIR, DATASET, error_line, run_cli, tiny_config
-from simclr_jax import data, images, input_pipeline, models, parallel
-from simclr_jax.errors import DataError
+from simclr_jax import datasets, images, input_pipeline, methods, models, parallel, stage, workdir as workdir_lib
+from simclr_jax.errors import ConfigError, DataError
 
 FORMATS = ('.jpg', '.png', '.webp', '.bmp')
 
 
 @pytest.fixture(scope='module')
 def source():
-  return data.load_dataset(DATASET, DATA_DIR, train_limit=600)
+  return datasets.load(DATASET, DATA_DIR, train_limit=600, test_split='')
 
 
 def _write(path, pixels, k):
@@ -82,19 +82,49 @@ def test_decode_makes_rgb_of_one_size_and_honours_exif_orientation(tmp_path, sou
   assert upscaled and small.shape == (32, 32, 3)
 
 
+def _torchvision_resize_crop(image, size):
+  """torchvision's Resize(size) then CenterCrop(size) on a PIL image, as written in torchvision's
+  functional.resize (_compute_resized_output_size) and center_crop: the longer side
+  int(size * long / short), bilinear with antialiasing, the crop offset int(round((side - size) / 2))."""
+  w, h = image.size
+  short, long = min(w, h), max(w, h)
+  new_short, new_long = size, int(size * long / short)
+  new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+  image = image.resize((new_w, new_h), Image.BILINEAR)
+  top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+  return np.asarray(image.crop((left, top, left + size, top + size)))
+
+
+def test_folder_images_are_resized_as_torchvision_resize_and_centercrop_do(tmp_path, source):
+  """Full decoding, then torchvision's arithmetic: the rounding of the longer side and of the crop
+  offset matter for sizes like these (the reduced-size JPEG decoding of earlier versions differed
+  from this by up to 98 levels at 32 px)."""
+  for k, (w, h) in enumerate([(100, 75), (75, 100), (129, 64), (64, 64), (500, 333), (21, 40)]):
+    pixels = np.asarray(Image.fromarray(source.train.images[k]).resize((w, h), Image.BICUBIC))
+    for ext in ('png', 'jpg'):
+      path = tmp_path / f'{k}.{ext}'
+      Image.fromarray(pixels).save(path, quality=95)
+      got, _ = images.decode(str(path), 32)
+      want = _torchvision_resize_crop(Image.open(path).convert('RGB'), 32)
+      np.testing.assert_array_equal(got, want)
+  assert images.resize_shape(100, 75, 32) == (42, 32) and images.crop_offset(43, 32) == 6
+
+
 def test_a_labelled_folder_loads_with_classes_a_fixed_split_and_nothing_written_into_it(tmp_path, source, capsys):
   root = make_folder(tmp_path / 'pets', source, 200)
   before = _snapshot(root)
-  ds = data.load_dataset(f'folder:{root}', image_size=32, test_fraction=0.2)
+  ds = datasets.load(f'folder:{root}', image_size=32, test_fraction=0.2, max_bad_fraction=0.05)
   assert _snapshot(root) == before
   assert ds.num_classes == 10 and ds.class_names[0] == 'airplane'
-  assert len(ds.train.images) + len(ds.test.images) == 200  # the corrupt file is skipped
+  assert len(ds.train.images) + len(ds.test.images) == 201  # the corrupt file: black, unlabelled
+  broken = np.flatnonzero(ds.train.labels == -1)
+  assert len(broken) == 1 and not ds.train.images[broken[0]].any() and np.all(ds.test.labels >= 0)
   assert 35 <= len(ds.test.images) <= 45 and ds.train.images.shape[1:] == (32, 32, 3)
   out = capsys.readouterr().out
-  assert 'notice: 1 of the 201 images of folder:' in out and 'cat/broken0.jpg' in out  # named, skipped
+  assert 'cannot be read; each is replaced by a black image without a label' in out and 'cat/broken0.jpg' in out
   assert 'notice: 1 files in' in out and 'notes.txt' in out
   assert 'upscaled' in out
-  again = data.load_dataset(f'folder:{root}', image_size=32, test_fraction=0.2)
+  again = datasets.load(f'folder:{root}', image_size=32, test_fraction=0.2, max_bad_fraction=0.05)
   np.testing.assert_array_equal(again.test.labels, ds.test.labels)  # the same split every time
   by_hand = images.decode(str(root / 'airplane' / sorted(os.listdir(root / 'airplane'))[0]), 32)[0]
   assert any(np.array_equal(by_hand, x) for x in np.concatenate([ds.train.images, ds.test.images]))
@@ -103,11 +133,11 @@ def test_a_labelled_folder_loads_with_classes_a_fixed_split_and_nothing_written_
 def test_the_cache_is_read_on_a_second_load_and_read_again_after_a_file_changes(tmp_path, source, capsys, monkeypatch):
   monkeypatch.setenv('SIMCLR_JAX_CACHE', str(tmp_path / 'cache'))
   root = make_folder(tmp_path / 'pics', source, 120, labelled=False, corrupt=0)
-  first = data.load_dataset(f'folder:{root}', image_size=32)
+  first = datasets.load(f'folder:{root}', image_size=32)
   calls = []
   original = images.decode_all
   monkeypatch.setattr(images, 'decode_all', lambda *a, **k: calls.append(1) or original(*a, **k))
-  second = data.load_dataset(f'folder:{root}', image_size=32)
+  second = datasets.load(f'folder:{root}', image_size=32)
   assert not calls and first.num_classes == 0 and second.test is None
   np.testing.assert_array_equal(first.train.images, second.train.images)
   assert np.all(second.train.labels == -1)
@@ -115,31 +145,30 @@ def test_the_cache_is_read_on_a_second_load_and_read_again_after_a_file_changes(
   Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / victim, format=Image.open(root / victim).format)
   os.utime(root / victim, ns=(1, 1))  # a new modification time
   capsys.readouterr()
-  third = data.load_dataset(f'folder:{root}', image_size=32)
+  third = datasets.load(f'folder:{root}', image_size=32)
   assert calls and 'notice: cache' in capsys.readouterr().out
   assert not np.array_equal(third.train.images, second.train.images)
 
 
 def test_split_folders_and_stems(tmp_path, source):
   root = make_folder(tmp_path / 'split', source, 100, splits=True, corrupt=0)
-  ds = data.load_dataset(f'folder:{root}', image_size=96)
+  ds = datasets.load(f'folder:{root}', image_size=96)
   assert len(ds.test.images) == 20 and ds.train.images.shape[1:] == (96, 96, 3)
   assert models.resolve_stem('auto', 96) == 'imagenet' and models.resolve_stem('auto', 64) == 'cifar'
-  from simclr_jax import pretrain
   import jax
   config = tiny_config(image_size=96)
-  model = pretrain.make_model(config, 96)
+  model = methods.get('simclr')(config).make_model(models.make_encoder('resnet18', 0.125, 'float32', 'imagenet'))
   params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 96, 96, 3), np.float32), train=False))
   assert model.encoder.stem == 'imagenet' and params['params']['encoder']['stem_conv']['kernel'].shape[:2] == (7, 7)
 
 
 def test_a_tfds_split_string_slices_the_split():
-  sliced = data.load_dataset(DATASET, DATA_DIR, train_split='train[:10%]', test_split='test[:1000]')
-  full = data.load_dataset(DATASET, DATA_DIR)
+  sliced = datasets.load(DATASET, DATA_DIR, train_split='train[:10%]', test_split='test[:1000]')
+  full = datasets.load(DATASET, DATA_DIR, test_split='')
   assert len(sliced.train.images) == 5000 and len(sliced.test.images) == 1000
   np.testing.assert_array_equal(sliced.train.images, full.train.images[:5000])
   with pytest.raises(DataError, match=r"has no split 'validation'"):
-    data.load_dataset(DATASET, DATA_DIR, train_split='validation')
+    datasets.load(DATASET, DATA_DIR, train_split='validation')
 
 
 @pytest.mark.parametrize('make,fragment', [
@@ -154,29 +183,29 @@ def test_bad_folders_get_one_line_naming_the_path_and_the_fix(tmp_path, make, fr
   root = tmp_path / 'data'
   make(root)
   with pytest.raises(DataError, match=re.escape(fragment)) as e:
-    data.load_dataset(f'folder:{root}', image_size=32)
+    datasets.load(f'folder:{root}', image_size=32)
   assert str(root) in str(e.value) and '\n' not in str(e.value) and ': ' in str(e.value)
 
 
 def test_too_many_unreadable_images_stop_naming_the_first(tmp_path, source):
   root = make_folder(tmp_path / 'bad', source, 100, splits=True, corrupt=3)
-  with pytest.raises(DataError, match=r'3 of the 103 images of folder:.* cannot be read, more than '
+  with pytest.raises(DataError, match=r'3 of the 83 images of folder:.* \(train\) cannot be read, more than '
                                       r'max_bad_fraction=0.01 \(train/cat/broken0.jpg: '):
-    data.load_dataset(f'folder:{root}', image_size=32)
-  data.load_dataset(f'folder:{root}', image_size=32, max_bad_fraction=0.1)
+    datasets.load(f'folder:{root}', image_size=32)
+  datasets.load(f'folder:{root}', image_size=32, max_bad_fraction=0.1)
 
 
 def test_a_dataset_too_large_for_the_device_and_a_classifier_on_unlabelled_images(tmp_path, source):
-  ds = data.load_dataset(DATASET, DATA_DIR, train_limit=1000)
+  nbytes = datasets.get(DATASET, DATA_DIR).nbytes(1000)  # 11,000 images of 32 x 32 x 3 bytes
   with pytest.raises(DataError, match=r'takes 0.03 GiB as uint8 arrays on every device, more than 40% of '
                                       r'its 0.0 GiB .*lower --config.image_size or --config.train_limit'):
-    input_pipeline.choose_placement('device', ds.nbytes, memory=2**20, names=ds.name)
-  assert input_pipeline.choose_placement('device', ds.nbytes, memory=2**30, names=ds.name) == 'device'
+    input_pipeline.choose_placement('device', nbytes, memory=2**20, names=DATASET)
+  assert input_pipeline.choose_placement('device', nbytes, memory=2**30, names=DATASET) == 'device'
   root = make_folder(tmp_path / 'loose', source, 30, labelled=False, corrupt=0)
   config = tiny_config('finetune', dataset=f'folder:{root}', image_size=32, init_from='x')
   with pytest.raises(DataError, match='a classifier stage needs labels, but 30 of its 30 training '
                                       'images have no label'):
-    input_pipeline.make_inputs(config, parallel.make_mesh(), require_labels=True)
+    stage.prepare_data(config, str(tmp_path / 'w'), parallel.make_mesh(), require_labels=True)
 
 
 def test_a_labelled_folder_pretrains_then_finetunes_through_the_cli(tmp_path, source):
@@ -204,3 +233,69 @@ def test_an_unlabelled_folder_pretrains_with_the_monitor_on_eval_dataset(tmp_pat
   bad = run_cli('finetune', tmp_path / 'fine', dataset=f'folder:{root}', image_size=32,
                 init_from=tmp_path / 'pre')
   assert bad.returncode == 2 and 'a classifier stage needs labels' in error_line(bad)
+
+
+def test_dangling_links_and_unreadable_folders_count_as_unreadable_never_silently(tmp_path, source, monkeypatch, capsys):
+  root = make_folder(tmp_path / 'pets', source, 60, corrupt=0)
+  os.symlink(tmp_path / 'gone.jpg', root / 'cat' / 'dangling.jpg')  # a link to nothing
+  ds = datasets.load(f'folder:{root}', image_size=32, max_bad_fraction=0.1)
+  out = capsys.readouterr().out
+  assert 'cat/dangling.jpg' in out and 'cannot be read; each is replaced by a black image' in out
+  assert np.sum(np.concatenate([ds.train.labels, ds.test.labels]) == -1) == 1
+  unreadable = str(root / 'dog')  # a class folder without read permission (simulated: tests may run as root)
+  scandir = os.scandir
+
+  def denied(path='.'):
+    if os.fspath(path) == unreadable:
+      raise PermissionError(13, 'Permission denied', unreadable)
+    return scandir(path)
+  monkeypatch.setattr(os, 'scandir', denied)
+  fewer = datasets.load(f'folder:{root}', image_size=32, max_bad_fraction=0.1)
+  out = capsys.readouterr().out
+  assert f'notice: 1 folders of {root} cannot be read and their images are left out ({unreadable} (Permission denied))' in out
+  dogs = sum(1 for k in range(60) if source.train.labels[k] == 5)
+  assert len(fewer.train.labels) + len(fewer.test.labels) == len(ds.train.labels) + len(ds.test.labels) - dogs
+
+
+def test_a_folder_of_unreadable_images_and_a_test_fraction_that_leaves_no_training_image(tmp_path, source):
+  root = tmp_path / 'junk'
+  root.mkdir()
+  for k in range(5):
+    (root / f'{k}.jpg').write_bytes(b'not an image')
+  with pytest.raises(DataError, match=r'none of the 5 images of folder:.* can be read') as e:
+    datasets.load(f'folder:{root}', image_size=32, max_bad_fraction=1.0)
+  assert '\n' not in str(e.value)
+  pets = make_folder(tmp_path / 'pets', source, 300, corrupt=0)
+  with pytest.raises(DataError, match=r'test_fraction=0.99 leaves no training image in .*: lower --config.test_fraction'):
+    datasets.get(f'folder:{pets}', image_size=32, test_fraction=0.99)
+
+
+def _fake_checkpoint(workdir, step, data):
+  folder = workdir / 'checkpoints' / str(step)
+  (folder / 'state').mkdir(parents=True)
+  (folder / 'meta').mkdir()
+  (folder / 'meta' / 'metadata').write_text(json.dumps({'step': step, 'steps_per_epoch': 4, 'data': data}))
+
+
+def test_a_folder_changed_since_the_checkpoint_is_refused_naming_the_change(tmp_path, source, capsys):
+  root = make_folder(tmp_path / 'pets', source, 120, corrupt=0)
+  name = f'folder:{root}'
+  before = datasets.get(name, image_size=32)
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  _fake_checkpoint(workdir, 8, {'dataset': before.identity})
+  workdir_lib.write_manifest(str(workdir), {'dataset': before})
+  workdir_lib.check_data(str(workdir), {'dataset': datasets.get(name, image_size=32)})  # unchanged: fine
+  victim = sorted((root / 'cat').iterdir())[0]
+  os.utime(victim, ns=(1, 1))  # modified
+  Image.fromarray(source.train.images[500]).save(root / 'cat' / 'new.png')  # added
+  os.remove(sorted((root / 'dog').iterdir())[0])  # removed
+  after = datasets.get(name, image_size=32)
+  with pytest.raises(ConfigError) as e:
+    workdir_lib.check_data(str(workdir), {'dataset': after})
+  message = str(e.value)
+  assert '\n' not in message and f'the train split of {name} (config.dataset) changed since checkpoint 8' in message
+  assert '(1 added, ' in message and 'first: cat/new.png' in message, message
+  assert '--config.allow_data_change=True' in message
+  workdir_lib.check_data(str(workdir), {'dataset': after}, allow_change=True)
+  assert 'training continues on the new data' in capsys.readouterr().out

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import DATA_DIR, ROOT
 
 FAKE_REFERENCE = '''
@@ -17,6 +19,8 @@ print(json.dumps({"images_per_s": 512.0 if pipeline == 'cpu' else 1000.0, "step_
 '''
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_the_tiny_report_has_every_part(tmp_path):
   ref = tmp_path / 'fake_reference.py'
   ref.write_text(FAKE_REFERENCE)

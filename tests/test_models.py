@@ -1,8 +1,10 @@
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from simclr_jax import models
+from conftest import tiny_config
+from simclr_jax import methods, models
 
 
 def _init(module, shape=(2, 32, 32, 3)):
@@ -13,16 +15,21 @@ def _count(tree):
   return sum(x.size for x in jax.tree.leaves(tree))
 
 
+def _simclr(encoder, **fields):
+  return methods.get('simclr')(tiny_config('pretrain', **fields)).make_model(encoder)
+
+
 def test_full_width_resnet18_encoder_has_11_17m_parameters():
-  variables = _init(models.SimCLRModel(models.make_encoder('resnet18')))
+  variables = _init(_simclr(models.make_encoder('resnet18'), projection_dims=(2048, 128)))
   assert _count(variables['params']['encoder']) == 11_168_832
   proj = variables['params']['projector']
   assert [proj[k]['kernel'].shape for k in sorted(proj)] == [(512, 2048), (2048, 128)]
+  assert _count(_init(models.make_encoder('resnet10'))['params']) < 0.5 * 11_168_832  # the quick tests' model
 
 
 @pytest.mark.parametrize('name,features', [('resnet18', 32), ('resnet34', 32), ('resnet50', 128)])
 def test_encoders_output_named_float32_features(name, features):
-  model = models.SimCLRModel(models.make_encoder(name, width=0.0625), projection_dims=(16, 8))
+  model = _simclr(models.make_encoder(name, width=0.0625), projection_dims=(16, 8))
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)), train=False)
   out = model.apply(variables, jnp.ones((3, 32, 32, 3)), train=False)
   assert out['features'].shape == (3, features) and out['features'].dtype == jnp.float32
@@ -30,20 +37,55 @@ def test_encoders_output_named_float32_features(name, features):
 
 
 def test_bfloat16_computes_in_bf16_but_keeps_float32_params_stats_and_outputs():
-  model = models.SimCLRModel(models.make_encoder('resnet18', 0.125, 'bfloat16'), projection_dims=(32, 16))
+  model = _simclr(models.make_encoder('resnet18', 0.125, 'bfloat16'), projection_dims=(32, 16))
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)), train=False)
   assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype('float32')}
   out, updated = model.apply(variables, jnp.ones((4, 32, 32, 3)), train=True, mutable=['batch_stats'])
   assert out['projection'].dtype == jnp.float32
   assert {x.dtype for x in jax.tree.leaves(updated)} == {jnp.dtype('float32')}
   hlo = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, jnp.ones((4, 32, 32, 3))).as_text()
-  assert 'bf16' in hlo
+  assert 'bf16' in hlo and hlo.count('convolution(') > 0
+  convolutions = [l for l in hlo.splitlines() if 'convolution(' in l]
+  assert all('bf16' in l for l in convolutions)  # every convolution computes in bfloat16
 
 
 def test_width_multiplier_narrows_every_stage():
   narrow = _count(_init(models.make_encoder('resnet18', 0.25))['params'])
   full = _count(_init(models.make_encoder('resnet18', 1.0))['params'])
   assert 0.05 * full < narrow < 0.08 * full  # about width squared
+
+
+def test_strided_convolutions_pad_one_pixel_on_each_side_as_torchvision_does():
+  """A stride-2 3x3 convolution of a 4x4 input, all weights 1: with one pixel of zeros on each side
+  (torchvision) the top-left output sums the 2x2 corner; Flax's 'SAME' would pad 0 before and 1
+  after and sum a 3x3 block."""
+  x = jnp.arange(16, dtype=jnp.float32).reshape(1, 4, 4, 1)
+  conv = models.nn.Conv(1, (3, 3), (2, 2), padding=models._pad(3), use_bias=False)
+  y = conv.apply({'params': {'kernel': jnp.ones((3, 3, 1, 1))}}, x)
+  assert y.shape == (1, 2, 2, 1) and float(y[0, 0, 0, 0]) == 0 + 1 + 4 + 5
+  assert float(y[0, 1, 1, 0]) == sum(x[0, r, c, 0] for r in (1, 2, 3) for c in (1, 2, 3))
+  assert models._pad(7) == ((3, 3), (3, 3)) and models._pad(1) == ((0, 0), (0, 0))
+
+
+def test_simclr_v2_head_and_the_first_head_layers_of_a_classifier():
+  """SimCLR v2's projector: every Dense without bias, BatchNorm after each (the last one without
+  centring), ReLU between; a classifier from head layer 1 holds the first layer, named as in the
+  pretraining model."""
+  head = models.MLPHead((32, 32, 16), norm=True, last_norm='scale')
+  params = _init(head, (2, 64))['params']
+  assert sorted(params) == ['dense_0', 'dense_1', 'dense_2', 'norm_0', 'norm_1', 'norm_2']
+  assert all('bias' not in params[f'dense_{i}'] for i in range(3))
+  assert sorted(params['norm_0']) == ['bias', 'scale'] and sorted(params['norm_2']) == ['scale']
+  spec = {'dims': [32, 32, 16], 'norm': True, 'last_norm': 'scale'}
+  classifier = models.Classifier(models.make_encoder('resnet10', 0.125), 10, models.head_layers(spec, 1, jnp.float32))
+  variables = _init(classifier)
+  assert sorted(variables['params']['projector']) == ['dense_0', 'norm_0']
+  out = classifier.apply(jax.tree.map(jnp.ones_like, variables), jnp.ones((2, 32, 32, 3)), train=False)
+  assert out['features'].shape == (2, 32) and bool(jnp.all(out['features'] >= 0))  # after the ReLU
+  pretrain = _simclr(models.make_encoder('resnet10', 0.125), projection_dims=(32, 32, 16), projector_norm=True,
+                     finetune_from_head_layer=1)
+  assert jax.tree.map(np.shape, _init(pretrain)['params']['projector']['dense_0']) == \
+      jax.tree.map(np.shape, variables['params']['projector']['dense_0'])
 
 
 def test_frozen_classifier_sends_no_gradient_into_the_encoder():

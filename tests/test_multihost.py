@@ -7,7 +7,11 @@ import socket
 import subprocess
 import time
 
+import pytest
+
 from conftest import ROOT, cli_args
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 FIELDS = {'train_limit': 256, 'batch_size': 64, 'epochs': 1, 'log_every_steps': 1,
           'evals.knn.every_epochs': 0}

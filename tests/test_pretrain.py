@@ -1,39 +1,52 @@
 """End to end: the CLI on cifar10_jpeg, resume, interrupted-then-resumed equality, and learning."""
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
 from conftest import final_params, pretrain_task, run_cli, tiny_config, train_in_process
-from simclr_jax import checkpoint, train_loop
-from simclr_jax import evaluate
+from simclr_jax import checkpoint, evaluate, train_loop
 from simclr_jax.errors import Preempted
 
+pytestmark = pytest.mark.slow
 
-def test_cli_writes_checkpoints_and_results_then_resumes(tmp_path):
-  workdir = tmp_path / 'run'
-  proc = run_cli('pretrain', workdir, epochs=2)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'knn_top1' in proc.stdout and 'img/s' in proc.stdout and 'eta' in proc.stdout
-  results = json.loads((workdir / 'results.json').read_text())
-  for key in ('epochs', 'steps', 'final_loss', 'knn_top1', 'images_per_second', 'train_seconds'):
+
+@pytest.mark.e2e
+def test_cli_writes_checkpoints_and_results_then_resumes(pretrained_run, tmp_path):
+  stdout, original = pretrained_run
+  assert 'knn_top1' in stdout and 'img/s' in stdout and 'eta' in stdout
+  assert 'compiling the training step' in stdout and 'compiled in' in stdout
+  lines = stdout.splitlines()
+  compiled_at = next(i for i, l in enumerate(lines) if 'compiled in' in l)
+  assert any('step 4/16' in l for l in lines[compiled_at:])  # progress comes after the compile line
+  results = json.loads((original / 'results.json').read_text())
+  for key in ('epochs', 'steps', 'final_loss', 'knn_top1', 'images_per_second', 'train_seconds',
+              'compile_seconds', 'embedding_std', 'embedding_rank'):
     assert results[key] is not None, key
-  assert results['epochs'] == 2 and results['steps'] == 16
-  assert sorted(os.listdir(workdir / 'checkpoints')) == ['16', '8']
-  assert os.listdir(workdir / 'tensorboard')
-  rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert results['epochs'] == 2 and results['steps'] == 16 and results['method'] == 'simclr'
+  assert results['protocols'] == {'knn_top1': 'knn', 'online_linear_top1': 'online'}
+  assert sorted(os.listdir(original / 'checkpoints')) == ['16', '8']
+  events = [f for f in os.listdir(original / 'tensorboard') if f.startswith('events.out.tfevents')]
+  assert events and os.path.getsize(original / 'tensorboard' / events[0]) > 1000
+  rows = [json.loads(l) for l in (original / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in rows if r['kind'] == 'train'] == [4, 8, 12, 16]
-  assert "compute dtype float32 (config.dtype='float32')" in proc.stdout
+  assert [r['epoch'] for r in rows if r['kind'] == 'eval'] == [1, 2]
+  assert all('embedding_rank' in r for r in rows if r['kind'] == 'train')
+  assert "compute dtype float32 (config.dtype='float32')" in stdout
 
   # Rerunning a finished run keeps its results; so does losing metrics.jsonl and results.json.
+  workdir = tmp_path / 'run'
+  shutil.copytree(original, workdir)
   before = (workdir / 'results.json').read_bytes()
   rerun = run_cli('pretrain', workdir, epochs=2)
-  assert rerun.returncode == 0 and 'is complete' in rerun.stdout, rerun.stderr[-3000:]
+  assert rerun.returncode == 0 and 'is complete (2 epochs, 16 steps)' in rerun.stdout, rerun.stderr[-3000:]
   assert (workdir / 'results.json').read_bytes() == before
   lowered = run_cli('pretrain', workdir, epochs=1)
   assert lowered.returncode == 2 and 'config.epochs=1 is below what the run' in lowered.stderr
+  assert '(16 steps = 2 epochs)' in lowered.stderr
   assert (workdir / 'results.json').read_bytes() == before
   (workdir / 'metrics.jsonl').unlink()
   (workdir / 'results.json').unlink()
@@ -73,10 +86,10 @@ def test_pretraining_learns_features_that_beat_initialisation(tmp_path):
                        log_every_steps=1000, checkpoint_every_epochs=0,
                        **{'evals.knn.every_epochs': 8, 'evals.linear.every_epochs': -1,
                           'evals.online_linear.every_epochs': -1})
-  task = pretrain_task(config)
-  knn = evaluate.KnnEvaluator(config.evals.knn)
+  task, settings = pretrain_task(config)
+  knn = evaluate.KnnEvaluator('knn', config.evals.knn)
   before = knn(evaluate.EvalContext(task.infer, task.state.variables, task.inputs, 1000))
-  after = train_loop.run(config, str(tmp_path), task)
+  after = train_loop.run(task, str(tmp_path), settings)
   assert after['knn_top1'] > before['knn_top1'] + 0.02, (before, after)
 
 

@@ -12,6 +12,8 @@ import pytest
 from conftest import cli_args, error_line, ROOT, run_cli
 from simclr_jax import checkpoint
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 LONG = {'train_limit': 1024, 'epochs': 3, 'log_every_steps': 2, 'evals.knn.every_epochs': 0,
         'checkpoint_every_epochs': 1}
 

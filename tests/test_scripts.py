@@ -4,16 +4,21 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import DATA_DIR, DATASET, ROOT
 
+pytestmark = pytest.mark.e2e
 
+
+@pytest.mark.slow
 def test_compare_runs_every_stage_and_writes_the_report(tmp_path):
   workdir = tmp_path / 'cmp'
   proc = subprocess.run(
       ['bash', os.path.join(ROOT, 'scripts', 'compare.sh'), f'--workdir={workdir}', '--pretrain_epochs=1',
        '--epochs=1', '--batch_size=64', '--set', f'dataset={DATASET}', '--set', f'data_dir={DATA_DIR}',
-       '--set', 'train_limit=512', '--set', 'width=0.125', '--set', 'dtype=float32',
-       '--set', 'eval_batch_size=1000', '--picture_points=300'],
+       '--set', 'train_limit=512', '--set', 'width=0.125', '--set', 'dtype=float32', '--set', 'model=resnet10',
+       '--set', 'test_split=test[:1000]', '--set', 'eval_batch_size=1000', '--picture_points=300'],
       cwd=ROOT, capture_output=True, text=True, timeout=1800)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = (workdir / 'report.md').read_text()
@@ -28,9 +33,9 @@ def test_compare_runs_every_stage_and_writes_the_report(tmp_path):
       assert r['label_fraction'] == float(fraction) and 0 <= r['test_top1'] <= 1
       assert f"{100 * r['test_top1']:.1f}" in row
   pre = json.loads((workdir / 'pretrain' / 'results.json').read_text())
-  for key, label, protocol in (('knn_top1', 'kNN (k=200)', 'knn'),
-                               ('online_linear_top1', 'online linear probe', 'online'),
-                               ('linear_top1', 'linear probe at the end of pretraining', 'features')):
+  for key, label, protocol in (('knn_top1', 'kNN (k=200) (pretraining)', 'knn'),
+                               ('online_linear_top1', 'online linear probe (pretraining)', 'online'),
+                               ('linear_top1', 'linear probe on frozen features (pretraining)', 'features')):
     assert pre[key] is not None and f'{100 * pre[key]:.1f}' in rows[(label, protocol)], key
   for name in ('accuracy_1.png', 'accuracy_0.1.png', 'accuracy_0.01.png', 'embedding_map.png', 'retrieval.png'):
     assert (workdir / name).read_bytes()[:4] == b'\x89PNG', name

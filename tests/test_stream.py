@@ -12,14 +12,14 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import DATA_DIR, DATASET, ROOT, cli_args, final_params, run_cli, tiny_config, train_in_process
-from simclr_jax import data, input_pipeline, parallel
+from conftest import DATA_DIR, DATASET, ROOT, cli_args, final_params, make_inputs, run_cli, tiny_config, train_in_process
+from simclr_jax import datasets, input_pipeline
 from simclr_jax.errors import DataError, Preempted
 
 
 def _inputs(placement, **fields):
   config = tiny_config(train_limit=256, data_placement=placement, input_workers=1, **fields)
-  return config, input_pipeline.make_inputs(config, parallel.make_mesh())[0]
+  return config, make_inputs(config)[0]
 
 
 def test_both_paths_give_the_same_images_at_each_step():
@@ -29,21 +29,22 @@ def test_both_paths_give_the_same_images_at_each_step():
   for epoch in (0, 1):
     np.testing.assert_array_equal(device.step_indices(epoch), stream.step_indices(epoch))
   images = np.asarray(device.images['train'])
-  for k, (x, y) in enumerate(stream.epoch(1)):
-    idx = device.step_indices(1)[k]
+  spe = stream.steps_per_epoch
+  for k, (x, y) in stream.batches(spe, 2 * spe):
+    idx = device.step_indices(1)[k - spe]
     np.testing.assert_array_equal(np.asarray(x), images[idx])
     np.testing.assert_array_equal(np.asarray(y), np.asarray(device.host_labels['train'])[idx])
   stream.close()
 
 
 def test_placement_auto_streams_what_does_not_fit_and_says_why(capsys):
-  description = data.describe(DATASET, DATA_DIR)  # 60,000 images of 32 x 32 x 3 bytes: 0.17 GiB
-  assert input_pipeline.choose_placement('auto', description.nbytes, memory=2**28) == 'stream'
+  source = datasets.get(DATASET, DATA_DIR)  # 60,000 images of 32 x 32 x 3 bytes: 0.17 GiB
+  assert input_pipeline.choose_placement('auto', source.nbytes(), memory=2**28) == 'stream'
   assert ("data placement stream (config.data_placement=auto): the uint8 splits take 0.17 GiB, 40% of "
           "one device's 0.2 GiB is 0.10 GiB") in capsys.readouterr().out
-  assert description.nbytes_with(10000) == 20000 * 32 * 32 * 3  # a train_limit counts
-  assert input_pipeline.choose_placement('auto', description.nbytes, memory=2**30) == 'device'
-  assert input_pipeline.choose_placement('stream', description.nbytes, memory=2**32) == 'stream'
+  assert source.nbytes(10000) == 20000 * 32 * 32 * 3  # a train_limit counts
+  assert input_pipeline.choose_placement('auto', source.nbytes(), memory=2**30) == 'device'
+  assert input_pipeline.choose_placement('stream', source.nbytes(), memory=2**32) == 'stream'
 
 
 def test_a_streamed_run_stopped_and_resumed_ends_as_the_device_path_does(tmp_path):
@@ -62,17 +63,15 @@ def test_a_streamed_run_stopped_and_resumed_ends_as_the_device_path_does(tmp_pat
 
 
 def test_label_fractions_pick_the_same_images_on_both_paths():
-  fields = dict(train_limit=1000, label_fraction=0.1, init_from='unused', batch_size=32)
-  config = tiny_config('supervised', data_placement='device', **fields)
-  device, _ = input_pipeline.make_inputs(config, parallel.make_mesh(), 0.1, require_labels=True)
-  config = tiny_config('supervised', data_placement='stream', input_workers=1, **fields)
-  stream, test = input_pipeline.make_inputs(config, parallel.make_mesh(), 0.1, require_labels=True)
+  fields = dict(train_limit=1000, label_fraction=0.1, batch_size=32)
+  device, _ = make_inputs(tiny_config('supervised', data_placement='device', **fields))
+  stream, test = make_inputs(tiny_config('supervised', data_placement='stream', input_workers=1, **fields))
   assert stream.num_examples == device.num_examples == 100
-  for (x, y), idx in zip(stream.epoch(0), device.step_indices(0)):
+  for (_, (x, y)), idx in zip(stream.batches(0, stream.steps_per_epoch), device.step_indices(0)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(device.images['train'])[idx])
   stream.close()
-  chunks = list(test.chunks('test', 4000))  # the evaluation streams its split in chunks
-  assert [valid for _, valid, _ in chunks] == [4000, 4000, 2000]
+  chunks = list(test.chunks('test', 400))  # the evaluation streams its split in chunks
+  assert [valid for _, valid, _ in chunks] == [400, 400, 200]
   np.testing.assert_array_equal(np.concatenate([l for _, _, l in chunks]), device.host_labels['test'])
 
 
@@ -159,31 +158,38 @@ def test_a_dead_worker_stops_the_run_with_one_line_and_the_rerun_resumes(tmp_pat
   assert json.loads((workdir / 'results.json').read_text())['steps'] == 32
 
 
-def test_an_unreadable_image_mid_epoch_is_replaced_and_counted_or_stops_the_run(tmp_path, capsys):
+def test_both_paths_train_on_the_same_images_of_a_folder_with_a_broken_one_and_say_so_once(tmp_path, capsys):
+  """An unreadable image mid-epoch: both paths hold 100 images, the broken one black and
+  unlabelled, give the same notice once per run, or stop beyond max_bad_fraction."""
   from PIL import Image
   root = tmp_path / 'pics'
   root.mkdir()
-  source = data.load_dataset(DATASET, DATA_DIR, train_limit=99)
+  source = datasets.load(DATASET, DATA_DIR, train_limit=99, test_split='')
   for k, pixels in enumerate(source.train.images):
     Image.fromarray(pixels).save(root / f'{k:03d}.png')
   (root / '050.jpg').write_bytes(b'not a jpeg')  # readable name, unreadable content
-  for fraction, fails in ((0.05, False), (0.001, True)):
-    config = tiny_config(dataset=f'folder:{root}', image_size=32, train_limit=0, batch_size=20,
-                         data_placement='stream', input_workers=1, max_bad_fraction=fraction)
-    inputs, _ = input_pipeline.make_inputs(config, parallel.make_mesh())
-    if fails:
-      with pytest.raises(DataError, match=r'1 of the 100 training images read so far cannot be decoded, '
-                                          r'more than max_bad_fraction=0.001 \(050.jpg\)'):
-        list(inputs.epoch(0))
-    else:
-      batches = list(inputs.epoch(0))
-      assert len(batches) == 5
-      assert 'notice: 1 training images of this epoch cannot be decoded' in capsys.readouterr().out
-    inputs.close()
+  fields = dict(dataset=f'folder:{root}', image_size=32, train_limit=0, batch_size=20, input_workers=1)
+  device, _ = make_inputs(tiny_config(data_placement='device', max_bad_fraction=0.05, **fields))
+  notices = [l for l in capsys.readouterr().out.splitlines() if 'cannot be read' in l]
+  assert len(notices) == 1 and '1 of the 100 images of folder:' in notices[0] and '050.jpg' in notices[0]
+  stream, _ = make_inputs(tiny_config(data_placement='stream', max_bad_fraction=0.05, **fields))
+  assert stream.num_examples == device.num_examples == 100
+  spe = stream.steps_per_epoch
+  for k, (x, y) in stream.batches(0, 2 * spe):  # two epochs: the notice comes once
+    idx = device.step_indices(k // spe)[k % spe]
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(device.images['train'])[idx])
+    np.testing.assert_array_equal(np.asarray(y), device.host_labels['train'][idx])
+  stream.close()
+  streamed = [l for l in capsys.readouterr().out.splitlines() if 'cannot be read' in l]
+  assert [l.split(' ', 1)[1] for l in streamed] == [l.split(' ', 1)[1] for l in notices]  # the same words
+  with pytest.raises(DataError, match=r'1 of the 100 images of folder:.* cannot be read, more than '
+                                      r'max_bad_fraction=0.001 \(050.jpg'):
+    strict, _ = make_inputs(tiny_config(data_placement='stream', max_bad_fraction=0.001, **fields))
+    list(strict.batches(0, spe))
 
 
 def test_stream_without_grain_says_what_to_install(monkeypatch):
   monkeypatch.setitem(sys.modules, 'grain', None)
   _, stream = _inputs('stream')
-  with pytest.raises(DataError, match='data_placement=stream needs grain: pip install grain'):
-    next(stream.epoch(0))
+  with pytest.raises(DataError, match=r"data_placement=stream needs grain: pip install -e '.\[stream\]'"):
+    next(stream.batches(0, 1))

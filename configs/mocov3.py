@@ -1,0 +1,28 @@
+"""MoCo v3 pretraining of a CIFAR ResNet-18 (simclr_jax/methods/mocov3.py).
+
+    python -m simclr_jax.main --config=configs/mocov3.py --workdir=runs/mocov3
+
+The recipe of solo-learn's scripts/pretrain/cifar/mocov3.yaml (vturrisi/solo-learn): projector
+4096-256 and predictor 4096-256 (BatchNorm in the hidden layers, the projector's last layer
+without affine), temperature 0.2, momentum encoder with tau 0.99 -> 1.0 (cosine), LARS with
+learning rate 0.3 x batch/256, eta 0.02, weight decay 1e-6 (biases and BatchNorm excluded),
+batch 256, 10 warmup epochs; augmentations/asymmetric.yaml: saturation 0.2, solarisation only on
+the second view (0.2), no blur. solo-learn trains 1,000 epochs; this project's default is 200.
+"""
+from simclr_jax.config_base import base_config
+
+
+def get_config():
+  c = base_config('pretrain', 'mocov3')
+  c.projection_dims = (4096, 256)
+  c.predictor_dims = (4096, 256)
+  c.temperature = 0.2
+  c.base_tau, c.final_tau = 0.99, 1.0
+  c.optimizer = 'lars'
+  c.lars_eta = 0.02
+  c.learning_rate = 0.3
+  c.weight_decay = 1e-6
+  c.batch_size = 256
+  c.augment.saturation = 0.2
+  c.view2.solarize_prob = 0.2
+  return c

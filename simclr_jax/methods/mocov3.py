@@ -1,0 +1,48 @@
+"""MoCo v3 (Chen, Xie, He 2021): a predictor on the online branch, a momentum encoder and
+projector, and a symmetrised InfoNCE of each view's prediction against the momentum keys of the
+other view over the whole global batch, scaled by 2T as the authors' code does
+(facebookresearch/moco-v3, moco/builder.py). Recipe: configs/mocov3.py.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import optax
+
+from simclr_jax import models
+from simclr_jax.methods.base import MomentumMethod, fail, l2_normalize, pairs
+
+
+def contrastive(q, k, temperature: float):
+  """Cross-entropy of each query against every key of the batch (its own key the positive),
+  times 2T."""
+  logits = l2_normalize(q) @ l2_normalize(k).T / temperature
+  labels = jnp.arange(q.shape[0])
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean() * 2 * temperature
+
+
+class MoCoV3(MomentumMethod):
+  NAME = 'mocov3'
+  FIELDS = {**MomentumMethod.FIELDS, 'temperature': 0.2, 'predictor_dims': (4096, 256)}
+
+  @classmethod
+  def validate(cls, config) -> None:
+    super().validate(config)
+    if not config.temperature > 0:
+      fail('temperature', config.temperature, 'it must be greater than 0')
+
+  def projector(self, dtype):
+    """Linear-BN-ReLU-Linear-BN without affine (solo-learn's and the authors' ResNet head)."""
+    return models.MLPHead(tuple(self.config['projection_dims']), norm=True, last_norm='plain', dtype=dtype)
+
+  def predictor(self, dtype):
+    return models.MLPHead(tuple(self.config['predictor_dims']), norm=True, dtype=dtype)
+
+  def loss(self, model, out, state, views, step):
+    keys, state = self.target_projections(model, state, views)
+    q1, q2 = pairs(out['prediction'])
+    k1, k2 = pairs(keys)
+    t = self.config['temperature']
+    return contrastive(q1, k2, t) + contrastive(q2, k1, t), state, {'tau': self.tau(step)}
+
+
+METHOD = MoCoV3

@@ -1,0 +1,34 @@
+"""SimCLR (Chen et al. 2020): NT-Xent over the projections of both views of the global batch.
+
+    configs/pretrain.py (the PyTorch write-up's recipe), configs/pretrain_v2.py (SimCLR v2's head)
+"""
+from __future__ import annotations
+
+from simclr_jax import models
+from simclr_jax.losses import nt_xent
+from simclr_jax.methods.base import Method, fail
+
+
+class SimCLR(Method):
+  NAME = 'simclr'
+  FIELDS = {'temperature': 0.5, 'clamp_similarity': False, 'projector_norm': False}
+
+  @classmethod
+  def validate(cls, config) -> None:
+    super().validate(config)
+    if not config.temperature > 0:
+      fail('temperature', config.temperature, 'it must be greater than 0')
+
+  def projector(self, dtype) -> models.MLPHead:
+    """Dense-ReLU-...-Dense (the write-up), or with projector_norm SimCLR v2's head: each layer's
+    Dense without bias, then BatchNorm (the last one without centring), ReLU between layers."""
+    norm = self.config['projector_norm']
+    return models.MLPHead(tuple(self.config['projection_dims']), norm=norm,
+                          last_norm='scale' if norm else 'none', dtype=dtype)
+
+  def loss(self, model, out, state, views, step):
+    loss = nt_xent(out['projection'], self.config['temperature'], self.config['clamp_similarity'])
+    return loss, state, {}
+
+
+METHOD = SimCLR

@@ -1,0 +1,38 @@
+"""SimSiam (Chen & He 2021): a predictor on one branch and a stop-gradient on the other, the
+negative cosine similarity averaged over both directions; no negatives, no momentum network.
+Recipe: configs/simsiam.py.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from simclr_jax import models
+from simclr_jax.methods.base import Method, l2_normalize, pairs
+
+
+def negative_cosine(p, z):
+  """-cos(p, stop_gradient(z)) averaged over the batch."""
+  return -jnp.mean(jnp.sum(l2_normalize(p) * l2_normalize(jax.lax.stop_gradient(z)), axis=-1))
+
+
+class SimSiam(Method):
+  NAME = 'simsiam'
+  FIELDS = {'predictor_dims': (512, 2048)}
+
+  def projector(self, dtype):
+    """Three Linear-BN layers, ReLU between them, the last BN without affine (the paper's
+    CIFAR head and solo-learn's)."""
+    return models.MLPHead(tuple(self.config['projection_dims']), norm=True, last_norm='plain', dtype=dtype)
+
+  def predictor(self, dtype):
+    """Linear-BN-ReLU-Linear: the 2048-512-2048 bottleneck."""
+    return models.MLPHead(tuple(self.config['predictor_dims']), norm=True, dtype=dtype)
+
+  def loss(self, model, out, state, views, step):
+    p1, p2 = pairs(out['prediction'])
+    z1, z2 = pairs(out['projection'])
+    return 0.5 * negative_cosine(p1, z2) + 0.5 * negative_cosine(p2, z1), state, {}
+
+
+METHOD = SimSiam

@@ -1,0 +1,141 @@
+"""What every stage does around its own model: the data described once, checked against the run
+already in the workdir and placed; the first log lines; the loop's settings; results.json's
+evaluator figures.
+
+    data = prepare_data(config, workdir, mesh, label_fraction=0.1, require_labels=True)
+    data.source.image_size, data.inputs, data.eval_inputs
+    settings = loop_settings(config, data.inputs, meta={'model': ...})
+    results = train_and_evaluate(config, workdir, build_task, {'init_from': path}, label_fraction=0.1)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+
+from simclr_jax import checkpoint, datasets, input_pipeline, models, parallel, train_loop, workdir as workdir_lib
+from simclr_jax.errors import DataError
+from simclr_jax.metrics import log, plural
+
+
+@dataclasses.dataclass
+class Data:
+  source: datasets.Source
+  eval_source: datasets.Source | None
+  inputs: object                  # input_pipeline.DeviceInputs or StreamInputs
+  eval_inputs: object
+
+  @property
+  def identity(self) -> dict:
+    """What a checkpoint remembers of the data (workdir.check_data compares it on resume)."""
+    return {role: s.identity for role, s in self.sources.items()}
+
+  @property
+  def sources(self) -> dict:
+    return {role: s for role, s in (('dataset', self.source), ('eval_dataset', self.eval_source)) if s}
+
+
+def log_setup(dtype: str) -> None:
+  """The first log line: devices and compute dtype."""
+  log(f'compute dtype {models.resolve_dtype(dtype)} (config.dtype={dtype!r}) on '
+      f'{jax.device_count()} {jax.devices()[0].platform} device(s)')
+
+
+def log_model(spec: dict, requested_stem: str, inputs) -> None:
+  """The line that says which stem the image size chose (spec: a task's meta['model'])."""
+  log(f'{spec["model"]} width {spec["width"]:g}, stem {spec["stem"]} (config.stem={requested_stem!r}, '
+      f'{inputs.image_shape[0]} px images), {plural(inputs.num_examples, "training image")}, '
+      f'{plural(inputs.steps_per_epoch, "step")} per epoch')
+
+
+def _check_labelled(source: datasets.Source, rows, field: str, value: str) -> None:
+  problems = []
+  labels = source.labels('train') if source.labelled else np.full(source.size('train'), -1)
+  labels = labels if rows is None else labels[rows]
+  if not len(labels) or not np.all(labels >= 0):
+    problems.append(f'{int(np.sum(labels < 0))} of its {plural(len(labels), "training image")} have no label')
+  if not source.has('test') or not source.labelled:
+    problems.append('it has no labelled test split')
+  if problems:
+    what = 'a classifier stage needs labels' if field == 'dataset' else 'the monitors need labelled train and test splits'
+    raise DataError(f'config.{field}={value!r}: {what}, but {" and ".join(problems)}: use a labelled '
+                    'dataset, folder (class sub-folders) or split (for STL-10: train)')
+
+
+def prepare_data(config, workdir: str, mesh, *, label_fraction: float = 1.0, require_labels: bool = False,
+                 small_set_notice: bool = True, keep_unlabelled: bool = False) -> Data:
+  """The config's dataset (a class-balanced label_fraction of its training split, the first
+  train_limit images; with keep_unlabelled, every image, those outside the fraction without a
+  label) and eval_dataset, described, checked against the checkpoint's record of its data, then
+  placed as config.data_placement says."""
+  source = datasets.get(config.dataset, config.data_dir, image_size=config.image_size,
+                        train_split=config.train_split, test_split=config.test_split,
+                        test_fraction=config.test_fraction)
+  eval_source = None
+  if config.eval_dataset:
+    eval_source = datasets.get(config.eval_dataset, config.data_dir, image_size=source.image_size,
+                               test_fraction=config.test_fraction)
+    _check_labelled(eval_source, None, 'eval_dataset', config.eval_dataset)
+  data = Data(source, eval_source, None, None)
+  workdir_lib.check_data(workdir, data.sources, config.allow_data_change)
+  if keep_unlabelled:
+    rows = datasets.select_rows(source, config.train_limit)
+    if source.labelled and label_fraction < 1.0:
+      source = data.source = datasets.keep_labels(source, datasets.select_rows(
+          source, config.train_limit, label_fraction, config.label_seed))
+  else:
+    rows = datasets.select_rows(source, config.train_limit, label_fraction, config.label_seed)
+  if require_labels:
+    _check_labelled(source, rows, 'dataset', config.dataset)
+  data.inputs, data.eval_inputs = input_pipeline.make_inputs(
+      source, rows, config.data_placement, mesh, config.batch_size, config.seed, eval_source=eval_source,
+      workers=config.input_workers, max_bad_fraction=config.max_bad_fraction, small_set_notice=small_set_notice)
+  workdir_lib.write_manifest(workdir, data.sources)
+  return data
+
+
+def loop_settings(config, inputs, meta: dict) -> train_loop.LoopSettings:
+  """The loop's settings from the config; meta is saved with each checkpoint (the config is
+  added here)."""
+  return train_loop.LoopSettings(
+      total_steps=inputs.steps_per_epoch * config.epochs, batch_size=config.batch_size,
+      eval_batch_size=config.eval_batch_size, log_every_steps=config.log_every_steps,
+      log_every_seconds=config.log_every_seconds, checkpoint_every_epochs=config.checkpoint_every_epochs,
+      keep_checkpoints=config.keep_checkpoints, skip_nonfinite=config.skip_nonfinite,
+      meta={'config': json.loads(config.to_json()), **meta})
+
+
+def evaluator_figures(record: dict, evaluators) -> dict:
+  """For results.json: each evaluator's latest figures ('<name>_<metric>'), '<name>_history'
+  ([[epoch, top1], ...]), and 'protocols' and 'labels' of the figures that have a value."""
+  from simclr_jax.evaluate import describe
+  out = {}
+  for e in evaluators:
+    for metric in e.metrics:
+      rows = [r for r in record['evals'] if e.key(metric) in r]
+      out[e.key(metric)] = rows[-1][e.key(metric)] if rows else None
+    out[f'{e.name}_history'] = [[r['epoch'], r[e.key()]] for r in record['evals'] if e.key() in r]
+  info = {k: v for k, v in describe(evaluators).items() if out.get(k) is not None}
+  out['protocols'] = {k: v['protocol'] for k, v in info.items()}
+  out['labels'] = {k: v['label'] for k, v in info.items()}
+  return out
+
+
+def train_and_evaluate(config, workdir: str, build_task, checkpoints: dict | None = None, **data_options) -> dict:
+  """What every trained stage does: the finished run's results.json if there is one; else the
+  checkpoints it starts from looked up ({role: path}, before the data is read), the data
+  prepared (prepare_data's options), build_task(config, mesh, inputs, eval_inputs) and the loop."""
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.batch_size, mesh)
+  done = train_loop.finished_results(workdir, config.epochs)
+  if done is not None:
+    return done
+  for role, path in (checkpoints or {}).items():
+    checkpoint.find_checkpoint(path, role)
+  log_setup(config.dtype)
+  data = prepare_data(config, workdir, mesh, **data_options)
+  task = build_task(config, mesh, data.inputs, data.eval_inputs)
+  log_model(task.meta['model'], config.stem, data.inputs)
+  return train_loop.run(task, workdir, loop_settings(config, data.inputs, {'data': data.identity}))

@@ -1,0 +1,85 @@
+"""load_encoder and export_encoder: the file's integrity, its targets, and every malformed file."""
+import os
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import simclr_jax
+from simclr_jax.errors import UserError
+
+
+@pytest.fixture(scope='module')
+def exported(pretrained_workdir, tmp_path_factory):
+  return simclr_jax.export_encoder(str(pretrained_workdir), str(tmp_path_factory.mktemp('export') / 'encoder.safetensors'))
+
+
+def _rewrite(source, target, edit_tensors=None, edit_metadata=None):
+  from safetensors import safe_open
+  with safe_open(source, framework='numpy') as f:
+    metadata = dict(f.metadata())
+  tensors = load_file(source)
+  (edit_tensors or (lambda t: None))(tensors)
+  (edit_metadata or (lambda m: None))(metadata)
+  save_file(tensors, target, metadata=metadata)
+  return target
+
+
+def test_malformed_files_are_refused_with_one_line(exported, tmp_path):
+  cases = [
+      (lambda t: t.pop('params/encoder/stem_conv/kernel'), None, 'params/encoder/stem_conv/kernel is missing'),
+      (None, lambda m: m.pop('width'), 'lacks the metadata width'),
+      (None, lambda m: m.update(width='0.25'), 'does not hold the arrays of a resnet10 of width 0.25'),
+      (None, lambda m: m.update(format='"simclr_jax.encoder/1"'), 'format 1 padded strided convolutions differently'),
+      (lambda t: t.update({'params/encoder/stem_conv/kernel': t['params/encoder/stem_conv/kernel'] + 1}), None,
+       'is corrupt: the tensor params/encoder/stem_conv/kernel does not match its checksum'),
+  ]
+  for k, (tensors, metadata, fragment) in enumerate(cases):
+    if tensors and 'checksum' not in fragment:  # keep the checksums honest for a missing tensor
+      def tensors_and_sums(t, edit=tensors):
+        edit(t)
+      path = _rewrite(exported, str(tmp_path / f'{k}.safetensors'), tensors_and_sums)
+    else:
+      path = _rewrite(exported, str(tmp_path / f'{k}.safetensors'), tensors, metadata)
+    with pytest.raises(UserError) as e:
+      simclr_jax.load_encoder(path)
+    assert fragment in str(e.value) and '\n' not in str(e.value), (fragment, str(e.value))
+  raw = tmp_path / 'flipped.safetensors'
+  data = bytearray(open(exported, 'rb').read())
+  data[-100] ^= 0x04  # a bit of the last tensor's data
+  raw.write_bytes(bytes(data))
+  with pytest.raises(UserError, match='is corrupt: the tensor .* does not match its checksum'):
+    simclr_jax.load_encoder(str(raw))
+
+
+def test_export_refuses_targets_that_are_not_regular_files_and_leaves_nothing_behind(pretrained_workdir, tmp_path, monkeypatch):
+  fifo = tmp_path / 'pipe'
+  os.mkfifo(fifo)
+  os.symlink('/dev/null', tmp_path / 'null')
+  for target, fragment in ((fifo, 'exists and is not a regular file'), (tmp_path / 'null', 'is not a regular file'),
+                           (tmp_path, 'is a folder'), (tmp_path / 'missing' / 'e.safetensors', 'does not exist: create it')):
+    with pytest.raises(UserError) as e:
+      simclr_jax.export_encoder(str(pretrained_workdir), str(target))
+    assert fragment in str(e.value) and '\n' not in str(e.value)
+  assert os.path.islink(tmp_path / 'null') and os.readlink(tmp_path / 'null') == '/dev/null'
+  before = sorted(os.listdir(tmp_path))
+
+  def failing(src, dst):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(os, 'replace', failing)
+  with pytest.raises(OSError):
+    simclr_jax.export_encoder(str(pretrained_workdir), str(tmp_path / 'e.safetensors'))
+  assert sorted(os.listdir(tmp_path)) == before  # no temporary file left
+
+
+def test_a_torchvision_export_names_every_array_as_torchvision_does(pretrained_workdir, tmp_path):
+  path = simclr_jax.export_encoder(str(pretrained_workdir), str(tmp_path / 'tv.safetensors'), layout='torchvision')
+  tensors = load_file(path)
+  assert tensors['conv1.weight'].shape == (8, 3, 3, 3)  # OIHW, width 0.125: 8 stem channels
+  assert tensors['layer2.0.downsample.0.weight'].shape == (16, 8, 1, 1)
+  assert {'bn1.weight', 'bn1.bias', 'bn1.running_mean', 'bn1.running_var', 'bn1.num_batches_tracked'} <= set(tensors)
+  assert tensors['bn1.num_batches_tracked'].dtype == np.int64
+  assert not any(k.startswith(('fc.', 'params/', 'batch_stats/')) for k in tensors)
+  assert len(tensors) == 5 * (1 + 2 * 4 + 3) + (1 + 2 * 4 + 3)  # torchvision's ResNet(BasicBlock, [1, 1, 1, 1]), no fc
+  with pytest.raises(UserError, match="layout='torchvision'"):
+    simclr_jax.load_encoder(path)

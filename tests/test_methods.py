@@ -1,0 +1,171 @@
+"""The methods: each loss against a float64 NumPy version written from its paper (tests/oracles.py),
+the EMA update and its schedule, the collapse statistics, and every method training from its
+config, resuming bit-identically and matching on 4 devices."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import oracles
+from conftest import ROOT, tiny_config
+from simclr_jax import methods, pretrain
+from simclr_jax.losses import distillation_loss, nt_xent
+
+METHODS = list(methods.NAMES)
+
+
+def _rng(seed=0):
+  return np.random.default_rng(seed)
+
+
+def _pair(rng, n=48, d=24):
+  """Two correlated views' embeddings [n, d] each, and both interleaved as the step holds them."""
+  a = rng.normal(size=(n, d))
+  b = a + 0.5 * rng.normal(size=(n, d))
+  both = np.empty((2 * n, d))
+  both[0::2], both[1::2] = a, b
+  return a, b, both
+
+
+def _method(name, **fields):
+  return methods.get(name)(tiny_config(name, **fields), total_steps=100)
+
+
+@pytest.mark.parametrize('t', [0.5, 0.2])
+def test_simclr_nt_xent_matches_the_paper_and_optax(t):
+  z = _pair(_rng())[2].astype(np.float32)
+  ours = float(nt_xent(jnp.asarray(z), t))
+  assert abs(ours - oracles.nt_xent(z, t)) < 1e-5
+  import optax
+  assert abs(ours - float(optax.ntxent(jnp.asarray(z), jnp.arange(len(z)) // 2, t))) < 1e-5
+  loss, _, _ = _method('simclr', temperature=t).loss(None, {'projection': jnp.asarray(z)}, {}, None, 0)
+  assert abs(float(loss) - oracles.nt_xent(z, t)) < 1e-5
+
+
+def test_mocov3_infonce_matches_the_authors_code():
+  rng = _rng(1)
+  _, _, q = _pair(rng)
+  _, _, k = _pair(rng)
+  method = _method('mocov3', temperature=0.2)
+  method.target_projections = lambda model, state, views: (jnp.asarray(k, jnp.float32), state)
+  loss, _, _ = method.loss(None, {'prediction': jnp.asarray(q, jnp.float32)}, {}, None, 0)
+  want = oracles.infonce_mocov3(q[0::2], q[1::2], k[0::2], k[1::2], 0.2)
+  assert abs(float(loss) - want) < 1e-5 * abs(want)
+
+
+def test_byol_regression_matches_the_paper():
+  rng = _rng(2)
+  _, _, p = _pair(rng)
+  _, _, t = _pair(rng)
+  method = _method('byol')
+  method.target_projections = lambda model, state, views: (jnp.asarray(t, jnp.float32), state)
+  loss, _, metrics = method.loss(None, {'prediction': jnp.asarray(p, jnp.float32)}, {}, None, 30)
+  assert abs(float(loss) - oracles.byol(p[0::2], p[1::2], t[0::2], t[1::2])) < 1e-5
+  assert abs(float(metrics['tau']) - oracles.byol_tau(30, 100)) < 1e-7
+
+
+def test_simsiam_negative_cosine_matches_the_paper():
+  rng = _rng(3)
+  _, _, p = _pair(rng)
+  _, _, z = _pair(rng)
+  loss, _, _ = _method('simsiam').loss(None, {'prediction': jnp.asarray(p, jnp.float32),
+                                              'projection': jnp.asarray(z, jnp.float32)}, {}, None, 0)
+  assert abs(float(loss) - oracles.simsiam(p[0::2], p[1::2], z[0::2], z[1::2])) < 1e-6
+
+
+def test_simsiam_gradient_stops_at_the_projection_it_predicts():
+  method = _method('simsiam')
+  _, _, p = _pair(_rng(4))
+  _, _, z = _pair(_rng(5))
+  grad = jax.grad(lambda z: method.loss(None, {'prediction': jnp.asarray(p, jnp.float32), 'projection': z},
+                                        {}, None, 0)[0])(jnp.asarray(z, jnp.float32))
+  assert float(jnp.abs(grad).max()) == 0.0
+
+
+@pytest.mark.parametrize('lambd,scale', [(0.0051, 0.1), (0.02, 1.0)])
+def test_barlow_twins_cross_correlation_matches_the_paper(lambd, scale):
+  _, _, z = _pair(_rng(6), n=64, d=32)
+  loss, _, _ = _method('barlow_twins', lambd=lambd, loss_scale=scale).loss(
+      None, {'projection': jnp.asarray(z, jnp.float32)}, {}, None, 0)
+  want = oracles.barlow_twins(z[0::2], z[1::2], lambd, scale)
+  assert abs(float(loss) - want) < 1e-4 * abs(want)
+
+
+def test_the_ema_update_and_its_cosine_schedule_follow_the_formula():
+  method = _method('byol')
+  rng = _rng(7)
+  variables = {c: {k: {'w': rng.normal(size=(3, 4)).astype(np.float32)} for k in ('encoder', 'projector', 'predictor')}
+               for c in ('params', 'batch_stats')}
+  state = method.init_state(variables)
+  assert set(state['target']['params']) == {'encoder', 'projector'}  # no predictor in the target
+  online = {k: {'w': rng.normal(size=(3, 4)).astype(np.float32)} for k in ('encoder', 'projector', 'predictor')}
+  for step in (0, 37, 100):
+    updated = method.update(state, online, jnp.asarray(step))
+    tau = oracles.byol_tau(step, 100)
+    want = oracles.ema(state['target']['params'], {k: online[k] for k in ('encoder', 'projector')}, tau)
+    for k in ('encoder', 'projector'):
+      np.testing.assert_allclose(updated['target']['params'][k]['w'], want[k]['w'], rtol=1e-6, atol=1e-7)
+    assert updated['target']['batch_stats'] is state['target']['batch_stats']  # statistics: not averaged
+
+
+def test_collapse_statistics_match_rankme_and_the_deviation_of_normalised_embeddings():
+  rng = _rng(8)
+  for z in (rng.normal(size=(96, 32)), rng.normal(size=(20, 64)), np.outer(rng.normal(size=50), rng.normal(size=16))):
+    std, rank = pretrain.collapse_statistics(jnp.asarray(z, jnp.float32))
+    assert abs(float(std) - oracles.embedding_std(z)) < 1e-5
+    assert abs(float(rank) - oracles.rankme(z)) < 2e-3 * oracles.rankme(z)
+
+
+def test_distillation_loss_matches_simclr_v2():
+  rng = _rng(9)
+  s, t = rng.normal(size=(16, 10)), 3 * rng.normal(size=(16, 10))
+  for temperature in (1.0, 2.0):
+    got = float(distillation_loss(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32), temperature))
+    assert abs(got - oracles.distillation(s, t, temperature)) < 1e-5
+
+
+# Each method's own config at tiny sizes: a narrow ResNet-10 and small heads, 4 steps an epoch.
+SMALL = {'model': 'resnet10', 'train_limit': 256, 'projection_dims': (64, 32), 'log_every_steps': 2,
+         'evals.knn.every_epochs': -1, 'evals.online_linear.every_epochs': -1}
+HEADS = {'mocov3': {'predictor_dims': (64, 32)}, 'byol': {'predictor_dims': (64, 32)},
+         'simsiam': {'projection_dims': (64, 64, 32), 'predictor_dims': (16, 32)},
+         'barlow_twins': {'projection_dims': (64, 64, 64)}, 'vicreg': {'projection_dims': (64, 64, 64)}}
+
+
+def small_config(name, **fields):
+  return tiny_config(name, **{**SMALL, **HEADS.get(name, {}), **fields})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', METHODS)
+def test_each_method_matches_on_four_devices_and_resumes_bit_identically(name, tmp_path):
+  """tests/method_check.py on 4 simulated CPU devices: two steps on 1 and on 4 devices agree
+  within float32 reduction order (the EMA target and the statistics over the global batch
+  included), and a run stopped mid-epoch then resumed ends bit-identical to a straight one."""
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4', 'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'method_check.py'), os.path.join(ROOT, 'tests'),
+                         str(tmp_path), name], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert r['devices'] == 4 and r['method'] == name
+  # Step 1 starts from the same state: the losses agree to float32 rounding.
+  assert abs(r['loss_1'][0] - r['loss_4'][0]) < 1e-5 * max(1.0, abs(r['loss_1'][0])), r
+  # After it, rounding grows with the dynamics: the 4-device run stays within ten times what a
+  # 1e-7 perturbation of the initial parameters does on 1 device (a batch split into per-device
+  # statistics or negatives would differ by orders of magnitude more, from step 1's loss on).
+  a, b, p = r['loss_1'][1], r['loss_4'][1], r['loss_perturbed'][1]
+  assert abs(a - b) <= max(10 * abs(a - p), 1e-5 * abs(a)), r
+  for four, perturbed in zip(r['four'], r['perturbed']):  # (params, stats, method state) after each step
+    assert all(x <= max(10 * y, 1e-6) for x, y in zip(four, perturbed)), r
+  assert r['moved'] > 1e-4  # the steps really changed the parameters
+  if name in ('mocov3', 'byol'):
+    assert r['method_state_leaves'] > 0  # the EMA target is in the state (and compared above)
+  assert r['stopped'] and r['stopped_at'] == 3 and r['steps'] == [8, 8]
+  assert r['saved'] == ['batch_stats', 'method_state', 'params'] and r['identical'] and r['leaves'] > 10
+  assert r['final_loss'][0] == r['final_loss'][1]
+  assert r['embedding'][0] > 0 and r['embedding'][1] > 1
