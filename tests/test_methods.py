@@ -96,6 +96,16 @@ def test_barlow_twins_cross_correlation_matches_the_paper(lambd, scale):
   assert abs(float(loss) - want) < 1e-4 * abs(want)
 
 
+@pytest.mark.parametrize('weights', [(25.0, 25.0, 1.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)])
+def test_vicreg_matches_the_paper(weights):
+  z = 0.5 * _pair(_rng(10), n=64, d=32)[2]  # deviations below 1: the variance hinge is active
+  sim, var, cov = weights
+  loss, _, _ = _method('vicreg', sim_weight=sim, var_weight=var, cov_weight=cov).loss(
+      None, {'projection': jnp.asarray(z, jnp.float32)}, {}, None, 0)
+  want = oracles.vicreg(z[0::2], z[1::2], sim, var, cov)
+  assert want > 0.01 and abs(float(loss) - want) < 1e-5 * max(1.0, abs(want))
+
+
 def test_the_ema_update_and_its_cosine_schedule_follow_the_formula():
   method = _method('byol')
   rng = _rng(7)

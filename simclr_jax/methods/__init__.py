@@ -14,6 +14,7 @@ NAMES = (
     'byol',
     'simsiam',
     'barlow_twins',
+    'vicreg',
 )
 
 
