@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from simclr_jax import augment, checkpoint, config_base, models, optim, parallel, stage, train_loop
+from simclr_jax import augment, checkpoint, config_base, interrupts, models, optim, parallel, stage, train_loop
 from simclr_jax.errors import CheckpointError
 from simclr_jax.evaluate import EvalContext, TYPES, make_evaluators
 from simclr_jax.losses import classification_loss, top1
@@ -137,10 +137,12 @@ def linear_probe_on_features(config, workdir: str, task: train_loop.Task) -> dic
   """linear_eval with protocol 'features': embed once, fit the probe, write results.json."""
   t0 = time.time()
   ctx = EvalContext(task.infer, task.state.variables, task.inputs, config.eval_batch_size)
-  ctx.outputs('train'), ctx.outputs('test')
+  with interrupts.phase('embedding the splits'):
+    ctx.outputs('train'), ctx.outputs('test')
   embed_seconds = time.time() - t0
   probe = TYPES['linear']('linear', config.evals.linear)
-  fit = probe(ctx)
+  with interrupts.phase('fitting the features probe'):
+    fit = probe(ctx)
   results = {'stage': 'linear_eval', 'protocol': 'features', 'test_top1': fit['linear_top1'],
              'best_test_top1': fit['linear_top1'], 'weight_decay': fit['linear_weight_decay'],
              'label_fraction': config.label_fraction, 'init_from': config.init_from,

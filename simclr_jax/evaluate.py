@@ -179,7 +179,7 @@ def make_evaluators(evals_cfg, available) -> list[Evaluator]:
   for name, cfg in evals_cfg.items():
     if cfg.every_epochs < 0:
       continue
-    evaluator = TYPES[cfg.type](name, cfg)
+    evaluator = TYPES[cfg.get('type') or name](name, cfg)  # the type defaults to the name
     missing = [r for r in evaluator.requires if r not in available]
     if missing:
       log(f'notice: evaluator {name} is skipped: the run has no {" or ".join(missing)}')

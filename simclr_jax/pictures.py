@@ -150,11 +150,13 @@ def pictures_of_run(workdir: str, out_dir: str = '', dataset: str = '', data_dir
   if ds.test is None or not ds.num_classes:
     raise UserError(f'{name} has no labelled test split to picture: pass --dataset with labelled data')
   train, test = (split.subset(split.labels >= 0) for split in (ds.train, ds.test))
-  train_f, test_f = encoder.embed(train.images), encoder.embed(test.images)
-  return {
-      'embedding_map': embedding_map(test_f, test.labels, ds.class_names,
-                                     os.path.join(out_dir, 'embedding_map.png'), max_points, seed,
-                                     f'{name} test features (t-SNE of {min(max_points, len(test_f))})'),
-      'retrieval': retrieval_grid(train_f, train.labels, train.images, test_f, test.labels,
-                                  test.images, ds.class_names, os.path.join(out_dir, 'retrieval.png'),
-                                  seed=seed)}
+  from simclr_jax import interrupts
+  with interrupts.phase('making the pictures'):  # a signal stops it at once, naming it
+    train_f, test_f = encoder.embed(train.images), encoder.embed(test.images)
+    return {
+        'embedding_map': embedding_map(test_f, test.labels, ds.class_names,
+                                       os.path.join(out_dir, 'embedding_map.png'), max_points, seed,
+                                       f'{name} test features (t-SNE of {min(max_points, len(test_f))})'),
+        'retrieval': retrieval_grid(train_f, train.labels, train.images, test_f, test.labels,
+                                    test.images, ds.class_names, os.path.join(out_dir, 'retrieval.png'),
+                                    seed=seed)}

@@ -220,7 +220,7 @@ class Run:
   def compile(self, step_fn, example):
     """The AOT-compiled step, with a line before and after (the compile's time is not counted in
     the first window's images/s)."""
-    with self.immediate(), interrupts.phase('compiling the training step'):
+    with interrupts.phase('compiling the training step'), self.immediate():
       log('compiling the training step')
       t0 = time.time()
       compiled = step_fn.lower(self.state, *example).compile()
@@ -300,8 +300,9 @@ class Run:
     due = self.due(epoch)
     if due:  # (with the means of the epoch's training scalars)
       t0 = time.time()
-      log(f'evaluating (epoch {epoch}): {", ".join(e.name for e in due)}')
-      with self.immediate(), interrupts.phase(f'evaluating (epoch {epoch})'):
+      # The phase first: a signal that came just before is then named by what it stops.
+      with interrupts.phase(f'evaluating (epoch {epoch})'), self.immediate():
+        log(f'evaluating (epoch {epoch}): {", ".join(e.name for e in due)}')
         ctx = EvalContext(self.task.infer, self.state.variables, self.task.eval_inputs or self.task.inputs,
                           self.settings.eval_batch_size)
         scalars = {}

@@ -145,8 +145,9 @@ def _validate_augment(name: str, aug, partial: bool = False) -> None:
 def _validate_evals(evals) -> None:
   from simclr_jax.evaluate import TYPES
   for name, cfg in evals.items():
-    if 'type' not in cfg or cfg.type not in TYPES:
-      _fail(f'evals.{name}.type', cfg.get('type'), f'use an evaluator type: {", ".join(TYPES)}')
+    if (cfg.get('type') or name) not in TYPES:
+      _fail(f'evals.{name}.type', cfg.get('type'), f'use an evaluator type: {", ".join(TYPES)} (it defaults to '
+            'the name)')
     if 'every_epochs' not in cfg or cfg.every_epochs < -1:
       _fail(f'evals.{name}.every_epochs', cfg.get('every_epochs'),
             'use N > 0 (every N epochs and at the end), 0 (at the end) or -1 (never)')

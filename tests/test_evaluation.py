@@ -55,9 +55,13 @@ def test_the_online_probe_evaluator_scores_the_probe_head_on_test_features(datas
 def test_evaluators_come_from_the_config_each_with_its_own_sub_config(capsys):
   config = tiny_config(**{'evals.knn.k': 7, 'evals.linear.every_epochs': -1})
   made = evaluate.make_evaluators(config.evals, {'labels'})
-  assert [e.name for e in made if not e.skipped] == ['knn']  # online_linear needs the probe; linear is off
+  assert [e.name for e in made if not e.skipped] == ['knn', 'knn20']  # online_linear needs the probe; linear is off
   assert [e.name for e in made if e.skipped] == ['online_linear']  # its figures are null in results.json
-  assert made[0].k == 7 and made[0].every_epochs == 1
+  assert made[0].k == 7 and made[0].every_epochs == 1 and made[1].k == 20 and made[1].every_epochs == 10
+  # Without a type, the name is the type.
+  from ml_collections import ConfigDict
+  untyped = evaluate.make_evaluators(ConfigDict({'knn': {'every_epochs': 2, 'k': 5, 'temperature': 0.1}}), {'labels'})
+  assert isinstance(untyped[0], evaluate.KnnEvaluator) and untyped[0].k == 5
   assert 'notice: evaluator online_linear is skipped: the run has no probe' in capsys.readouterr().out
 
 

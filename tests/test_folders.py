@@ -219,6 +219,16 @@ def test_a_labelled_folder_pretrains_then_finetunes_through_the_cli(tmp_path, so
   fine = run_cli('finetune', tmp_path / 'fine', init_from=tmp_path / 'pre', **fields)
   assert fine.returncode == 0, fine.stderr[-3000:]
   assert json.loads((tmp_path / 'fine' / 'results.json').read_text())['test_top1'] is not None
+  # Pictures of a folder run: its image size and data come from its config; the output folder is
+  # checked before any work.
+  from simclr_jax.errors import UserError
+  from simclr_jax.pictures import pictures_of_run
+  made = pictures_of_run(str(tmp_path / 'pre'), str(tmp_path / 'pics'), max_points=60)
+  for path in made.values():
+    assert open(path, 'rb').read(4) == b'\x89PNG' and os.path.dirname(path) == str(tmp_path / 'pics')
+  (tmp_path / 'a_file').write_text('')
+  with pytest.raises(UserError, match=r"cannot write the pictures into .*a_file/pics.*: pass --out=FOLDER"):
+    pictures_of_run(str(tmp_path / 'pre'), str(tmp_path / 'a_file' / 'pics'))
 
 
 def test_an_unlabelled_folder_pretrains_with_the_monitor_on_eval_dataset(tmp_path, source):

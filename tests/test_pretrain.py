@@ -27,7 +27,9 @@ def test_cli_writes_checkpoints_and_results_then_resumes(pretrained_run, tmp_pat
               'compile_seconds', 'embedding_std', 'embedding_rank'):
     assert results[key] is not None, key
   assert results['epochs'] == 2 and results['steps'] == 16 and results['method'] == 'simclr'
-  assert results['protocols'] == {'knn_top1': 'knn', 'online_linear_top1': 'online'}
+  # Every evaluator's figures, each with its protocol: kNN at k=200 and its second instance at k=20.
+  assert results['protocols'] == {'knn_top1': 'knn', 'knn20_top1': 'knn', 'online_linear_top1': 'online'}
+  assert results['labels']['knn20_top1'] == 'kNN (k=20)' and results['knn20_history'] == [[2, results['knn20_top1']]]
   assert sorted(os.listdir(original / 'checkpoints')) == ['16', '8']
   events = [f for f in os.listdir(original / 'tensorboard') if f.startswith('events.out.tfevents')]
   assert events and os.path.getsize(original / 'tensorboard' / events[0]) > 1000

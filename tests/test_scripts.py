@@ -18,7 +18,8 @@ def test_compare_runs_every_stage_and_writes_the_report(tmp_path):
       ['bash', os.path.join(ROOT, 'scripts', 'compare.sh'), f'--workdir={workdir}', '--pretrain_epochs=1',
        '--epochs=1', '--batch_size=64', '--set', f'dataset={DATASET}', '--set', f'data_dir={DATA_DIR}',
        '--set', 'train_limit=512', '--set', 'width=0.125', '--set', 'dtype=float32', '--set', 'model=resnet10',
-       '--set', 'test_split=test[:1000]', '--set', 'eval_batch_size=1000', '--picture_points=300'],
+       '--set', 'test_split=test[:1000]', '--set', 'eval_batch_size=1000', '--picture_points=300',
+       '--finetune_from_head_layer=1', '--distill'],
       cwd=ROOT, capture_output=True, text=True, timeout=1800)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = (workdir / 'report.md').read_text()
@@ -26,12 +27,19 @@ def test_compare_runs_every_stage_and_writes_the_report(tmp_path):
   for method, label, protocol in (('supervised', 'supervised (from scratch)', 'trained'),
                                   ('finetune', 'finetune (SimCLR encoder)', 'trained'),
                                   ('linear_features', 'linear probe', 'features'),
-                                  ('linear_augmented', 'linear probe', 'augmented')):
+                                  ('linear_augmented', 'linear probe', 'augmented'),
+                                  ('finetune_head', 'finetune (from a projector layer)', 'trained'),
+                                  ('distilled', 'distilled (student of the fine-tuned model)', 'trained')):
     row = rows[(label, protocol)]
     for fraction in ('1', '0.1', '0.01'):
       r = json.loads((workdir / f'{method}_{fraction}' / 'results.json').read_text())
       assert r['label_fraction'] == float(fraction) and 0 <= r['test_top1'] <= 1
       assert f"{100 * r['test_top1']:.1f}" in row
+  for fraction in ('1', '0.1', '0.01'):  # each fraction's student learns that fraction's teacher
+    student = json.loads((workdir / f'distilled_{fraction}' / 'results.json').read_text())
+    assert student['teacher_from'] == str(workdir / f'finetune_head_{fraction}')
+    assert student['teacher']['finetune_from_head_layer'] == 1 and student['train_examples'] == 512
+    assert f'- distilled at {100 * float(fraction):g}% of labels: teacher finetune resnet10 width 0.125 from head layer 1' in report
   pre = json.loads((workdir / 'pretrain' / 'results.json').read_text())
   for key, label, protocol in (('knn_top1', 'kNN (k=200) (pretraining)', 'knn'),
                                ('online_linear_top1', 'online linear probe (pretraining)', 'online'),
