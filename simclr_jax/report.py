@@ -41,11 +41,15 @@ def markdown_table(runs: dict, pretrain: dict, fractions) -> str:
       else:
         cells.append(_pct(r['test_top1']))
     rows.append(f'| {label} | {protocol} | ' + ' | '.join(cells) + ' |')
-  for key, protocol in (pretrain.get('protocols') or {}).items():  # every evaluator of the pretraining run
-    if pretrain.get(key) is not None:
-      label = (pretrain.get('labels') or {}).get(key, key)
+  monitors = [(key, protocol, (pretrain.get('labels') or {}).get(key, key))  # every pretraining evaluator
+              for key, protocol in (pretrain.get('protocols') or {}).items() if pretrain.get(key) is not None]
+  if 1.0 in fractions:
+    for key, protocol, label in monitors:
       cells = [_pct(pretrain[key]) if f == 1.0 else '-' for f in fractions]
       rows.append(f'| {label} (pretraining) | {protocol} | ' + ' | '.join(cells) + ' |')
+  elif monitors:  # no column for all the labels: the pretraining run's figures below the table
+    rows += ['', 'The pretraining run\'s monitors (all the labels): ' + ', '.join(
+        f'{label} ({protocol}) {_pct(pretrain[key])}' for key, protocol, label in monitors) + '.']
   return '\n'.join(rows)
 
 

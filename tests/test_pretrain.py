@@ -83,7 +83,9 @@ def test_interrupted_then_resumed_run_ends_with_identical_parameters(tmp_path):
 
 
 def test_pretraining_learns_features_that_beat_initialisation(tmp_path):
-  """Seen on cifar10_jpeg (2,048 images, width 0.125, 8 epochs): kNN gains of 3.0 to 7.1 points over seeds 0-3 (4.1 with seed 0)."""
+  """kNN after 8 epochs on 2,048 cifar10_jpeg images beats the same network at initialisation by
+  more than 2 points (a tiny ResNet-10 here; the README's learning check measures every method at
+  ResNet-18 width 0.125)."""
   config = tiny_config(train_limit=2048, batch_size=128, epochs=8, learning_rate=0.6, warmup_epochs=1.0,
                        log_every_steps=1000, checkpoint_every_epochs=0,
                        **{'evals.knn.every_epochs': 8, 'evals.linear.every_epochs': -1,

@@ -58,3 +58,18 @@ def test_show_augmentations_writes_a_png(tmp_path):
                         cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert out.read_bytes()[:4] == b'\x89PNG' and out.stat().st_size > 5000
+
+
+def test_the_report_table_names_each_figure_and_puts_the_pretraining_monitors_where_they_belong():
+  from simclr_jax import report
+  pre = {'knn_top1': 0.32, 'linear_top1': 0.38, 'protocols': {'knn_top1': 'knn', 'linear_top1': 'features'},
+         'labels': {'knn_top1': 'kNN (k=200)', 'linear_top1': 'linear probe on frozen features'}}
+  runs = {('finetune', 0.1): {'test_top1': 0.195, 'best_test_top1': 0.2, 'history': [{}]},
+          ('linear_features', 0.01): {'test_top1': 0.212, 'history': []}}
+  with_all = report.markdown_table(runs, pre, [1.0, 0.1, 0.01])
+  assert '| kNN (k=200) (pretraining) | knn | 32.0 | - | - |' in with_all
+  assert '| finetune (SimCLR encoder) | trained | - | 19.5 (best 20.0) | - |' in with_all
+  without = report.markdown_table(runs, pre, [0.1, 0.01])  # no column for all the labels
+  assert '(pretraining)' not in without and '| linear probe | features | - | 21.2 |' in without
+  assert without.endswith("The pretraining run's monitors (all the labels): kNN (k=200) (knn) 32.0, "
+                          'linear probe on frozen features (features) 38.0.')
