@@ -78,7 +78,8 @@ def main(argv=None) -> int:
   p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                  help='a config override for every stage, e.g. --set dataset=cifar10_jpeg')
   args = p.parse_args(argv)
-  from simclr_jax import errors, methods as methods_lib, report, validate, workdir as workdir_lib
+  from simclr_jax import errors, interrupts, methods as methods_lib, report, validate, workdir as workdir_lib
+  interrupts.install()  # SIGTERM or SIGINT: exit 75 with one line; the rerun resumes where it stopped
   from simclr_jax.main import train_and_evaluate
   common = {}
   for item in args.set:
@@ -140,9 +141,9 @@ def main(argv=None) -> int:
         maps[m] = made['embedding_map']
         if m == methods[0]:
           pictures = made
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  except (errors.UserError, errors.NonFiniteError, errors.Preempted) as e:
+    print(f'preempted: {e}' if isinstance(e, errors.Preempted) else f'error: {e}', file=sys.stderr, flush=True)
+    return e.exit_code
   header = (f"dataset {common.get('dataset', 'cifar10')}, batch {args.batch_size}, pretraining "
             f"{args.pretrain_epochs} epochs ({', '.join(methods)}), downstream {args.epochs} epochs; settings "
             f"{json.dumps(common)}")

@@ -27,7 +27,9 @@ def main(argv=None) -> int:
   p.add_argument('--max_points', type=int, default=2000, help='test points in the embedding map')
   p.add_argument('--seed', type=int, default=0)
   args = p.parse_args(argv)
+  from simclr_jax import interrupts
   from simclr_jax.errors import UserError
+  interrupts.install()  # SIGTERM or SIGINT: exit 75 with one line naming what it stopped
   from simclr_jax.pictures import pictures_of_run
   try:
     paths = pictures_of_run(args.workdir, args.out, args.dataset, args.data_dir, args.max_points, args.seed,

@@ -263,6 +263,11 @@ class Classifier(nn.Module):
 
 
 def init_variables(model: nn.Module, seed: int, image_shape) -> dict:
-  """Float32 params and batch_stats of a model (PretrainModel or Classifier) on the default device."""
+  """Float32 params and batch_stats of a model (PretrainModel or Classifier) on the default device.
+  The initialiser runs once, so on a CPU it is compiled without LLVM's optimisations, in a
+  quarter of the time (about 2 s instead of 9 for a ResNet-10)."""
   x = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
-  return jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(seed), x)
+  key = jax.random.PRNGKey(seed)
+  init = jax.jit(functools.partial(model.init, train=False)).lower(key, x)
+  options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
+  return init.compile(compiler_options=options)(key, x)

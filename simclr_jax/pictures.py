@@ -7,7 +7,23 @@ Features are L2-normalised here; neighbours are by cosine similarity.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+
+def _save(fig, path: str) -> None:
+  """Writes the figure through a temporary file renamed into place: a signal or an error never
+  leaves half a PNG."""
+  from simclr_jax import interrupts
+  tmp = f'{path}.tmp{os.getpid()}.png'
+  with interrupts.temporary(tmp):
+    try:
+      fig.savefig(tmp, dpi=110)
+      os.replace(tmp, path)
+    finally:
+      if os.path.exists(tmp):
+        os.remove(tmp)
 
 
 def _normalized(f) -> np.ndarray:
@@ -57,7 +73,7 @@ def embedding_map(features, labels, class_names, path: str, max_points: int = 20
   ax.set_title(title or f't-SNE of {len(pick)} test features')
   ax.legend(loc='center left', bbox_to_anchor=(1.0, 0.5), fontsize=8, markerscale=2, frameon=False)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  _save(fig, path)
   plt.close(fig)
   return path
 
@@ -108,7 +124,7 @@ def retrieval_grid(train_f, train_y, train_x, test_f, test_y, test_x, class_name
   fig.suptitle(title or f'{k} nearest training images (cosine); {100 * correct:.0f}% share the '
                'query\'s class; red: another class', fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  _save(fig, path)
   plt.close(fig)
   return path
 
@@ -119,7 +135,6 @@ def pictures_of_run(workdir: str, out_dir: str = '', dataset: str = '', data_dir
   given), on the run's labelled data (its dataset, or its eval_dataset when that is unlabelled),
   read as the run read it (image size, splits, train_limit): {'embedding_map': path,
   'retrieval': path}. The output folder is checked before any work."""
-  import os
   from simclr_jax import checkpoint, datasets
   from simclr_jax.encoder import load_encoder
   from simclr_jax.errors import UserError
@@ -141,16 +156,18 @@ def pictures_of_run(workdir: str, out_dir: str = '', dataset: str = '', data_dir
   if not name:
     raise UserError('pass the dataset the pictures are made on (--dataset): an encoder file does not name it')
   own = name == config.get('dataset')
-  ds = datasets.load(name, config.get('data_dir', '') if data_dir is None else data_dir,
-                     config.get('train_limit', 0) if own else 0,
-                     image_size=image_size or encoder.image_shape[0],
-                     train_split=config.get('train_split', 'train') if own else 'train',
-                     test_split=config.get('test_split', 'test') if own else 'test',
-                     test_fraction=config.get('test_fraction', 0.1))
+  from simclr_jax import interrupts
+  interrupts.set_resume_hint('rerun the same command to make the pictures')
+  with interrupts.phase('loading the data for the pictures'):
+    ds = datasets.load(name, config.get('data_dir', '') if data_dir is None else data_dir,
+                       config.get('train_limit', 0) if own else 0,
+                       image_size=image_size or encoder.image_shape[0],
+                       train_split=config.get('train_split', 'train') if own else 'train',
+                       test_split=config.get('test_split', 'test') if own else 'test',
+                       test_fraction=config.get('test_fraction', 0.1))
   if ds.test is None or not ds.num_classes:
     raise UserError(f'{name} has no labelled test split to picture: pass --dataset with labelled data')
   train, test = (split.subset(split.labels >= 0) for split in (ds.train, ds.test))
-  from simclr_jax import interrupts
   with interrupts.phase('making the pictures'):  # a signal stops it at once, naming it
     train_f, test_f = encoder.embed(train.images), encoder.embed(test.images)
     return {

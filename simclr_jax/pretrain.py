@@ -16,16 +16,18 @@ import optax
 from simclr_jax import augment, methods, models, optim, parallel, stage, train_loop
 from simclr_jax.evaluate import make_evaluators
 from simclr_jax.losses import classification_loss, top1
+from simclr_jax.methods.base import apply_views
 from simclr_jax.metrics import log
 
 
 def pretrain_loss_fn(model, method):
-  """The method's loss on the online model's outputs for the views (rows 2k, 2k+1 are image k's),
+  """The method's loss on the online model's outputs for the views (rows 2k, 2k+1 are image k's;
+  through the model as one batch or one view at a time, as the method says),
   plus, when the model has the online probe, its cross-entropy on the first views' stop-gradient
   features (images without a label do not train it)."""
   def loss_fn(params, batch_stats, method_state, views, labels, step):
-    out, updated = model.apply({'params': params, 'batch_stats': batch_stats}, views, train=True,
-                               mutable=['batch_stats'])
+    out, batch_stats = apply_views(model, {'params': params, 'batch_stats': batch_stats}, views,
+                                   method.PER_VIEW_BATCHNORM)
     loss, method_state, extra = method.loss(model, out, method_state, views, step)
     metrics, objective = {'loss': loss, **extra}, loss
     if 'probe_logits' in out:
@@ -33,18 +35,25 @@ def pretrain_loss_fn(model, method):
       probe_loss = classification_loss(logits, labels)
       objective = objective + probe_loss
       metrics.update(probe_loss=probe_loss, probe_top1=top1(logits, labels))
-    return objective, (updated['batch_stats'], method_state, metrics)
+    return objective, (batch_stats, method_state, metrics)
   return loss_fn
 
 
-def make_tx(config, steps_per_epoch: int):
-  """(optimiser, schedule): config's optimiser for the model, Adam for the online probe."""
+def make_tx(config, steps_per_epoch: int, constant_lr: tuple = ()):
+  """(optimiser, schedule): config's optimiser for the model, Adam for the online probe. The
+  parameter groups named in constant_lr (a method's Method.constant_lr_groups()) keep the peak
+  learning rate throughout, without warmup or decay."""
   schedule = optim.make_schedule(config.learning_rate, config.lr_scaling, config.batch_size,
                                  config.epochs, config.warmup_epochs, steps_per_epoch)
-  model_tx = optim.make_optimizer(config.optimizer, schedule, config.momentum, config.weight_decay,
-                                  config.lars_eta)
+  def model_tx(lr):
+    return optim.make_optimizer(config.optimizer, lr, config.momentum, config.weight_decay, config.lars_eta)
+  peak = optim.peak_learning_rate(config.learning_rate, config.batch_size, config.lr_scaling)
   groups = {'encoder': 'model', 'projector': 'model', 'predictor': 'model', 'online_probe': 'probe'}
-  tx = optim.partition({'model': model_tx, 'probe': optax.adam(config.online_probe_learning_rate)}, groups)
+  transforms = {'model': model_tx(schedule), 'probe': optax.adam(config.online_probe_learning_rate)}
+  if constant_lr:
+    groups.update({name: 'constant' for name in constant_lr})
+    transforms['constant'] = model_tx(optax.constant_schedule(peak))
+  tx = optim.partition(transforms, groups)
   return tx, schedule
 
 
@@ -99,7 +108,7 @@ def build_task(config, mesh, inputs, eval_inputs=None, make_views=None) -> train
   model = method.make_model(encoder, inputs.num_classes if probe else 0, config.finetune_from_head_layer)
   first = augment.settings_from_config(config.augment)
   second = augment.settings_from_config(config.augment, config.view2)
-  tx, schedule = make_tx(config, inputs.steps_per_epoch)
+  tx, schedule = make_tx(config, inputs.steps_per_epoch, method.constant_lr_groups())
   variables = models.init_variables(model, config.seed, inputs.image_shape)
   state = train_loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed,
                                        method.init_state(variables))

@@ -59,17 +59,23 @@ def plot_curves(runs: dict, fraction: float, path: str) -> None:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(7, 4.5))
+  last = 1
   for method, color in CURVE_COLOURS.items():
     r = runs.get((method, fraction))
     if not r or not r.get('history'):
       continue
     label = METHODS[method][0] + ('' if method != 'linear_augmented' else ', augmented')
     epochs = [h['epoch'] for h in r['history']]
-    ax.plot(epochs, [100 * h['test_top1'] for h in r['history']], '-', color=color, label=f'{label} test')
-    ax.plot(epochs, [100 * (h['train_top1'] or 0) for h in r['history']], '--', color=color,
+    last = max(last, *epochs)
+    # markers: a run of one epoch is one point, which a line alone does not draw
+    ax.plot(epochs, [100 * h['test_top1'] for h in r['history']], 'o-', ms=3, color=color, label=f'{label} test')
+    ax.plot(epochs, [100 * (h['train_top1'] or 0) for h in r['history']], 'o--', ms=3, color=color,
             label=f'{label} train')
   from matplotlib.ticker import MaxNLocator
   ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
+  if last < 10:  # few epochs: each one a tick
+    ax.set_xlim(0.5, last + 0.5)
+    ax.set_xticks(range(1, last + 1))
   ax.set_xlabel('epoch')
   ax.set_ylabel('top-1 accuracy (%)')
   ax.set_title(f'{100 * fraction:g}% of the labels')

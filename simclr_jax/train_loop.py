@@ -203,6 +203,7 @@ class Run:
     self.sums = self.epoch_sums = None
     self.n_window = self.epoch_n = 0
     self.first_window = True  # its rate (the first steps after a start) is kept apart
+    self.in_flight = None     # the metrics of the step dispatched before the newest one
     self.n_steps = 0          # steps this run has taken
     self.t_window = self.t_train = time.time()
     interrupts.set_resume_hint(self._resume_hint())
@@ -234,6 +235,9 @@ class Run:
   def after_step(self, metrics) -> bool:
     """Adds the step's metrics to the sums and logs when due; True at a sync point (a logging
     step or an epoch end), where processes agree on a stop."""
+    if self.in_flight is not None:  # at most two steps queued: a signal stops the run a step or two later
+      jax.block_until_ready(self.in_flight)
+    self.in_flight = metrics
     self.step += 1
     self.n_steps += 1
     if self.sums is None or self.epoch_sums is None:
@@ -251,9 +255,9 @@ class Run:
 
   def _log_window(self) -> None:
     scalars = {k: float(v) / self.n_window for k, v in self.sums.items()}
+    elapsed = time.time() - self.t_window  # the window's steps, not the monitor (nor its compile)
     if self.task.monitor is not None:
       scalars.update(self.task.monitor(self.state))
-    elapsed = time.time() - self.t_window
     rate = self.n_window * self.settings.batch_size / max(elapsed, 1e-9)
     self.record['first_rates' if self.first_window else 'rates'].append(rate)
     self.first_window = False

@@ -151,7 +151,8 @@ def check_data(workdir: str, sources: dict, allow_change: bool = False) -> None:
       before = (saved.get(role) or {}).get(split)
       if before is None or now is None or before == now:
         continue
-      change = describe_change(manifest.get(role, {}).get(split), source.manifest[split], before, now)
+      change = describe_change(manifest.get(role, {}).get(split), source.manifest[split], before, now,
+                               header=not folders.is_folder_dataset(source.name))
       message = (f'the {split} split of {source.name} (config.{role}) changed since checkpoint '
                  f'{os.path.basename(step_dir)} ({change})')
       if not allow_change:
@@ -161,11 +162,15 @@ def check_data(workdir: str, sources: dict, allow_change: bool = False) -> None:
       log(f'notice: {message}; training continues on the new data (config.allow_data_change=True)')
 
 
-def describe_change(before: list | None, now: list, before_id: dict, now_id: dict) -> str:
+def describe_change(before: list | None, now: list, before_id: dict, now_id: dict, header: bool = False) -> str:
   """'3 images added, 1 removed, 2 modified (first: a.jpg)' from two manifests (one line a
-  file: path, label, size, modification time), or the counts when the old list is unknown."""
+  file: path, label, size, modification time), or the counts when the old list is unknown. With
+  header, the first line names the data as a whole (TFDS: 'name version split count') and a
+  change there is named first."""
   if before is None:
     return f'{before_id["count"]} images before, {now_id["count"]} now'
+  if header and before[:1] != now[:1]:
+    return f"{' '.join(before[:1])} -> {' '.join(now[:1])}"
   path = lambda line: line.rsplit(' ', 3)[0]
   old, new = {path(l): l for l in before}, {path(l): l for l in now}
   added = sorted(set(new) - set(old))

@@ -125,6 +125,28 @@ def test_an_unreadable_dataset_folder_is_one_line(tmp_path, monkeypatch):
     datasets.get(DATASET, str(root))
 
 
+def test_a_resume_on_another_tfds_version_is_refused_naming_both(tmp_path, capsys):
+  """The checkpoint remembers the TFDS version and split it trained on; a resume that finds
+  another version (here the run trained on a pretended 0.9.0) names both."""
+  from simclr_jax import workdir as workdir_lib
+  from simclr_jax.errors import ConfigError
+  now = datasets.get(DATASET, DATA_DIR, test_split='test[:1000]')
+  old_lines = [now.manifest['train'][0].replace(' 1.0.0 ', ' 0.9.0 ')] + now.manifest['train'][1:]
+  meta = tmp_path / 'checkpoints' / '8' / 'meta'
+  (tmp_path / 'checkpoints' / '8' / 'state').mkdir(parents=True)
+  meta.mkdir()
+  old_identity = {'train': {'count': 50000, 'hash': 'from-0.9.0'}, 'test': now.identity['test']}
+  (meta / 'metadata').write_text(json.dumps({'step': 8, 'steps_per_epoch': 4, 'data': {'dataset': old_identity}}))
+  (tmp_path / workdir_lib.MANIFEST).write_text(json.dumps({'dataset': {'train': old_lines}}))
+  with pytest.raises(ConfigError) as e:
+    workdir_lib.check_data(str(tmp_path), {'dataset': now})
+  assert str(e.value).startswith('the train split of cifar10_jpeg (config.dataset) changed since checkpoint 8 '
+                                 '(cifar10_jpeg 0.9.0 train 50000 -> cifar10_jpeg 1.0.0 train 50000): restore it, '
+                                 'or pass --config.allow_data_change=True'), str(e.value)
+  workdir_lib.check_data(str(tmp_path), {'dataset': now}, allow_change=True)
+  assert 'cifar10_jpeg 0.9.0 train 50000 -> cifar10_jpeg 1.0.0 train 50000' in capsys.readouterr().out
+
+
 def test_a_cache_that_cannot_be_written_leaves_nothing_and_says_so(tmp_path, monkeypatch, capsys):
   def full_disk(path, **arrays):
     with open(path, 'wb') as f:

@@ -245,6 +245,21 @@ def test_results_without_checkpoints_are_refused_and_fresh_keeps_them(pretrained
   assert not (workdir / 'results.json').exists() and not (workdir / 'metrics.jsonl').exists()
 
 
+def test_a_first_run_that_saved_no_checkpoint_is_moved_aside_with_a_notice(tmp_path, capsys):
+  """A first run that failed before its first checkpoint left config.json and a few metrics: the
+  next run (here with another batch size) keeps them in previous-1 and says so."""
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'config.json').write_text(tiny_config(batch_size=32).to_json())
+  (workdir / 'metrics.jsonl').write_text('{"kind": "train", "step": 4, "loss": 4.8}\n')
+  workdir_lib.prepare(str(workdir), tiny_config())
+  out = capsys.readouterr().out
+  assert (f'notice: the earlier run in {workdir} is moved to {workdir}/previous-1 (it saved no checkpoint); '
+          'this run starts afresh') in out, out
+  assert sorted(os.listdir(workdir / 'previous-1')) == ['config.json', 'metrics.jsonl']
+  assert json.loads((workdir / 'config.json').read_text())['batch_size'] == 64  # this run's config
+
+
 def test_a_newest_checkpoint_without_its_meta_is_set_aside_and_fresh_always_works(pretrained_workdir, tmp_path, capsys):
   workdir = tmp_path / 'run'
   shutil.copytree(pretrained_workdir, workdir)

@@ -187,6 +187,26 @@ def test_bad_folders_get_one_line_naming_the_path_and_the_fix(tmp_path, make, fr
   assert str(root) in str(e.value) and '\n' not in str(e.value) and ': ' in str(e.value)
 
 
+def test_a_file_or_an_unreadable_folder_as_the_root_gets_one_line(tmp_path, monkeypatch):
+  root = tmp_path / 'data'
+  root.write_bytes(b'x')
+  with pytest.raises(DataError, match=re.escape(f"dataset folder '{root}' is a file, not a folder")):
+    datasets.load(f'folder:{root}', image_size=32)
+  root.unlink()
+  (root / 'cat').mkdir(parents=True)
+  scandir = os.scandir
+
+  def denied(path='.'):  # a root without read permission (simulated: tests may run as root)
+    if os.fspath(path) == str(root):
+      raise PermissionError(13, 'Permission denied', str(root))
+    return scandir(path)
+  monkeypatch.setattr(os, 'scandir', denied)
+  with pytest.raises(DataError) as e:
+    datasets.load(f'folder:{root}', image_size=32)
+  assert str(e.value) == (f'dataset folder {root} (Permission denied) cannot be read: fix its permissions, '
+                          'or point --config.dataset=folder:PATH at another folder'), str(e.value)
+
+
 def test_too_many_unreadable_images_stop_naming_the_first(tmp_path, source):
   root = make_folder(tmp_path / 'bad', source, 100, splits=True, corrupt=3)
   with pytest.raises(DataError, match=r'3 of the 83 images of folder:.* \(train\) cannot be read, more than '
@@ -285,6 +305,19 @@ def _fake_checkpoint(workdir, step, data):
   (folder / 'state').mkdir(parents=True)
   (folder / 'meta').mkdir()
   (folder / 'meta' / 'metadata').write_text(json.dumps({'step': step, 'steps_per_epoch': 4, 'data': data}))
+
+
+def test_epochs_below_what_was_trained_are_counted_in_the_checkpoints_steps_per_epoch():
+  """After images are removed a folder gives fewer steps per epoch; the run's 8 steps at its own
+  4 an epoch are still 2 epochs (workdir.prepare passes the checkpoint's meta, before any data
+  is read)."""
+  with pytest.raises(ConfigError) as e:
+    workdir_lib.check_epochs('runs/pets', epochs=1, trained=8, steps_per_epoch=4)
+  assert str(e.value) == ("config.epochs=1 is below what the run in 'runs/pets' has already trained "
+                          '(8 steps = 2 epochs): pass --config.epochs=2 or more, or another --workdir')
+  with pytest.raises(ConfigError, match=r'\(10 steps = 2.5 epochs\): pass --config.epochs=3 or more'):
+    workdir_lib.check_epochs('runs/pets', epochs=2, trained=10, steps_per_epoch=4)
+  workdir_lib.check_epochs('runs/pets', epochs=2, trained=8, steps_per_epoch=4)  # enough: no error
 
 
 def test_a_folder_changed_since_the_checkpoint_is_refused_naming_the_change(tmp_path, source, capsys):

@@ -123,6 +123,50 @@ def test_the_ema_update_and_its_cosine_schedule_follow_the_formula():
     assert updated['target']['batch_stats'] is state['target']['batch_stats']  # statistics: not averaged
 
 
+def test_the_simsiam_predictor_keeps_the_peak_learning_rate_while_the_rest_follows_the_schedule():
+  """The paper's section 4.4: the predictor's learning rate is not decayed (nor warmed up)."""
+  config = tiny_config('simsiam', optimizer='sgd', momentum=0.0, weight_decay=0.0, learning_rate=0.4,
+                       lr_scaling='none', epochs=4, warmup_epochs=1.0)
+  assert methods.get('simsiam')(config).constant_lr_groups() == ('predictor',)
+  params = {k: {'w': jnp.ones((2, 3))} for k in ('encoder', 'projector', 'predictor')}
+  grads = jax.tree.map(jnp.ones_like, params)
+  for constant in ((), ('predictor',)):
+    tx, schedule = pretrain.make_tx(config, 10, constant)
+    opt_state = tx.init(params)
+    for step in range(40):
+      updates, opt_state = tx.update(grads, opt_state, params)
+      lr = {k: -float(v['w'][0, 0]) for k, v in updates.items()}
+      assert lr['encoder'] == pytest.approx(float(schedule(step)), abs=1e-7)
+      assert lr['projector'] == lr['encoder']
+      assert lr['predictor'] == (pytest.approx(0.4) if constant else lr['encoder']), (step, constant)
+  assert methods.get('simsiam')(tiny_config('simsiam', predictor_constant_lr=False)).constant_lr_groups() == ()
+  assert methods.get('byol')(tiny_config('byol')).constant_lr_groups() == ()
+
+
+def test_per_view_batchnorm_normalises_each_view_by_its_own_statistics():
+  """SimSiam's last projector layer is BatchNorm without affine: run per view (its authors' code),
+  each view's projections have zero mean and unit variance over the batch; as one batch (SimCLR's
+  way) only both views together do."""
+  from simclr_jax import models
+  from simclr_jax.methods.base import apply_views
+  method = _method('simsiam', projection_dims=(32, 16), predictor_dims=(8, 16))
+  assert method.PER_VIEW_BATCHNORM and not methods.get('simclr').PER_VIEW_BATCHNORM
+  model = method.make_model(models.make_encoder('resnet10', 0.125, 'float32', 'cifar'))
+  rng = _rng(10)
+  views = np.concatenate([rng.normal(size=(16, 32, 32, 3)), 2 + 3 * rng.normal(size=(16, 32, 32, 3))])
+  views = np.stack([views[:16], views[16:]], axis=1).reshape(32, 32, 32, 3).astype(np.float32)  # rows 2k, 2k+1
+  variables = models.init_variables(model, 0, (32, 32, 3))
+  for per_view in (True, False):
+    out, stats = apply_views(model, variables, jnp.asarray(views), per_view)
+    z = np.asarray(out['projection'], np.float64)
+    halves = [np.abs(z[k::2].mean(0)).max() for k in (0, 1)]
+    if per_view:
+      assert max(halves) < 1e-4 and abs(z[0::2].var(0).mean() - 1) < 1e-2, halves
+    else:
+      assert np.abs(z.mean(0)).max() < 1e-4 and min(halves) > 1e-2, halves
+    assert jax.tree.structure(stats) == jax.tree.structure(variables['batch_stats'])
+
+
 def test_collapse_statistics_match_rankme_and_the_deviation_of_normalised_embeddings():
   rng = _rng(8)
   for z in (rng.normal(size=(96, 32)), rng.normal(size=(20, 64)), np.outer(rng.normal(size=50), rng.normal(size=16))):
@@ -163,15 +207,17 @@ def test_each_method_matches_on_four_devices_and_resumes_bit_identically(name, t
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = json.loads(proc.stdout.strip().splitlines()[-1])
   assert r['devices'] == 4 and r['method'] == name
-  # Step 1 starts from the same state: the losses agree to float32 rounding.
-  assert abs(r['loss_1'][0] - r['loss_4'][0]) < 1e-5 * max(1.0, abs(r['loss_1'][0])), r
-  # After it, rounding grows with the dynamics: the 4-device run stays within ten times what a
-  # 1e-7 perturbation of the initial parameters does on 1 device (a batch split into per-device
-  # statistics or negatives would differ by orders of magnitude more, from step 1's loss on).
-  a, b, p = r['loss_1'][1], r['loss_4'][1], r['loss_perturbed'][1]
-  assert abs(a - b) <= max(10 * abs(a - p), 1e-5 * abs(a)), r
-  for four, perturbed in zip(r['four'], r['perturbed']):  # (params, stats, method state) after each step
-    assert all(x <= max(10 * y, 1e-6) for x, y in zip(four, perturbed)), r
+  # Both steps' losses agree to float32 rounding (measured: within 5e-7 relative).
+  for a, b in zip(r['loss_1'], r['loss_4']):
+    assert abs(a - b) < 1e-5 * max(1.0, abs(a)), r
+  # The parameters, statistics and EMA target after each step agree within 1% of the change step 1
+  # made and 10% after step 2 (measured, the worst of the six methods: 5e-4 and 1e-2, SimCLR's
+  # encoder: the 4 partial sums of a gradient round differently where terms cancel, as for the
+  # BatchNorm biases, and LARS and momentum carry that into step 2). Statistics or negatives taken
+  # per device, or a gradient not averaged over the devices, change step 1's loss and its update
+  # by orders of magnitude more.
+  for k, bound in ((0, 1e-2), (1, 1e-1)):
+    assert all(x <= bound for x in r['four'][k]), r
   assert r['moved'] > 1e-4  # the steps really changed the parameters
   if name in ('mocov3', 'byol'):
     assert r['method_state_leaves'] > 0  # the EMA target is in the state (and compared above)

@@ -1,5 +1,6 @@
 """End to end: the CLI on cifar10_jpeg, resume, interrupted-then-resumed equality, and learning."""
 import json
+import time
 import os
 import shutil
 
@@ -80,6 +81,28 @@ def test_interrupted_then_resumed_run_ends_with_identical_parameters(tmp_path):
     np.testing.assert_array_equal(x, y)
   results = [json.loads((tmp_path / d / 'results.json').read_text()) for d in ('straight', 'interrupted')]
   assert results[0]['final_loss'] == results[1]['final_loss']
+
+
+def test_progress_is_logged_every_n_seconds_and_its_rate_leaves_out_the_compile(tmp_path, capsys, monkeypatch):
+  """log_every_seconds logs between the log_every_steps steps (here every step), and the first
+  line's images/s counts the training only: a 4-second pause just before the compile would
+  bring a one-step window of 64 images below 16 img/s if it were counted."""
+  from simclr_jax import train_loop as loop_module
+  log = loop_module.log
+
+  def slow_log(message):
+    if message == 'compiling the training step':
+      time.sleep(4.0)
+    log(message)
+  monkeypatch.setattr(loop_module, 'log', slow_log)
+  config = tiny_config(epochs=2, log_every_steps=100, log_every_seconds=0.0, **{'evals.knn.every_epochs': 2})
+  train_in_process(config, tmp_path)
+  lines = [l for l in capsys.readouterr().out.splitlines() if ' img/s ' in l]
+  assert [l.split(' step ')[1].split()[0] for l in lines] == [f'{k}/16' for k in range(1, 17)]
+  rates = [float(l.split(' img/s')[0].split()[-1].replace(',', '')) for l in lines]
+  assert rates[0] > 16, lines[0]
+  rows = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in rows if r['kind'] == 'train'] == list(range(1, 17))
 
 
 def test_pretraining_learns_features_that_beat_initialisation(tmp_path):

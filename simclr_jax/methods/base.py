@@ -5,8 +5,10 @@ config.augment and config.view2 (the second view's differences, for asymmetric v
     method = methods.get('byol')(config, total_steps)   # reads only its own fields
     model = method.make_model(encoder, probe_classes=10)
     state = method.init_state(variables)                 # e.g. the EMA target network
-    loss, state, metrics = method.loss(model, out, state, views, step)  # out: the online outputs
+    out, stats = apply_views(model, variables, views, method.PER_VIEW_BATCHNORM)  # the online outputs
+    loss, state, metrics = method.loss(model, out, state, views, step)
     state = method.update(state, params, step)           # after the optimiser step (EMA)
+    method.constant_lr_groups()                          # e.g. ('predictor',): no decay
 
 A subclass sets NAME and FIELDS (the config fields it adds, with defaults; configs/<NAME>.py sets
 its recipe) and overrides what differs from the defaults here: a Dense-ReLU-Dense projector, no
@@ -37,6 +39,26 @@ def l2_normalize(x, eps: float = 1e-12):
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
+def interleave(a, b):
+  """[B, ...] and [B, ...] -> [2B, ...] with rows 2k from a and 2k+1 from b (pairs' inverse)."""
+  return jnp.stack([a, b], axis=1).reshape((-1,) + a.shape[1:])
+
+
+def apply_views(model, variables: dict, views, per_view: bool, **kwargs):
+  """(outputs, updated batch_stats) of the model in training mode on the views [2B, ...]. With
+  per_view, each view's half goes through the model on its own, so BatchNorm normalises each by
+  its own statistics and updates its running averages twice, as two forward calls do in PyTorch;
+  the outputs are interleaved back into rows 2k and 2k+1."""
+  if not per_view:
+    out, updated = model.apply(variables, views, train=True, mutable=['batch_stats'], **kwargs)
+    return out, updated['batch_stats']
+  first, second = pairs(views)
+  out_a, updated = model.apply(variables, first, train=True, mutable=['batch_stats'], **kwargs)
+  out_b, updated = model.apply({**variables, 'batch_stats': updated['batch_stats']}, second, train=True,
+                               mutable=['batch_stats'], **kwargs)
+  return jax.tree.map(interleave, out_a, out_b), updated['batch_stats']
+
+
 def check_dims(config, field: str) -> None:
   dims = config[field]
   if len(dims) < 1 or min(dims) < 1:
@@ -46,6 +68,10 @@ def check_dims(config, field: str) -> None:
 class Method:
   NAME = ''
   FIELDS: dict = {}
+  # Each view through the network on its own (BatchNorm statistics per view), as the authors' code
+  # of MoCo v3, BYOL, SimSiam, Barlow Twins and VICReg and solo-learn do; SimCLR's reference runs
+  # both views as one batch.
+  PER_VIEW_BATCHNORM = True
 
   def __init__(self, config, total_steps: int = 1):
     self.config = {k: config[k] for k in ('projection_dims', 'finetune_from_head_layer', *self.FIELDS)}
@@ -71,6 +97,11 @@ class Method:
     return models.PretrainModel(encoder=encoder, projector=self.projector(encoder.dtype),
                                 predictor=self.predictor(encoder.dtype), probe_classes=probe_classes,
                                 feature_layer=feature_layer)
+
+  # The optimiser.
+  def constant_lr_groups(self) -> tuple:
+    """Parameter groups ('predictor', ...) trained at the peak learning rate throughout."""
+    return ()
 
   # State beyond params and optimiser, and its update inside the compiled step.
   def init_state(self, variables: dict) -> dict:
@@ -120,6 +151,6 @@ class MomentumMethod(Method):
     """(stop-gradient target projections of the views, state with the target's new BatchNorm
     statistics)."""
     target = state['target']
-    out, updated = model.apply(target, views, train=True, target=True, mutable=['batch_stats'])
-    state = {**state, 'target': {**target, 'batch_stats': updated['batch_stats']}}
+    out, stats = apply_views(model, target, views, self.PER_VIEW_BATCHNORM, target=True)
+    state = {**state, 'target': {**target, 'batch_stats': stats}}
     return jax.lax.stop_gradient(out['projection']), state

@@ -12,6 +12,7 @@ from simclr_jax.methods.base import Method, fail
 class SimCLR(Method):
   NAME = 'simclr'
   FIELDS = {'temperature': 0.5, 'clamp_similarity': False, 'projector_norm': False}
+  PER_VIEW_BATCHNORM = False  # both views as one batch, as the PyTorch reference and google-research/simclr
 
   @classmethod
   def validate(cls, config) -> None:

@@ -18,7 +18,7 @@ def negative_cosine(p, z):
 
 class SimSiam(Method):
   NAME = 'simsiam'
-  FIELDS = {'predictor_dims': (512, 2048)}
+  FIELDS = {'predictor_dims': (512, 2048), 'predictor_constant_lr': True}
 
   def projector(self, dtype):
     """Three Linear-BN layers, ReLU between them, the last BN without affine (the paper's
@@ -28,6 +28,11 @@ class SimSiam(Method):
   def predictor(self, dtype):
     """Linear-BN-ReLU-Linear: the 2048-512-2048 bottleneck."""
     return models.MLPHead(tuple(self.config['predictor_dims']), norm=True, dtype=dtype)
+
+  def constant_lr_groups(self) -> tuple:
+    """The predictor at a constant learning rate (the paper's section 4.4: better than decaying
+    it; solo-learn's static_lr)."""
+    return ('predictor',) if self.config['predictor_constant_lr'] else ()
 
   def loss(self, model, out, state, views, step):
     p1, p2 = pairs(out['prediction'])
