@@ -11,19 +11,16 @@ import os
 
 import numpy as np
 
+from simclr_jax import interrupts
+
 
 def _save(fig, path: str) -> None:
   """Writes the figure through a temporary file renamed into place: a signal or an error never
-  leaves half a PNG."""
-  from simclr_jax import interrupts
+  leaves half a PNG (interrupts.temporary removes it)."""
   tmp = f'{path}.tmp{os.getpid()}.png'
   with interrupts.temporary(tmp):
-    try:
-      fig.savefig(tmp, dpi=110)
-      os.replace(tmp, path)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
 
 
 def _normalized(f) -> np.ndarray:
@@ -156,7 +153,6 @@ def pictures_of_run(workdir: str, out_dir: str = '', dataset: str = '', data_dir
   if not name:
     raise UserError('pass the dataset the pictures are made on (--dataset): an encoder file does not name it')
   own = name == config.get('dataset')
-  from simclr_jax import interrupts
   interrupts.set_resume_hint('rerun the same command to make the pictures')
   with interrupts.phase('loading the data for the pictures'):
     ds = datasets.load(name, config.get('data_dir', '') if data_dir is None else data_dir,
