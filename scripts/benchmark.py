@@ -93,12 +93,13 @@ def time_dataset_load(args) -> dict:
 
 def time_step(args, config, mesh, inputs, augment_views: bool = True) -> dict:
   import jax
-  from simclr_jax import augment, pretrain
+  from simclr_jax import augment, pretrain, stage
   make_views = None
   if not augment_views:  # the same step with the views replaced by the normalised images, twice
     aug = augment.settings_from_config(config.augment)
     make_views = lambda key, x: jax.numpy.repeat(augment.eval_view(x, aug), 2, axis=0)
-  task = pretrain.build_task(config, mesh, inputs, make_views=make_views)
+  total = stage.loop_settings(config, inputs.steps_per_epoch, {}).total_steps
+  task = pretrain.build_task(config, mesh, inputs, None, total, make_views=make_views)
   step_fn = inputs.bind(task.step_fn)
   step_args = next(inputs.batches(0, 1))[1]
   state = task.state
@@ -166,9 +167,9 @@ def time_pipeline(source, rows, mesh, batch: int, workers: int, batches: int) ->
 def time_stream_step(args, config, mesh, source, rows, workers: int) -> dict:
   """images/s of the full step fed by the streamed path (host pipeline included)."""
   import jax
-  from simclr_jax import input_pipeline, pretrain
+  from simclr_jax import input_pipeline, pretrain, stage
   inputs = input_pipeline.StreamInputs(source, rows, mesh, config.batch_size, config.seed, workers)
-  task = pretrain.build_task(config, mesh, inputs)
+  task = pretrain.build_task(config, mesh, inputs, None, stage.loop_settings(config, inputs.steps_per_epoch, {}).total_steps)
   step, state, feed = inputs.bind(task.step_fn), task.state, _feed(inputs)
   for _ in range(max(1, args.warmup)):
     state, metrics = step(state, *next(feed))

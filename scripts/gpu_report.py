@@ -157,7 +157,7 @@ def _kernels(compiled) -> int:
 def costs(limit, args) -> dict:
   import jax
   import jax.numpy as jnp
-  from simclr_jax import augment, input_pipeline, pretrain
+  from simclr_jax import augment, input_pipeline, pretrain, stage
   batch = 64 if args.tiny else 1024
   config = _config(args, batch)
   aug = augment.settings_from_config(config.augment)
@@ -180,7 +180,7 @@ def costs(limit, args) -> dict:
                                                        np.zeros(batch, np.int32)), num_classes=10)
   mesh = parallel.make_mesh()
   inputs = input_pipeline.DeviceInputs(source, None, mesh, batch, 0)
-  task = pretrain.build_task(config, mesh, inputs)
+  task = pretrain.build_task(config, mesh, inputs, None, stage.loop_settings(config, inputs.steps_per_epoch, {}).total_steps)
   model, loss_fn = task.model, task.loss_fn
   variables = jax.eval_shape(lambda: model.init(key, jnp.zeros((2, 32, 32, 3)), train=False))
   labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
@@ -246,7 +246,7 @@ def breakdown(limit, args) -> dict:
   import jax
   import jax.numpy as jnp
   import optax
-  from simclr_jax import augment, datasets, input_pipeline, losses, parallel, pretrain
+  from simclr_jax import augment, datasets, input_pipeline, losses, parallel, pretrain, stage
   batch = 64 if args.tiny else 1024
   calls = 3 if args.tiny else 20
   config = _config(args, batch)
@@ -255,7 +255,8 @@ def breakdown(limit, args) -> dict:
   mesh = parallel.make_mesh()
   inputs = input_pipeline.DeviceInputs(source, rows, mesh, batch, 0)
   dataset = source.decode('train').subset(rows)
-  task = pretrain.build_task(config, mesh, inputs)
+  total = stage.loop_settings(config, inputs.steps_per_epoch, {}).total_steps
+  task = pretrain.build_task(config, mesh, inputs, None, total)
   aug = augment.settings_from_config(config.augment)
   model, loss_fn = task.model, task.loss_fn
   state = task.state
@@ -270,7 +271,7 @@ def breakdown(limit, args) -> dict:
   z = fwd(state.params, state.batch_stats, views)
   ntxent = jax.jit(jax.value_and_grad(lambda q: losses.nt_xent(q, config.temperature)))
   _, grads = fwd_bwd(state.params, state.batch_stats, views, y)
-  tx, _ = pretrain.make_tx(config, inputs.steps_per_epoch)
+  tx = pretrain.make_tx(stage.optimizer(config, total, inputs.steps_per_epoch), config.online_probe_learning_rate)
   update = jax.jit(lambda g, o, p: (lambda u_o: (optax.apply_updates(p, u_o[0]), u_o[1]))(tx.update(g, o, p)))
   ms = {}
   ms['augmentation'] = _time(views_fn, key, x, calls=calls) * 1e3

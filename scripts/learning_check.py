@@ -45,11 +45,12 @@ def main(argv=None) -> int:
     mesh = parallel.make_mesh()
     os.makedirs(workdir, exist_ok=True)
     data = stage.prepare_data(config, workdir, mesh)
-    task = pretrain.build_task(config, mesh, data.inputs, data.eval_inputs)
+    settings = stage.loop_settings(config, data.inputs.steps_per_epoch, {})
+    task = pretrain.build_task(config, mesh, data.inputs, data.eval_inputs, settings.total_steps)
     knn = evaluate.KnnEvaluator('knn', config.evals.knn)
     ctx = evaluate.EvalContext(task.infer, task.state.variables, task.eval_inputs, config.eval_batch_size)
     before = knn(ctx)['knn_top1']
-    after = train_loop.run(task, workdir, stage.loop_settings(config, data.inputs, {}))
+    after = train_loop.run(task, workdir, settings)
     rows[method] = {'knn_at_init': before, 'knn_top1': after['knn_top1'], 'final_loss': after['final_loss'],
                     'images_per_second': after['images_per_second'], 'embedding_std': after['embedding_std'],
                     'embedding_rank': after['embedding_rank']}

@@ -309,7 +309,7 @@ def restore_encoder(path: str, role: str = 'init_from', head_layers: int = 0) ->
   the first K layers of its projector (SimCLR v2's fine-tuning from inside the head).
 
   Returns ({'params': {'encoder', ['projector']}, 'batch_stats': ...} as numpy arrays, checked
-  against their checksums; the checkpoint's meta: the run's 'config', 'model', 'image_shape',
+  against their checksums; the checkpoint's meta: the run's 'config', 'model' (with its 'image_shape'),
   'step', ...).
   """
   restored, meta, step_dir = _restore_variables(path, role)

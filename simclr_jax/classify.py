@@ -13,8 +13,6 @@ augmentation for config.epochs, as the SimCLR paper's linear evaluation does.
 from __future__ import annotations
 
 import functools
-import json
-import os
 import time
 
 import jax
@@ -26,7 +24,7 @@ from simclr_jax import augment, checkpoint, config_base, interrupts, models, opt
 from simclr_jax.errors import CheckpointError
 from simclr_jax.evaluate import EvalContext, TYPES, make_evaluators
 from simclr_jax.losses import classification_loss, top1
-from simclr_jax.metrics import log, write_results
+from simclr_jax.metrics import write_results
 
 ENCODER_FIELDS = ('model', 'width', 'stem')
 
@@ -69,13 +67,12 @@ def classifier_loss_fn(model):
 def build_model(config, image_shape, num_classes: int):
   """(Classifier, initial variables, encoder spec for the checkpoints) of a classifier stage:
   random weights, or init_from's encoder (and head layers) for finetune and linear_eval."""
-  stem = models.resolve_stem(config.stem, image_shape[0])
-  encoder = models.make_encoder(config.model, config.width, config.dtype, stem)
+  encoder = models.encoder_for(config.model, config.width, config.dtype, config.stem, image_shape)
   head_layer = config.get('finetune_from_head_layer', 0)
   restored, spec = None, {}
   if config.get('init_from'):
     restored, spec = restore_pretrained(config.init_from, {'model': config.model, 'width': config.width,
-                                                           'stem': stem}, head_layer)
+                                                           'stem': encoder.stem}, head_layer)
   projector = models.head_layers(spec.get('projector'), head_layer, encoder.dtype)
   model = models.Classifier(encoder=encoder, num_classes=num_classes, projector=projector,
                             frozen_encoder=config.stage == 'linear_eval')
@@ -91,16 +88,14 @@ def build_model(config, image_shape, num_classes: int):
   return model, variables, models.encoder_spec(encoder, image_shape, projector, head_layer)
 
 
-def build_task(config, mesh, inputs, eval_inputs=None) -> train_loop.Task:
+def build_task(config, mesh, inputs, eval_inputs, total_steps: int) -> train_loop.Task:
+  """The classifier, its optimiser for a run of total_steps, the state and the compiled step."""
   model, variables, spec = build_model(config, inputs.image_shape, inputs.num_classes)
   aug = augment.settings_from_config(config.augment)
-  spe = inputs.steps_per_epoch
-  schedule = optim.make_schedule(config.learning_rate, config.lr_scaling, config.batch_size,
-                                 config.epochs, config.warmup_epochs, spe)
-  model_tx = optim.make_optimizer(config.optimizer, schedule, config.momentum, config.weight_decay,
-                                  config.lars_eta)
+  opt = stage.optimizer(config, total_steps, inputs.steps_per_epoch)
+  schedule = opt.schedule
   body = 'frozen' if config.stage == 'linear_eval' else 'model'
-  tx = optim.partition({'model': model_tx, 'frozen': optax.set_to_zero()},
+  tx = optim.partition({'model': opt.make(schedule), 'frozen': optax.set_to_zero()},
                        {'encoder': body, 'projector': body, 'head': 'model'})
   state = train_loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed)
   state = jax.device_put(state, parallel.replicated(mesh))
@@ -109,7 +104,7 @@ def build_task(config, mesh, inputs, eval_inputs=None) -> train_loop.Task:
       inject_nan_at_step=config.inject_nan_at_step)
   notes = {'stage': config.stage, 'label_fraction': config.label_fraction,
            'init_from': config.get('init_from') or None,
-           'finetune_from_head_layer': config.get('finetune_from_head_layer', 0)}
+           'finetune_from_head_layer': spec['feature_layer']}
   if config.stage == 'linear_eval':
     notes['protocol'] = 'augmented'
   evaluators = make_evaluators(config.evals, {'labels'})
@@ -146,7 +141,7 @@ def linear_probe_on_features(config, workdir: str, task: train_loop.Task) -> dic
   results = {'stage': 'linear_eval', 'protocol': 'features', 'test_top1': fit['linear_top1'],
              'best_test_top1': fit['linear_top1'], 'weight_decay': fit['linear_weight_decay'],
              'label_fraction': config.label_fraction, 'init_from': config.init_from,
-             'finetune_from_head_layer': config.finetune_from_head_layer,
+             'finetune_from_head_layer': task.notes['finetune_from_head_layer'],
              'train_examples': task.inputs.num_examples, 'embed_seconds': embed_seconds,
              'train_seconds': time.time() - t0, 'epochs': 0, 'history': [],
              'protocols': {'test_top1': 'features'}}
@@ -156,19 +151,8 @@ def linear_probe_on_features(config, workdir: str, task: train_loop.Task) -> dic
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (or, for linear_eval on features, fits) the classifier stage; writes results.json."""
   starts = {'init_from': config.init_from} if config.stage in config_base.DOWNSTREAM else {}
-  if not (config.stage == 'linear_eval' and config.protocol == 'features'):
-    return stage.train_and_evaluate(config, workdir, build_task, starts, label_fraction=config.label_fraction,
-                                    require_labels=True)
-  if os.path.exists(os.path.join(workdir, 'results.json')):
-    log(f'the run in {workdir} is complete: results.json is kept as it is')
-    with open(os.path.join(workdir, 'results.json')) as f:
-      return json.load(f)
-  mesh = parallel.make_mesh()
-  parallel.check_batch_size(config.batch_size, mesh)
-  checkpoint.find_checkpoint(config.init_from)  # fail before the data is read
-  stage.log_setup(config.dtype)
-  data = stage.prepare_data(config, workdir, mesh, label_fraction=config.label_fraction, require_labels=True,
-                            small_set_notice=False)
-  task = build_task(config, mesh, data.inputs)
-  stage.log_model(task.meta['model'], config.stem, data.inputs)
-  return linear_probe_on_features(config, workdir, task)
+  features = config.stage == 'linear_eval' and config.protocol == 'features'
+  return stage.train_and_evaluate(
+      config, workdir, build_task, starts, label_fraction=config.label_fraction, require_labels=True,
+      finish=functools.partial(linear_probe_on_features, config, workdir) if features else None,
+      small_set_notice=not features)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simclr_jax import augment, checkpoint, classify, models, optim, parallel, stage, train_loop
+from simclr_jax import augment, checkpoint, classify, models, parallel, stage, train_loop
 from simclr_jax.errors import CheckpointError, DataError
 from simclr_jax.evaluate import make_evaluators
 from simclr_jax.losses import classification_loss, distillation_loss, top1
@@ -67,9 +67,9 @@ def distill_loss_fn(model, teacher, temperature: float, label_weight: float):
   return loss_fn
 
 
-def build_task(config, mesh, inputs, eval_inputs=None) -> train_loop.Task:
-  """The student, its optimiser and the teacher's variables in the state; eval_inputs (default:
-  inputs) holds the labelled test split."""
+def build_task(config, mesh, inputs, eval_inputs, total_steps: int) -> train_loop.Task:
+  """The student, its optimiser for a run of total_steps and the teacher's variables in the
+  state; eval_inputs (None: inputs) holds the labelled test split."""
   eval_inputs = eval_inputs or inputs
   aug = augment.settings_from_config(config.augment)
   teacher, teacher_vars, teacher_info = load_teacher(config.teacher_from, inputs.image_shape, aug.mean, aug.std)
@@ -78,9 +78,9 @@ def build_task(config, mesh, inputs, eval_inputs=None) -> train_loop.Task:
       raise DataError(f'teacher_from {config.teacher_from!r} has {teacher.num_classes} classes, {what} '
                       f'has {n}: distil on data with the teacher\'s classes')
   model, variables, spec = classify.build_model(config, inputs.image_shape, teacher.num_classes)
-  schedule = optim.make_schedule(config.learning_rate, config.lr_scaling, config.batch_size,
-                                 config.epochs, config.warmup_epochs, inputs.steps_per_epoch)
-  tx = optim.make_optimizer(config.optimizer, schedule, config.momentum, config.weight_decay, config.lars_eta)
+  opt = stage.optimizer(config, total_steps, inputs.steps_per_epoch)
+  schedule = opt.schedule
+  tx = opt.make(schedule)
   state = train_loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed,
                                        {'teacher': teacher_vars})
   state = jax.device_put(state, parallel.replicated(mesh))

@@ -178,7 +178,7 @@ class StreamInputs(_Inputs):
     quiet = 'ignore::UserWarning:multiprocessing.resource_tracker'
     if quiet not in os.environ.get('PYTHONWARNINGS', ''):
       os.environ['PYTHONWARNINGS'] = ','.join(filter(None, [os.environ.get('PYTHONWARNINGS'), quiet]))
-    ds = grain.MapDataset.source(plan).map(Decode(self.source.image_size, self.image_shape))
+    ds = grain.MapDataset.source(plan).map(Decode(self.image_shape))
     threads = 2 if workers else 16  # training: a few threads in each worker; evaluation: threads only
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads))
     if workers:

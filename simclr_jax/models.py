@@ -95,6 +95,11 @@ def resolve_stem(stem: str, image_size: int) -> str:
   return 'cifar' if image_size <= CIFAR_STEM_MAX_SIZE else 'imagenet'
 
 
+def encoder_for(model: str, width: float, dtype: str, stem: str, image_shape) -> 'ResNet':
+  """The encoder of a run on images of image_shape (stem 'auto' resolved for their size)."""
+  return make_encoder(model, width, dtype, resolve_stem(stem, image_shape[0]))
+
+
 class ResNet(nn.Module):
   """ResNet encoder with a global average pool; stem 'cifar' (3x3 stride 1, no max-pool, for
   small images) or 'imagenet' (7x7 stride 2, then a 3x3 stride-2 max-pool).

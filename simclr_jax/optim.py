@@ -1,7 +1,7 @@
 """Learning-rate schedules, optimisers, weight-decay masks, and one optimiser per parameter group.
 
-    schedule = make_schedule(0.3, 'linear', batch_size=512, epochs=200, warmup_epochs=10,
-                             steps_per_epoch=97)
+    peak = peak_learning_rate(0.3, batch_size=512, scaling='linear')
+    schedule = make_schedule(peak, total_steps=200 * 97, warmup_epochs=10, steps_per_epoch=97)
     tx = make_optimizer('sgd', schedule, momentum=0.9, weight_decay=5e-4)
     tx = partition({'model': tx, 'frozen': optax.set_to_zero()}, {'encoder': 'frozen', 'head': 'model'})
 """
@@ -34,12 +34,11 @@ def effective_warmup_epochs(warmup_epochs: float, epochs: float) -> float:
   return min(warmup_epochs, MAX_WARMUP_SHARE * epochs)
 
 
-def make_schedule(learning_rate: float, lr_scaling: str, batch_size: int, epochs: float,
-                  warmup_epochs: float, steps_per_epoch: int) -> optax.Schedule:
+def make_schedule(peak: float, total_steps: int, warmup_epochs: float, steps_per_epoch: int) -> optax.Schedule:
   """Linear warmup from 0 to the peak, then cosine decay to 0 at the last step. A warmup longer
   than MAX_WARMUP_SHARE of the run is shortened to it, with a notice."""
-  peak = peak_learning_rate(learning_rate, batch_size, lr_scaling)
-  total = max(1, epochs_to_steps(epochs, steps_per_epoch))
+  total = max(1, total_steps)
+  epochs = total_steps / steps_per_epoch
   effective = effective_warmup_epochs(warmup_epochs, epochs)
   if effective < warmup_epochs:
     log(f'notice: warmup_epochs={warmup_epochs:g} shortened to {effective:g}, a quarter of the '

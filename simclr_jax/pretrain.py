@@ -39,22 +39,16 @@ def pretrain_loss_fn(model, method):
   return loss_fn
 
 
-def make_tx(config, steps_per_epoch: int, constant_lr: tuple = ()):
-  """(optimiser, schedule): config's optimiser for the model, Adam for the online probe. The
+def make_tx(opt: stage.Optimizer, probe_learning_rate: float, constant_lr: tuple = ()):
+  """The stage's optimiser (stage.optimizer) for the model, Adam for the online probe. The
   parameter groups named in constant_lr (a method's Method.constant_lr_groups()) keep the peak
   learning rate throughout, without warmup or decay."""
-  schedule = optim.make_schedule(config.learning_rate, config.lr_scaling, config.batch_size,
-                                 config.epochs, config.warmup_epochs, steps_per_epoch)
-  def model_tx(lr):
-    return optim.make_optimizer(config.optimizer, lr, config.momentum, config.weight_decay, config.lars_eta)
-  peak = optim.peak_learning_rate(config.learning_rate, config.batch_size, config.lr_scaling)
   groups = {'encoder': 'model', 'projector': 'model', 'predictor': 'model', 'online_probe': 'probe'}
-  transforms = {'model': model_tx(schedule), 'probe': optax.adam(config.online_probe_learning_rate)}
+  transforms = {'model': opt.make(opt.schedule), 'probe': optax.adam(probe_learning_rate)}
   if constant_lr:
     groups.update({name: 'constant' for name in constant_lr})
-    transforms['constant'] = model_tx(optax.constant_schedule(peak))
-  tx = optim.partition(transforms, groups)
-  return tx, schedule
+    transforms['constant'] = opt.make(optax.constant_schedule(opt.peak))
+  return optim.partition(transforms, groups)
 
 
 def collapse_statistics(z):
@@ -95,20 +89,20 @@ def _monitor_images(inputs, batch: int):
     return chunk[:valid] if valid == chunk.shape[0] else chunk
 
 
-def build_task(config, mesh, inputs, eval_inputs=None, make_views=None) -> train_loop.Task:
-  """Model, optimiser, initial state, compiled step, monitor and evaluators for pretraining.
-  eval_inputs (default: inputs) holds the labelled splits of the monitors; make_views(key,
-  images_uint8) replaces the method's views (the benchmark's ablation)."""
+def build_task(config, mesh, inputs, eval_inputs, total_steps: int, make_views=None) -> train_loop.Task:
+  """Model, optimiser, initial state, compiled step, monitor and evaluators for pretraining
+  (total_steps: the run's length, stage.loop_settings' total_steps). eval_inputs (None: inputs)
+  holds the labelled splits of the monitors; make_views(key, images_uint8) replaces the method's
+  views (the benchmark's ablation)."""
   eval_inputs = eval_inputs or inputs
-  total_steps = inputs.steps_per_epoch * config.epochs
   method = methods.get(config.method)(config, total_steps)
-  stem = models.resolve_stem(config.stem, inputs.image_shape[0])
-  encoder = models.make_encoder(config.model, config.width, config.dtype, stem)
+  encoder = models.encoder_for(config.model, config.width, config.dtype, config.stem, inputs.image_shape)
   probe = config.online_probe_learning_rate > 0 and inputs.has_labels
-  model = method.make_model(encoder, inputs.num_classes if probe else 0, config.finetune_from_head_layer)
+  model = method.make_model(encoder, inputs.num_classes if probe else 0)
   first = augment.settings_from_config(config.augment)
   second = augment.settings_from_config(config.augment, config.view2)
-  tx, schedule = make_tx(config, inputs.steps_per_epoch, method.constant_lr_groups())
+  opt = stage.optimizer(config, total_steps, inputs.steps_per_epoch)
+  tx, schedule = make_tx(opt, config.online_probe_learning_rate, method.constant_lr_groups()), opt.schedule
   variables = models.init_variables(model, config.seed, inputs.image_shape)
   state = train_loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed,
                                        method.init_state(variables))
@@ -125,9 +119,9 @@ def build_task(config, mesh, inputs, eval_inputs=None, make_views=None) -> train
       state=state, step_fn=step_fn, inputs=inputs, evaluators=evaluators,
       infer=augment.inference(functools.partial(model.apply, train=False), first),
       summarize=functools.partial(summarize, evaluators=evaluators), schedule=schedule,
-      notes={'method': config.method, 'finetune_from_head_layer': config.finetune_from_head_layer}, eval_inputs=eval_inputs, monitor=monitor, model=model, loss_fn=loss_fn,
-      meta={'model': models.encoder_spec(encoder, inputs.image_shape, model.projector,
-                                         config.finetune_from_head_layer)})
+      notes={'method': config.method, 'finetune_from_head_layer': model.feature_layer}, eval_inputs=eval_inputs,
+      monitor=monitor, model=model, loss_fn=loss_fn,
+      meta={'model': models.encoder_spec(encoder, inputs.image_shape, model.projector, model.feature_layer)})
 
 
 def summarize(record: dict, facts: dict, evaluators=()) -> dict:

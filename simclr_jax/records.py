@@ -4,7 +4,7 @@ no JAX, so that a spawned worker starts quickly. Every object here pickles small
 
     records = TfdsRecords('cifar10', '', 'train', 50000)     # or FolderRecords(root, entries)
     plan = TrainPlan(records, rows, seed, num_examples, steps_per_epoch, batch, lo, hi, first, total)
-    Decode(size, shape)(plan[j])                              # this process's rows of step first + j
+    Decode(image_shape)(plan[j])                            # this process's rows of step first + j
 """
 from __future__ import annotations
 
@@ -149,14 +149,14 @@ class Decode:
   that cannot be read becomes zeros without a label (-1) and ok False (counted and named by the
   main process), as the device path keeps it (datasets.Source.decode)."""
 
-  def __init__(self, size: int, shape: tuple):
-    self.size, self.shape = size, shape
+  def __init__(self, shape: tuple):
+    self.shape = tuple(shape)  # (S, S, 3): images are decoded at size S
 
   def one(self, source):
     if source is None:
       return np.zeros(self.shape, np.uint8), True
     try:
-      image, _ = images.decode(source, self.size)
+      image, _ = images.decode(source, self.shape[0])
       if image.shape == self.shape:
         return image, True
     except Exception:  # reported by the main process, which knows how many it tolerates

@@ -4,18 +4,22 @@ evaluator figures.
 
     data = prepare_data(config, workdir, mesh, label_fraction=0.1, require_labels=True)
     data.source.image_size, data.inputs, data.eval_inputs
-    settings = loop_settings(config, data.inputs, meta={'model': ...})
+    settings = loop_settings(config, data.inputs.steps_per_epoch, meta={'data': ...})
+    opt = optimizer(config, settings.total_steps, settings.steps_per_epoch)  # opt.make(opt.schedule)
+    task = build_task(config, mesh, data.inputs, data.eval_inputs, settings.total_steps)
     results = train_and_evaluate(config, workdir, build_task, {'init_from': path}, label_fraction=0.1)
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import jax
 import numpy as np
 
-from simclr_jax import checkpoint, datasets, input_pipeline, models, parallel, train_loop, workdir as workdir_lib
+from simclr_jax import (checkpoint, datasets, input_pipeline, models, optim, parallel, train_loop,
+                        workdir as workdir_lib)
 from simclr_jax.errors import DataError
 from simclr_jax.metrics import log, plural
 
@@ -96,15 +100,32 @@ def prepare_data(config, workdir: str, mesh, *, label_fraction: float = 1.0, req
   return data
 
 
-def loop_settings(config, inputs, meta: dict) -> train_loop.LoopSettings:
+def loop_settings(config, steps_per_epoch: int, meta: dict) -> train_loop.LoopSettings:
   """The loop's settings from the config; meta is saved with each checkpoint (the config is
-  added here)."""
+  added here). Its total_steps is what the stage's task and optimiser are built for."""
   return train_loop.LoopSettings(
-      total_steps=inputs.steps_per_epoch * config.epochs, batch_size=config.batch_size,
+      epochs=config.epochs, steps_per_epoch=steps_per_epoch, batch_size=config.batch_size,
       eval_batch_size=config.eval_batch_size, log_every_steps=config.log_every_steps,
       log_every_seconds=config.log_every_seconds, checkpoint_every_epochs=config.checkpoint_every_epochs,
       keep_checkpoints=config.keep_checkpoints, skip_nonfinite=config.skip_nonfinite,
       meta={'config': json.loads(config.to_json()), **meta})
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+  """A stage's optimiser settings: make(learning_rate) -> the config's optimiser at that
+  learning rate (a schedule or a constant), the warmup-cosine schedule and its peak."""
+  make: object
+  schedule: object
+  peak: float
+
+
+def optimizer(config, total_steps: int, steps_per_epoch: int) -> Optimizer:
+  """The config's optimiser and learning-rate schedule for a run of total_steps."""
+  peak = optim.peak_learning_rate(config.learning_rate, config.batch_size, config.lr_scaling)
+  schedule = optim.make_schedule(peak, total_steps, config.warmup_epochs, steps_per_epoch)
+  make = lambda lr: optim.make_optimizer(config.optimizer, lr, config.momentum, config.weight_decay, config.lars_eta)
+  return Optimizer(make, schedule, peak)
 
 
 def evaluator_figures(record: dict, evaluators) -> dict:
@@ -123,19 +144,33 @@ def evaluator_figures(record: dict, evaluators) -> dict:
   return out
 
 
-def train_and_evaluate(config, workdir: str, build_task, checkpoints: dict | None = None, **data_options) -> dict:
-  """What every trained stage does: the finished run's results.json if there is one; else the
+def train_and_evaluate(config, workdir: str, build_task, checkpoints: dict | None = None, finish=None,
+                       **data_options) -> dict:
+  """What every stage does: the finished run's results.json if there is one; else the
   checkpoints it starts from looked up ({role: path}, before the data is read), the data
-  prepared (prepare_data's options), build_task(config, mesh, inputs, eval_inputs) and the loop."""
+  prepared (prepare_data's options), build_task(config, mesh, inputs, eval_inputs, total_steps)
+  and the loop -- or finish(task), for a stage that fits rather than trains (it writes
+  results.json, which is then all that marks it finished)."""
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
-  done = train_loop.finished_results(workdir, config.epochs)
+  done = train_loop.finished_results(workdir, config.epochs) if finish is None else kept_results(workdir)
   if done is not None:
     return done
   for role, path in (checkpoints or {}).items():
     checkpoint.find_checkpoint(path, role)
   log_setup(config.dtype)
   data = prepare_data(config, workdir, mesh, **data_options)
-  task = build_task(config, mesh, data.inputs, data.eval_inputs)
+  settings = loop_settings(config, data.inputs.steps_per_epoch, {'data': data.identity})
+  task = build_task(config, mesh, data.inputs, data.eval_inputs, settings.total_steps)
   log_model(task.meta['model'], config.stem, data.inputs)
-  return train_loop.run(task, workdir, loop_settings(config, data.inputs, {'data': data.identity}))
+  return finish(task) if finish is not None else train_loop.run(task, workdir, settings)
+
+
+def kept_results(workdir: str) -> dict | None:
+  """results.json of a stage without checkpoints, with a notice; None when there is none."""
+  path = os.path.join(workdir, 'results.json')
+  if not os.path.exists(path):
+    return None
+  log(f'the run in {workdir} is complete: results.json is kept as it is')
+  with open(path) as f:
+    return json.load(f)

@@ -2,7 +2,7 @@
 evaluators, checkpoints, signals).
 
     task = Task(state, step_fn, inputs, evaluators, infer, summarize)
-    results = run(task, workdir, LoopSettings(total_steps=..., steps_per_epoch=..., ...))
+    results = run(task, workdir, LoopSettings(epochs=..., steps_per_epoch=..., batch_size=..., ...))
 
 The loop reads top to bottom: for each step k it runs the compiled step, then the periodic
 actions, each decided by one helper from (count, every, total): logging (every N steps or every
@@ -124,8 +124,9 @@ class Task:
 
 @dataclasses.dataclass
 class LoopSettings:
-  """The loop's settings, read from the config by the stage."""
-  total_steps: int
+  """The loop's settings, read from the config by the stage (stage.loop_settings)."""
+  epochs: int
+  steps_per_epoch: int
   batch_size: int
   eval_batch_size: int = 1000
   log_every_steps: int = 50
@@ -134,6 +135,11 @@ class LoopSettings:
   keep_checkpoints: int = 3
   skip_nonfinite: bool = False
   meta: dict = dataclasses.field(default_factory=dict)  # saved with each checkpoint: config, model, data
+
+  @property
+  def total_steps(self) -> int:
+    """The one place a run's length in epochs becomes steps (the stages pass it down)."""
+    return self.epochs * self.steps_per_epoch
 
 
 def new_record() -> dict:
@@ -183,8 +189,7 @@ class Run:
 
   def __init__(self, task: Task, workdir: str, settings: LoopSettings):
     self.task, self.workdir, self.settings = task, workdir, settings
-    self.spe = task.inputs.steps_per_epoch
-    self.total_epochs = settings.total_steps // self.spe
+    self.spe, self.total_epochs = settings.steps_per_epoch, settings.epochs
     self.manager = checkpoint.make_manager(workdir, keep=settings.keep_checkpoints)
     state, meta = checkpoint.restore_latest(self.manager, task.state)
     self.resumed = state is not None
@@ -284,7 +289,7 @@ class Run:
     if self.n_steps:  # the time since the compile, when this run trained at all
       self.record['train_seconds'] = self.train_seconds + time.time() - self.t_train
     meta = {**self.task.meta, **self.settings.meta, 'step': self.step, 'steps_per_epoch': self.spe, 'record': self.record,
-            'image_shape': list(self.task.inputs.image_shape), 'train_seconds': self.record['train_seconds']}
+            'train_seconds': self.record['train_seconds']}
     t0 = time.time()
     with interrupts.phase('saving a checkpoint'):
       if self.step in checkpoint.list_steps(self.workdir):  # resumed at this step: the state is the same

@@ -94,7 +94,7 @@ def _shared(name):
     open(folder + '.done', 'w').close()
 
 
-def _shared_run(name, stage, **fields):
+def shared_run(name, stage, **fields):
   """A CLI run shared by the whole session: (its stdout, its workdir)."""
   import pathlib
   with _shared(name) as (folder, new):
@@ -110,7 +110,7 @@ def _shared_run(name, stage, **fields):
 def pretrained_run():
   """A real two-epoch pretraining run made through the CLI (its stdout, its workdir), shared by the
   CLI tests and the downstream stages. Tests that change it work on a copy."""
-  return _shared_run('pretrained', 'pretrain', epochs=2)
+  return shared_run('pretrained', 'pretrain', epochs=2)
 
 
 @pytest.fixture(scope='session')
@@ -121,7 +121,7 @@ def pretrained_workdir(pretrained_run):
 @pytest.fixture(scope='session')
 def supervised_workdir():
   """A real one-epoch supervised run made through the CLI."""
-  return _shared_run('supervised', 'supervised', epochs=1)[1]
+  return shared_run('supervised', 'supervised', epochs=1)[1]
 
 
 def make_inputs(config, mesh=None):
@@ -136,13 +136,19 @@ def make_inputs(config, mesh=None):
                                     max_bad_fraction=config.max_bad_fraction)
 
 
+def build(build_task, config, mesh, inputs, eval_inputs=None):
+  """(build_task's task, the loop settings) of a config, as stage.train_and_evaluate makes them."""
+  from simclr_jax import stage
+  settings = stage.loop_settings(config, inputs.steps_per_epoch, {})
+  return build_task(config, mesh, inputs, eval_inputs, settings.total_steps), settings
+
+
 def pretrain_task(config):
   """The pretraining task of a config and its loop settings, its inputs made as the CLI makes them."""
-  from simclr_jax import parallel, pretrain, stage
+  from simclr_jax import parallel, pretrain
   mesh = parallel.make_mesh()
   inputs, eval_inputs = make_inputs(config, mesh)
-  task = pretrain.build_task(config, mesh, inputs, eval_inputs)
-  return task, stage.loop_settings(config, inputs, {})
+  return build(pretrain.build_task, config, mesh, inputs, eval_inputs)
 
 
 def train_in_process(config, workdir, stop_at_step=None):

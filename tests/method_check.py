@@ -7,8 +7,9 @@
    statistics and method state (the EMA target) relative to how far the 1-device run moved them
    from their initial values -- negatives, cross-correlations and statistics come from the global
    batch, so the runs differ only by float32 reduction order.
-2. A run stopped mid-epoch (SIGTERM just before step 3) and resumed, against a straight run, on
-   the 4 devices: whether every array of the final checkpoints is bit-identical.
+2. A run stopped mid-epoch (SIGTERM just before step 3) and resumed through the training loop, on
+   the 4 devices, against the 4-device steps of 1. carried on to the run's end: whether every
+   array of its final checkpoint is bit-identical to the straight trajectory's state.
 Prints one JSON line.
 """
 import json
@@ -19,7 +20,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, sys.argv[1])
-from conftest import final_params, make_inputs, train_in_process  # noqa: E402
+from conftest import build, final_params, make_inputs, train_in_process  # noqa: E402
 from test_methods import small_config  # noqa: E402
 from simclr_jax import parallel, pretrain  # noqa: E402
 from simclr_jax.errors import Preempted  # noqa: E402
@@ -31,7 +32,7 @@ def steps(config, devices, n):
   method_state) after each step, and initially."""
   mesh = parallel.make_mesh(devices)
   inputs, eval_inputs = make_inputs(config, mesh)
-  task = pretrain.build_task(config, mesh, inputs, eval_inputs)
+  task, _ = build(pretrain.build_task, config, mesh, inputs, eval_inputs)
   step, state = inputs.bind(task.step_fn), task.state
   trees = lambda state: jax.tree.map(np.array, (state.params, state.batch_stats, state.method_state))
   initial = trees(state)
@@ -57,13 +58,13 @@ def relative_to_change(one, four, initial):
 def main():
   workdir, name = sys.argv[2], sys.argv[3]
   config = small_config(name, epochs=2)
+  total = 2 * 4  # two epochs of 4 steps
   l1, one, initial = steps(config, jax.devices()[:1], 2)
-  l4, four, _ = steps(config, jax.devices(), 2)
-  out = {'devices': len(jax.devices()), 'loss_1': l1, 'loss_4': l4,
+  l4, four, _ = steps(config, jax.devices(), total)  # the straight run: the 4-device trajectory
+  out = {'devices': len(jax.devices()), 'loss_1': l1, 'loss_4': l4[:2],
          # after each step, for (params, stats, method state): the difference relative to the change
          'four': [[relative_to_change(a, b, c) for a, b, c in zip(x, y, initial)] for x, y in zip(one, four)],
          'moved': max_diff(one[-1][0], initial[0]), 'method_state_leaves': len(jax.tree.leaves(one[-1][2]))}
-  straight = train_in_process(config, os.path.join(workdir, 'straight'))
   try:
     train_in_process(config, os.path.join(workdir, 'stopped'), stop_at_step=3)
     out['stopped'] = False
@@ -71,11 +72,16 @@ def main():
     out['stopped'] = True
   out['stopped_at'] = final_params(os.path.join(workdir, 'stopped'))[0]
   resumed = train_in_process(config, os.path.join(workdir, 'stopped'))
-  (s_a, a), (s_b, b) = final_params(os.path.join(workdir, 'straight')), final_params(os.path.join(workdir, 'stopped'))
-  out.update(steps=[s_a, s_b], saved=sorted(a), identical=all(np.array_equal(x, y) for x, y in
-                                                              zip(jax.tree.leaves(a), jax.tree.leaves(b))),
-             leaves=len(jax.tree.leaves(a)), final_loss=[straight['final_loss'], resumed['final_loss']],
-             method=straight['method'], embedding=[straight['embedding_std'], straight['embedding_rank']])
+  s_b, b = final_params(os.path.join(workdir, 'stopped'))
+  a = dict(zip(('params', 'batch_stats', 'method_state'), four[-1]))
+  same_tree = jax.tree.structure(a) == jax.tree.structure(b)
+  out.update(steps=[len(four), s_b], saved=sorted(b), identical=same_tree and all(
+                 np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))),
+             leaves=len(jax.tree.leaves(b)),
+             # the last logging window's mean (log_every_steps=2, summed in float32 as the loop
+             # sums) against the resumed run's
+             final_loss=[float(np.float32(l4[-2]) + np.float32(l4[-1])) / 2, resumed['final_loss']],
+             method=resumed['method'], embedding=[resumed['embedding_std'], resumed['embedding_rank']])
   print(json.dumps(out), flush=True)
 
 

@@ -13,14 +13,15 @@ import jax
 import numpy as np
 
 sys.path.insert(0, sys.argv[1])
+import conftest  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 from simclr_jax import classify, datasets, input_pipeline, parallel, pretrain  # noqa: E402
 
 
-def steps(build, config, devices, source, n):
+def steps(build_fn, config, devices, source, n):
   mesh = parallel.make_mesh(devices)
   inputs = input_pipeline.DeviceInputs(source, None, mesh, config.batch_size, config.seed)
-  task = build(config, mesh, inputs)
+  task, _ = conftest.build(build_fn, config, mesh, inputs)
   initial = jax.tree.map(np.array, task.state.params)
   step, state = inputs.bind(task.step_fn), task.state
   losses = []

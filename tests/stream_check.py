@@ -25,10 +25,10 @@ def _leaves(state):
 
 
 def _setup(config, mesh):
-  from conftest import make_inputs
+  from conftest import build, make_inputs
   from simclr_jax import pretrain
   inputs, _ = make_inputs(config, mesh)
-  task = pretrain.build_task(config, mesh, inputs)
+  task, _ = build(pretrain.build_task, config, mesh, inputs)
   return inputs, inputs.bind(task.step_fn), task.state
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import simclr_jax
-from conftest import DATA_DIR, DATASET, make_inputs, run_cli, tiny_config
-from simclr_jax import checkpoint, classify, datasets, parallel, stage, train_loop
+from conftest import DATA_DIR, DATASET, build, make_inputs, run_cli, tiny_config
+from simclr_jax import checkpoint, classify, datasets, parallel, train_loop
 
 
 def _encoder_of(path):
@@ -64,7 +64,8 @@ def _build(stage, init_from, **fields):
   config = tiny_config(stage, **fields)
   mesh = parallel.make_mesh()
   inputs, _ = make_inputs(config, mesh)
-  return config, classify.build_task(config, mesh, inputs), inputs
+  task, settings = build(classify.build_task, config, mesh, inputs)
+  return config, task, settings
 
 
 def test_finetune_starts_from_the_pretrained_encoder_and_a_fresh_head(pretrained_workdir):
@@ -78,9 +79,9 @@ def test_finetune_starts_from_the_pretrained_encoder_and_a_fresh_head(pretrained
 
 
 def test_linear_eval_leaves_the_encoder_bit_identical(pretrained_workdir, tmp_path):
-  config, task, inputs = _build('linear_eval', pretrained_workdir, epochs=2, protocol='augmented')
+  config, task, settings = _build('linear_eval', pretrained_workdir, epochs=2, protocol='augmented')
   head_before = np.asarray(task.state.params['head']['kernel']).copy()
-  train_loop.run(task, str(tmp_path), stage.loop_settings(config, inputs, {}))
+  train_loop.run(task, str(tmp_path), settings)
   after = _encoder_of(tmp_path)
   _assert_trees_equal(after, _encoder_of(pretrained_workdir))
   head_after = checkpoint._read_numpy_subtrees(checkpoint.find_checkpoint(str(tmp_path)) + '/state',
@@ -89,8 +90,8 @@ def test_linear_eval_leaves_the_encoder_bit_identical(pretrained_workdir, tmp_pa
 
 
 def test_label_subset_is_balanced_and_identical_for_finetune_and_supervised(pretrained_workdir):
-  _, _, fine = _build('finetune', pretrained_workdir, label_fraction=0.1)
-  _, _, sup = _build('supervised', '', label_fraction=0.1)
+  fine = _build('finetune', pretrained_workdir, label_fraction=0.1)[1].inputs
+  sup = _build('supervised', '', label_fraction=0.1)[1].inputs
   np.testing.assert_array_equal(fine.images['train'], sup.images['train'])
   np.testing.assert_array_equal(fine.host_labels['train'], sup.host_labels['train'])
   counts = np.bincount(np.asarray(sup.host_labels['train']), minlength=10)

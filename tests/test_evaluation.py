@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import simclr_jax
-from conftest import DATA_DIR, DATASET, make_inputs, tiny_config
+from conftest import DATA_DIR, DATASET, build, make_inputs, tiny_config
 from simclr_jax import datasets, evaluate, parallel, pretrain
 from simclr_jax.linear_probe import fit_linear_probe, standardize
 
@@ -21,7 +21,7 @@ def dataset():
 def _steps(config, n):
   mesh = parallel.make_mesh()
   inputs, _ = make_inputs(config, mesh)
-  task = pretrain.build_task(config, mesh, inputs)
+  task, _ = build(pretrain.build_task, config, mesh, inputs)
   initial = jax.tree.map(np.array, task.state.params)  # a copy: the step donates its input state
   step, state = inputs.bind(task.step_fn), task.state
   for _, args in inputs.batches(0, n):

@@ -13,7 +13,7 @@ import pytest
 
 import oracles
 from conftest import ROOT, tiny_config
-from simclr_jax import methods, pretrain
+from simclr_jax import methods, pretrain, stage
 from simclr_jax.losses import distillation_loss, nt_xent
 
 METHODS = list(methods.NAMES)
@@ -131,7 +131,8 @@ def test_the_simsiam_predictor_keeps_the_peak_learning_rate_while_the_rest_follo
   params = {k: {'w': jnp.ones((2, 3))} for k in ('encoder', 'projector', 'predictor')}
   grads = jax.tree.map(jnp.ones_like, params)
   for constant in ((), ('predictor',)):
-    tx, schedule = pretrain.make_tx(config, 10, constant)
+    opt = stage.optimizer(config, 10 * config.epochs, 10)
+    tx, schedule = pretrain.make_tx(opt, config.online_probe_learning_rate, constant), opt.schedule
     opt_state = tx.init(params)
     for step in range(40):
       updates, opt_state = tx.update(grads, opt_state, params)

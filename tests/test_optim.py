@@ -14,8 +14,8 @@ def test_learning_rate_scaling():
 
 
 def test_warmup_then_cosine_to_zero():
-  schedule = optim.make_schedule(0.3, 'linear', batch_size=512, epochs=10, warmup_epochs=2.0,
-                                 steps_per_epoch=100)
+  schedule = optim.make_schedule(optim.peak_learning_rate(0.3, 512, 'linear'), total_steps=1000,
+                                 warmup_epochs=2.0, steps_per_epoch=100)
   assert float(schedule(0)) == 0.0
   assert float(schedule(100)) == pytest.approx(0.3, rel=1e-5)   # half-way through warmup
   assert float(schedule(200)) == pytest.approx(0.6, rel=1e-5)   # peak
@@ -26,14 +26,14 @@ def test_warmup_then_cosine_to_zero():
 
 
 def test_no_warmup_starts_at_the_peak():
-  assert float(optim.make_schedule(0.1, 'linear', 256, 4, 0.0, 10)(0)) == pytest.approx(0.1)
+  assert float(optim.make_schedule(0.1, 40, 0.0, 10)(0)) == pytest.approx(0.1)
 
 
 def test_a_warmup_longer_than_a_quarter_of_the_run_is_shortened_with_a_notice(capsys):
-  schedule = optim.make_schedule(0.1, 'none', 256, epochs=2, warmup_epochs=10.0, steps_per_epoch=10)
+  schedule = optim.make_schedule(0.1, total_steps=20, warmup_epochs=10.0, steps_per_epoch=10)
   assert 'warmup_epochs=10 shortened to 0.5' in capsys.readouterr().out
   assert float(schedule(0)) == 0.0 and float(schedule(5)) == pytest.approx(0.1)  # peak after 5 steps
-  optim.make_schedule(0.1, 'none', 256, epochs=200, warmup_epochs=10.0, steps_per_epoch=10)
+  optim.make_schedule(0.1, total_steps=2000, warmup_epochs=10.0, steps_per_epoch=10)
   assert 'shortened' not in capsys.readouterr().out
 
 

@@ -106,12 +106,12 @@ def test_progress_is_logged_every_n_seconds_and_its_rate_leaves_out_the_compile(
 
 
 def test_pretraining_learns_features_that_beat_initialisation(tmp_path):
-  """kNN after 8 epochs on 2,048 cifar10_jpeg images beats the same network at initialisation by
-  more than 2 points (a tiny ResNet-10 here; the README's learning check measures every method at
-  ResNet-18 width 0.125)."""
-  config = tiny_config(train_limit=2048, batch_size=128, epochs=8, learning_rate=0.6, warmup_epochs=1.0,
+  """kNN after 4 epochs on 1,024 cifar10_jpeg images beats the same network at initialisation by
+  more than 2 points (a tiny ResNet-10 here, measured: 20.1 -> 26.5; the README's learning check
+  measures every method at ResNet-18 width 0.125)."""
+  config = tiny_config(train_limit=1024, batch_size=64, epochs=4, learning_rate=0.6, warmup_epochs=1.0,
                        log_every_steps=1000, checkpoint_every_epochs=0,
-                       **{'evals.knn.every_epochs': 8, 'evals.linear.every_epochs': -1,
+                       **{'evals.knn.every_epochs': 4, 'evals.linear.every_epochs': -1,
                           'evals.online_linear.every_epochs': -1})
   task, settings = pretrain_task(config)
   knn = evaluate.KnnEvaluator('knn', config.evals.knn)

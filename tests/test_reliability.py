@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import cli_args, error_line, ROOT, run_cli
+from conftest import cli_args, error_line, ROOT, run_cli, shared_run
 from simclr_jax import checkpoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -60,12 +60,11 @@ def _wait_for(predicate, proc, timeout=300, poll=0.005):
   return False
 
 
-@pytest.fixture(scope='module')
-def straight(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('straight') / 'run'
-  proc = run_cli('pretrain', workdir, **LONG)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir
+@pytest.fixture(scope='session')
+def straight():
+  """The uninterrupted run every fault is compared with, made once for the session (all xdist
+  workers); tests read it or work on a copy."""
+  return shared_run('reliability_straight', 'pretrain', **LONG)[1]
 
 
 def test_sigkill_during_a_step_resumes_to_identical_parameters(straight, tmp_path):

@@ -92,11 +92,11 @@ class Method:
   def predictor(self, dtype) -> models.MLPHead | None:
     return None
 
-  def make_model(self, encoder, probe_classes: int = 0, feature_layer: int | None = None) -> models.PretrainModel:
-    feature_layer = self.config.get('finetune_from_head_layer', 0) if feature_layer is None else feature_layer
+  def make_model(self, encoder, probe_classes: int = 0) -> models.PretrainModel:
+    """The online model; its feature_layer is the config's finetune_from_head_layer."""
     return models.PretrainModel(encoder=encoder, projector=self.projector(encoder.dtype),
                                 predictor=self.predictor(encoder.dtype), probe_classes=probe_classes,
-                                feature_layer=feature_layer)
+                                feature_layer=self.config['finetune_from_head_layer'])
 
   # The optimiser.
   def constant_lr_groups(self) -> tuple:
