@@ -128,20 +128,20 @@ def summarize(record: dict, facts: dict, evaluators=()) -> dict:
                       for r in evals]}
 
 
-def linear_probe_on_features(config, workdir: str, task: train_loop.Task) -> dict:
-  """linear_eval with protocol 'features': embed once, fit the probe, write results.json."""
+def linear_probe_on_features(probe_settings, eval_batch_size: int, workdir: str, task: train_loop.Task) -> dict:
+  """linear_eval with protocol 'features' (probe_settings: config.evals.linear): embed once, fit
+  the probe, write results.json."""
   t0 = time.time()
-  ctx = EvalContext(task.infer, task.state.variables, task.inputs, config.eval_batch_size)
+  ctx = EvalContext(task.infer, task.state.variables, task.inputs, eval_batch_size)
   with interrupts.phase('embedding the splits'):
     ctx.outputs('train'), ctx.outputs('test')
   embed_seconds = time.time() - t0
-  probe = TYPES['linear']('linear', config.evals.linear)
+  probe = TYPES['linear']('linear', probe_settings)
   with interrupts.phase('fitting the features probe'):
     fit = probe(ctx)
   results = {'stage': 'linear_eval', 'protocol': 'features', 'test_top1': fit['linear_top1'],
              'best_test_top1': fit['linear_top1'], 'weight_decay': fit['linear_weight_decay'],
-             'label_fraction': config.label_fraction, 'init_from': config.init_from,
-             'finetune_from_head_layer': task.notes['finetune_from_head_layer'],
+             **{k: task.notes[k] for k in ('label_fraction', 'init_from', 'finetune_from_head_layer')},
              'train_examples': task.inputs.num_examples, 'embed_seconds': embed_seconds,
              'train_seconds': time.time() - t0, 'epochs': 0, 'history': [],
              'protocols': {'test_top1': 'features'}}
@@ -154,5 +154,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   features = config.stage == 'linear_eval' and config.protocol == 'features'
   return stage.train_and_evaluate(
       config, workdir, build_task, starts, label_fraction=config.label_fraction, require_labels=True,
-      finish=functools.partial(linear_probe_on_features, config, workdir) if features else None,
+      finish=functools.partial(linear_probe_on_features, config.evals.linear, config.eval_batch_size, workdir)
+      if features else None,
       small_set_notice=not features)

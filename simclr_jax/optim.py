@@ -19,7 +19,8 @@ MAX_WARMUP_SHARE = 0.25
 
 
 def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
-  """The one place durations in epochs become steps."""
+  """The one place durations in epochs become steps (a run's length, its warmup, a checkpoint's
+  record of its length)."""
   return int(round(epochs * steps_per_epoch))
 
 
@@ -29,24 +30,18 @@ def peak_learning_rate(base_lr: float, batch_size: int, scaling: str) -> float:
   return base_lr * {'linear': ratio, 'sqrt': math.sqrt(ratio), 'none': 1.0}[scaling]
 
 
-def effective_warmup_epochs(warmup_epochs: float, epochs: float) -> float:
-  """warmup_epochs, or MAX_WARMUP_SHARE of the run when that is shorter."""
-  return min(warmup_epochs, MAX_WARMUP_SHARE * epochs)
-
-
 def make_schedule(peak: float, total_steps: int, warmup_epochs: float, steps_per_epoch: int) -> optax.Schedule:
-  """Linear warmup from 0 to the peak, then cosine decay to 0 at the last step. A warmup longer
-  than MAX_WARMUP_SHARE of the run is shortened to it, with a notice."""
-  total = max(1, total_steps)
-  epochs = total_steps / steps_per_epoch
-  effective = effective_warmup_epochs(warmup_epochs, epochs)
-  if effective < warmup_epochs:
-    log(f'notice: warmup_epochs={warmup_epochs:g} shortened to {effective:g}, a quarter of the '
-        f'{epochs:g}-epoch run')
-  warmup = min(epochs_to_steps(effective, steps_per_epoch), total - 1)
+  """Linear warmup from 0 to the peak, then cosine decay to 0 at the last of total_steps (>= 1).
+  A warmup longer than MAX_WARMUP_SHARE of the run is shortened to it, with a notice."""
+  warmup = epochs_to_steps(warmup_epochs, steps_per_epoch)
+  cap = int(round(MAX_WARMUP_SHARE * total_steps))
+  if warmup > cap:
+    log(f'notice: warmup_epochs={warmup_epochs:g} shortened to {cap / steps_per_epoch:g} ({cap} steps), a '
+        f'quarter of the run\'s {total_steps} steps')
+  warmup = min(warmup, cap, total_steps - 1)
   if warmup == 0:
-    return optax.cosine_decay_schedule(peak, total)
-  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=0.0)
+    return optax.cosine_decay_schedule(peak, total_steps)
+  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total_steps, end_value=0.0)
 
 
 def decay_mask(params):

@@ -114,7 +114,7 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int, make_views=N
   if probe and eval_inputs.labelled_test and eval_inputs.num_classes == inputs.num_classes:
     available.add('probe')
   evaluators = make_evaluators(config.evals, available)
-  monitor = collapse_monitor(model, first, _monitor_images(inputs, config.batch_size), model.projector.dims[-1])
+  monitor = collapse_monitor(model, first, _monitor_images(inputs, inputs.batch_size), model.projector.dims[-1])
   return train_loop.Task(
       state=state, step_fn=step_fn, inputs=inputs, evaluators=evaluators,
       infer=augment.inference(functools.partial(model.apply, train=False), first),

@@ -5,7 +5,7 @@ evaluator figures.
     data = prepare_data(config, workdir, mesh, label_fraction=0.1, require_labels=True)
     data.source.image_size, data.inputs, data.eval_inputs
     settings = loop_settings(config, data.inputs.steps_per_epoch, meta={'data': ...})
-    opt = optimizer(config, settings.total_steps, settings.steps_per_epoch)  # opt.make(opt.schedule)
+    opt = optimizer(config, total_steps, inputs.steps_per_epoch)  # in build_task: opt.make(opt.schedule)
     task = build_task(config, mesh, data.inputs, data.eval_inputs, settings.total_steps)
     results = train_and_evaluate(config, workdir, build_task, {'init_from': path}, label_fraction=0.1)
 """
@@ -104,7 +104,7 @@ def loop_settings(config, steps_per_epoch: int, meta: dict) -> train_loop.LoopSe
   """The loop's settings from the config; meta is saved with each checkpoint (the config is
   added here). Its total_steps is what the stage's task and optimiser are built for."""
   return train_loop.LoopSettings(
-      epochs=config.epochs, steps_per_epoch=steps_per_epoch, batch_size=config.batch_size,
+      epochs=config.epochs, steps_per_epoch=steps_per_epoch,
       eval_batch_size=config.eval_batch_size, log_every_steps=config.log_every_steps,
       log_every_seconds=config.log_every_seconds, checkpoint_every_epochs=config.checkpoint_every_epochs,
       keep_checkpoints=config.keep_checkpoints, skip_nonfinite=config.skip_nonfinite,

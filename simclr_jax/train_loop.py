@@ -2,7 +2,7 @@
 evaluators, checkpoints, signals).
 
     task = Task(state, step_fn, inputs, evaluators, infer, summarize)
-    results = run(task, workdir, LoopSettings(epochs=..., steps_per_epoch=..., batch_size=..., ...))
+    results = run(task, workdir, LoopSettings(epochs=..., steps_per_epoch=..., ...))
 
 The loop reads top to bottom: for each step k it runs the compiled step, then the periodic
 actions, each decided by one helper from (count, every, total): logging (every N steps or every
@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from simclr_jax import checkpoint, interrupts
+from simclr_jax import checkpoint, interrupts, optim
 from simclr_jax.errors import NonFiniteError, Preempted
 from simclr_jax.evaluate import EvalContext
 from simclr_jax.metrics import MetricWriter, format_eta, log, plural, write_results
@@ -127,7 +127,6 @@ class LoopSettings:
   """The loop's settings, read from the config by the stage (stage.loop_settings)."""
   epochs: int
   steps_per_epoch: int
-  batch_size: int
   eval_batch_size: int = 1000
   log_every_steps: int = 50
   log_every_seconds: float = 30.0
@@ -138,8 +137,8 @@ class LoopSettings:
 
   @property
   def total_steps(self) -> int:
-    """The one place a run's length in epochs becomes steps (the stages pass it down)."""
-    return self.epochs * self.steps_per_epoch
+    """The run's length in steps, which the stages pass down to the task and optimiser."""
+    return optim.epochs_to_steps(self.epochs, self.steps_per_epoch)
 
 
 def new_record() -> dict:
@@ -156,7 +155,7 @@ def finished_results(workdir: str, epochs: int) -> dict | None:
   if step_dir is None or not os.path.exists(path):
     return None
   meta = checkpoint.read_meta(step_dir)
-  total = epochs * int(meta.get('steps_per_epoch') or -1)
+  total = optim.epochs_to_steps(epochs, int(meta.get('steps_per_epoch') or -1))
   if meta.get('step') != total or (meta.get('record') or {}).get('final_step') != total:
     return None
   log(f'the run in {workdir} is complete ({plural(epochs, "epoch")}, {plural(total, "step")}): '
@@ -263,7 +262,7 @@ class Run:
     elapsed = time.time() - self.t_window  # the window's steps, not the monitor (nor its compile)
     if self.task.monitor is not None:
       scalars.update(self.task.monitor(self.state))
-    rate = self.n_window * self.settings.batch_size / max(elapsed, 1e-9)
+    rate = self.n_window * self.task.inputs.batch_size / max(elapsed, 1e-9)
     self.record['first_rates' if self.first_window else 'rates'].append(rate)
     self.first_window = False
     lr = float(self.task.schedule(self.step)) if self.task.schedule else float('nan')

@@ -21,7 +21,7 @@ import os
 import socket
 import time
 
-from simclr_jax import checkpoint, config_base, folders
+from simclr_jax import checkpoint, config_base, folders, optim
 from simclr_jax.errors import CheckpointError, ConfigError
 from simclr_jax.metrics import log, plural
 
@@ -130,7 +130,7 @@ def _fits_without_checkpoints(config) -> bool:
 def check_epochs(workdir: str, epochs: int, trained: int, steps_per_epoch: int) -> None:
   """ConfigError when `epochs` is below the `trained` steps of the run in workdir (counted in the
   checkpoint's own steps per epoch)."""
-  if steps_per_epoch and epochs * steps_per_epoch < trained:
+  if steps_per_epoch and optim.epochs_to_steps(epochs, steps_per_epoch) < trained:
     done = trained / steps_per_epoch
     raise ConfigError(f'config.epochs={epochs} is below what the run in {workdir!r} has already '
                       f'trained ({plural(trained, "step")} = {done:g} epoch{"" if done == 1 else "s"}): pass '
