@@ -34,6 +34,7 @@ def parse_args(argv):
   p.add_argument('--data_dir', default='')
   p.add_argument('--train_limit', type=int, default=0)
   p.add_argument('--train_split', default='train', help='a TFDS split string: train[:4096] reads less')
+  p.add_argument('--test_split', default='test', help="the kNN timing's test split (a TFDS split string)")
   p.add_argument('--model', default='resnet18')
   p.add_argument('--width', type=float, default=1.0)
   p.add_argument('--batch_sizes', default='512,1024')
@@ -57,7 +58,7 @@ def parse_args(argv):
   args = p.parse_args(argv)
   if args.tiny:
     args.model, args.width, args.train_limit, args.batch_sizes, args.dtypes = 'resnet10', 0.125, 512, '64', 'float32'
-    args.train_split = 'train[:512]'
+    args.train_split, args.test_split = 'train[:512]', 'test[:1000]'
     args.steps, args.windows, args.warmup = 2, 2, 1
     args.pipeline_batches, args.stream_workers = 8, 1
   return args
@@ -68,7 +69,7 @@ def make_config(args, batch_size: int, dtype: str):
   return apply_overrides(load_config_file(os.path.join(ROOT, 'configs', 'pretrain.py')), {
       'dataset': args.dataset, 'data_dir': args.data_dir, 'train_limit': args.train_limit,
       'model': args.model, 'width': args.width, 'dtype': dtype, 'batch_size': batch_size,
-      'epochs': 100, 'warmup_epochs': 1.0, 'train_split': args.train_split})
+      'epochs': 100, 'warmup_epochs': 1.0, 'train_split': args.train_split, 'test_split': args.test_split})
 
 
 def time_dataset_load(args) -> dict:
@@ -78,10 +79,12 @@ def time_dataset_load(args) -> dict:
     os.environ['SIMCLR_JAX_CACHE'] = cache
     try:
       t0 = time.perf_counter()
-      datasets.load(args.dataset, args.data_dir, args.train_limit, train_split=args.train_split)
+      datasets.load(args.dataset, args.data_dir, args.train_limit, train_split=args.train_split,
+                    test_split=args.test_split)
       cold = time.perf_counter() - t0
       t0 = time.perf_counter()
-      datasets.load(args.dataset, args.data_dir, args.train_limit, train_split=args.train_split)
+      datasets.load(args.dataset, args.data_dir, args.train_limit, train_split=args.train_split,
+                    test_split=args.test_split)
       warm = time.perf_counter() - t0
     finally:
       if old is None:
@@ -188,7 +191,7 @@ def time_stream_step(args, config, mesh, source, rows, workers: int) -> dict:
 def time_streaming(args, mesh, first_config) -> dict:
   from simclr_jax import datasets, input_pipeline
   workers = args.stream_workers or input_pipeline.default_workers()
-  source = datasets.get(args.dataset, args.data_dir, train_split=args.train_split)
+  source = datasets.get(args.dataset, args.data_dir, train_split=args.train_split, test_split=args.test_split)
   rows = datasets.select_rows(source, args.train_limit)
   out = {'pipeline': [], 'step': None}
   batch = first_config.batch_size
@@ -229,7 +232,7 @@ def main(argv=None) -> int:
             'date': time.strftime('%Y-%m-%d'), 'argv': sys.argv[1:], 'dataset': args.dataset,
             'model': args.model, 'width': args.width, 'steps': []}
   result.update(time_dataset_load(args))
-  source = datasets.get(args.dataset, args.data_dir, train_split=args.train_split)
+  source = datasets.get(args.dataset, args.data_dir, train_split=args.train_split, test_split=args.test_split)
   rows = datasets.select_rows(source, args.train_limit)
   knn_done = False
   for dtype in args.dtypes.split(','):

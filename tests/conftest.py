@@ -40,6 +40,21 @@ TINY = {'dataset': DATASET, 'data_dir': DATA_DIR, 'train_limit': 512, 'test_spli
 TINY_PRETRAIN = {'evals.knn.every_epochs': 1, 'evals.linear.every_epochs': -1}
 
 
+# The order the tests are handed to the xdist workers (worksteal, pyproject.toml): the slow ones
+# first and, of those, the modules whose tests took a minute or more each in CI, so that the
+# two workers end together rather than one finishing a long test alone.
+LONGEST_FIRST = ('test_gpu_report.py', 'test_scripts.py', 'test_multihost.py', 'test_distill.py', 'test_methods.py',
+                 'test_stream.py')
+
+
+def pytest_collection_modifyitems(config, items):
+  def rank(item):
+    module = item.nodeid.split('::')[0].rsplit('/', 1)[-1]
+    slow = item.get_closest_marker('slow') is not None
+    return (not slow, LONGEST_FIRST.index(module) if slow and module in LONGEST_FIRST else len(LONGEST_FIRST))
+  items.sort(key=rank)  # stable: a module's tests keep their order
+
+
 def config_file(stage: str) -> str:
   return os.path.join(ROOT, 'configs', f'{stage}.py')
 

@@ -29,6 +29,7 @@ def _steps(config, n):
   return task, initial, state, metrics
 
 
+@pytest.mark.slow
 def test_the_online_probe_changes_nothing_in_the_encoder_and_projector_updates(dataset):
   _, initial, state_a, metrics = _steps(tiny_config(train_limit=256), 3)
   _, _, state_b, _ = _steps(tiny_config(train_limit=256, online_probe_learning_rate=0.0), 3)
@@ -126,6 +127,7 @@ def _umask():
   return mask
 
 
+@pytest.mark.slow
 def test_pictures_of_a_run_are_written(pretrained_workdir, tmp_path):
   from simclr_jax.pictures import pictures_of_run
   paths = pictures_of_run(str(pretrained_workdir), str(tmp_path), max_points=300)

@@ -228,6 +228,7 @@ def test_a_dataset_too_large_for_the_device_and_a_classifier_on_unlabelled_image
     stage.prepare_data(config, str(tmp_path / 'w'), parallel.make_mesh(), require_labels=True)
 
 
+@pytest.mark.slow
 def test_a_labelled_folder_pretrains_then_finetunes_through_the_cli(tmp_path, source):
   root = make_folder(tmp_path / 'pets', source, 300)
   fields = dict(dataset=f'folder:{root}', image_size=32, train_limit=0, epochs=1)
@@ -251,6 +252,7 @@ def test_a_labelled_folder_pretrains_then_finetunes_through_the_cli(tmp_path, so
     pictures_of_run(str(tmp_path / 'pre'), str(tmp_path / 'a_file' / 'pics'))
 
 
+@pytest.mark.slow
 def test_an_unlabelled_folder_pretrains_with_the_monitor_on_eval_dataset(tmp_path, source):
   root = make_folder(tmp_path / 'loose', source, 300, labelled=False, corrupt=0)
   labelled = make_folder(tmp_path / 'labelled', source, 200, splits=True, corrupt=0, start=300)

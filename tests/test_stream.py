@@ -47,6 +47,7 @@ def test_placement_auto_streams_what_does_not_fit_and_says_why(capsys):
   assert input_pipeline.choose_placement('stream', source.nbytes(), memory=2**32) == 'stream'
 
 
+@pytest.mark.slow
 def test_a_streamed_run_stopped_and_resumed_ends_as_the_device_path_does(tmp_path):
   """The same seed and settings: identical parameters and kNN on the CPU, resume included."""
   fields = dict(train_limit=256, epochs=2, input_workers=1, **{'evals.knn.every_epochs': 0})
@@ -95,6 +96,7 @@ def _check(tmp_path, mode, processes, devices_each):
   return sorted((json.loads(o.strip().splitlines()[-1]) for o, _ in outs), key=lambda r: r['process'])
 
 
+@pytest.mark.slow
 def test_two_hosts_each_read_a_disjoint_half_and_match_one_host(tmp_path):
   """Each host reads its half of every global batch, and from the same state the two-host step
   equals the one-host step within float32 reduction order. The hosts' all-reduces (Gloo) sum in
@@ -134,6 +136,7 @@ def _children(pid):
   return out
 
 
+@pytest.mark.slow
 def test_a_dead_worker_stops_the_run_with_one_line_and_the_rerun_resumes(tmp_path):
   fields = dict(train_limit=1024, epochs=2, log_every_steps=2, data_placement='stream', input_workers=2,
                 **{'evals.knn.every_epochs': 0})
