@@ -64,7 +64,9 @@ def _wait_for(predicate, proc, timeout=300, poll=0.005):
 def straight():
   """The uninterrupted run every fault is compared with, made once for the session (all xdist
   workers); tests read it or work on a copy."""
-  return shared_run('reliability_straight', 'pretrain', **LONG)[1]
+  workdir = shared_run('reliability_straight', 'pretrain', **LONG)[1]
+  assert _train_steps(workdir)[-1] == 48  # it trained all 3 epochs of 16 steps
+  return workdir
 
 
 def test_sigkill_during_a_step_resumes_to_identical_parameters(straight, tmp_path):
