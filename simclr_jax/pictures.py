@@ -14,12 +14,12 @@ import numpy as np
 from simclr_jax import interrupts
 
 
-def _save(fig, path: str) -> None:
-  """Writes the figure through a temporary file renamed into place: a signal or an error never
-  leaves half a PNG (interrupts.temporary removes it)."""
+def save_figure(fig, path: str, dpi: int = 110) -> None:
+  """Writes a matplotlib figure through a temporary file renamed into place: a signal or an error
+  never leaves half a PNG (interrupts.temporary removes it)."""
   tmp = f'{path}.tmp{os.getpid()}.png'
   with interrupts.temporary(tmp):
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=dpi)
     os.replace(tmp, path)
 
 
@@ -70,7 +70,7 @@ def embedding_map(features, labels, class_names, path: str, max_points: int = 20
   ax.set_title(title or f't-SNE of {len(pick)} test features')
   ax.legend(loc='center left', bbox_to_anchor=(1.0, 0.5), fontsize=8, markerscale=2, frameon=False)
   fig.tight_layout()
-  _save(fig, path)
+  save_figure(fig, path)
   plt.close(fig)
   return path
 
@@ -121,7 +121,7 @@ def retrieval_grid(train_f, train_y, train_x, test_f, test_y, test_x, class_name
   fig.suptitle(title or f'{k} nearest training images (cosine); {100 * correct:.0f}% share the '
                'query\'s class; red: another class', fontsize=9)
   fig.tight_layout()
-  _save(fig, path)
+  save_figure(fig, path)
   plt.close(fig)
   return path
 

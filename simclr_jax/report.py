@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from simclr_jax.pictures import save_figure
+
 # method -> (label in the report, protocol of its figure)
 METHODS = {
     'supervised': ('supervised (from scratch)', 'trained'),
@@ -82,7 +84,7 @@ def plot_curves(runs: dict, fraction: float, path: str) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  save_figure(fig, path, dpi=100)
   plt.close(fig)
 
 
