@@ -103,20 +103,19 @@ def time_step(args, config, mesh, inputs, augment_views: bool = True) -> dict:
     make_views = lambda key, x: jax.numpy.repeat(augment.eval_view(x, aug), 2, axis=0)
   total = stage.loop_settings(config, inputs.steps_per_epoch, {}).total_steps
   task = pretrain.build_task(config, mesh, inputs, None, total, make_views=make_views)
-  step_fn = inputs.bind(task.step_fn)
-  step_args = next(inputs.batches(0, 1))[1]
+  step_fn, feed = inputs.bind(task.step_fn), _feed(inputs)  # each batch gathered as in training
   state = task.state
   t0 = time.perf_counter()
-  compiled = step_fn.lower(state, *step_args).compile()
+  compiled = step_fn.lower(state, *next(feed)).compile()
   compile_s = time.perf_counter() - t0
   for _ in range(args.warmup):
-    state, metrics = compiled(state, *step_args)
+    state, metrics = compiled(state, *next(feed))
   jax.block_until_ready(metrics)
   rates = []
   for _ in range(args.windows):
     t0 = time.perf_counter()
     for _ in range(args.steps):
-      state, metrics = compiled(state, *step_args)
+      state, metrics = compiled(state, *next(feed))
     jax.block_until_ready((state.params, metrics))
     rates.append(args.steps * config.batch_size / (time.perf_counter() - t0))
   out = {'images_per_s': statistics.median(rates), 'windows': rates, 'compile_s': compile_s,
@@ -124,7 +123,7 @@ def time_step(args, config, mesh, inputs, augment_views: bool = True) -> dict:
   if args.profile_dir and augment_views:
     with jax.profiler.trace(os.path.join(args.profile_dir, f'b{config.batch_size}_{config.dtype}')):
       for _ in range(5):
-        state, metrics = compiled(state, *step_args)
+        state, metrics = compiled(state, *next(feed))
       jax.block_until_ready(metrics)
   out['task'], out['state'] = task, state
   return out
@@ -143,7 +142,8 @@ def time_knn(config, inputs, task, state) -> dict:
 
 
 def _feed(inputs):
-  """Training batches of the streamed path, epoch after epoch."""
+  """The step's arguments as training makes them, epoch after epoch (the device path gathers
+  each batch on the devices; the streamed path reads it)."""
   for _, args in inputs.batches(0, inputs.steps_per_epoch * 1000):
     yield args
 

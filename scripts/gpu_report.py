@@ -289,12 +289,12 @@ def breakdown(limit, args) -> dict:
       state, metrics = step(state, *step_args)
     jax.block_until_ready(metrics)
 
-  def loop(n):  # what train_loop.run does around each step: the metric sums (one jitted call)
+  def loop(n):  # what train_loop.run does around each step: the batch gather and the metric sums
     nonlocal state
     from simclr_jax.train_loop import accumulate
     sums = epoch_sums = None
-    for _ in range(n):
-      state, metrics = step(state, *step_args)
+    for _, args in inputs.batches(0, n):
+      state, metrics = step(state, *args)
       if sums is None:
         sums = epoch_sums = jax.tree.map(jnp.zeros_like, metrics)
       sums, epoch_sums = accumulate(sums, epoch_sums, metrics)
@@ -318,9 +318,9 @@ def breakdown(limit, args) -> dict:
                   '(both views), forward (encoder and projector, BatchNorm in training mode), NT-Xent '
                   '(forward and backward on the projections), backward (forward and backward of the '
                   'whole loss less the forward and NT-Xent), optimiser update; idle gaps = the step in '
-                  'a loop that does what the training loop does between steps, less the step in a '
-                  'tight loop. The whole step differs from the sum because XLA fuses across parts and '
-                  'it includes the batch gather'}
+                  'a loop that does what the training loop does between steps (the batch gather, the '
+                  'metric sums), less the step in a tight loop. The whole step differs from the sum '
+                  'because XLA fuses across parts'}
 
 
 def accuracy(limit, args, epoch_seconds) -> dict:

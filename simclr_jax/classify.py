@@ -93,10 +93,10 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int) -> train_loo
   model, variables, spec = build_model(config, inputs.image_shape, inputs.num_classes)
   aug = augment.settings_from_config(config.augment)
   opt = stage.optimizer(config, total_steps, inputs.steps_per_epoch)
-  schedule = opt.schedule
   body = 'frozen' if config.stage == 'linear_eval' else 'model'
-  tx = optim.partition({'model': opt.make(schedule), 'frozen': optax.set_to_zero()},
-                       {'encoder': body, 'projector': body, 'head': 'model'})
+  tx = opt.build(lambda learning_rate, _: optim.partition(
+      {'model': opt.make(learning_rate), 'frozen': optax.set_to_zero()},
+      {'encoder': body, 'projector': body, 'head': 'model'}))
   state = train_loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed)
   state = jax.device_put(state, parallel.replicated(mesh))
   step_fn = train_loop.make_train_step(
@@ -111,7 +111,7 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int) -> train_loo
   return train_loop.Task(
       state=state, step_fn=step_fn, inputs=inputs, evaluators=evaluators,
       infer=augment.inference(functools.partial(model.apply, train=False), aug),
-      summarize=functools.partial(summarize, evaluators=evaluators), schedule=schedule, notes=notes,
+      summarize=functools.partial(summarize, evaluators=evaluators), schedule=opt.schedule, notes=notes,
       meta={'model': spec})
 
 

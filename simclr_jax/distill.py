@@ -79,8 +79,7 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int) -> train_loo
                       f'has {n}: distil on data with the teacher\'s classes')
   model, variables, spec = classify.build_model(config, inputs.image_shape, teacher.num_classes)
   opt = stage.optimizer(config, total_steps, inputs.steps_per_epoch)
-  schedule = opt.schedule
-  tx = opt.make(schedule)
+  tx = opt.build(lambda learning_rate, _: opt.make(learning_rate))
   state = train_loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed,
                                        {'teacher': teacher_vars})
   state = jax.device_put(state, parallel.replicated(mesh))
@@ -98,7 +97,7 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int) -> train_loo
   return train_loop.Task(
       state=state, step_fn=step_fn, inputs=inputs, evaluators=evaluators,
       infer=augment.inference(functools.partial(model.apply, train=False), aug),
-      summarize=functools.partial(classify.summarize, evaluators=evaluators), schedule=schedule, notes=notes,
+      summarize=functools.partial(classify.summarize, evaluators=evaluators), schedule=opt.schedule, notes=notes,
       eval_inputs=eval_inputs, meta={'model': spec}, model=model, loss_fn=loss_fn)
 
 

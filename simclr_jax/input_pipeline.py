@@ -8,7 +8,8 @@
       ...
 
 - device: both splits decoded once (datasets.Source.decode), held as uint8 on every device; each
-  step gathers its batch by index inside the compiled step. The fastest path, for data that fits.
+  step's batch is gathered there by index (a small compiled gather, so the training step is the
+  same program for any dataset size). The fastest path, for data that fits.
 - stream: grain worker processes read and decode each process's share of every batch (its rows
   of the global batch only), prefetching; jax.make_array_from_process_local_data joins the
   shares into one global batch, which the same compiled step augments on the accelerator.
@@ -20,6 +21,7 @@ step. An unreadable image is black and unlabelled on both.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Iterator
 
@@ -75,6 +77,11 @@ class _Inputs:
     return epoch_indices(self.seed, epoch, self.num_examples,
                          self.steps_per_epoch * self.batch_size).reshape(self.steps_per_epoch, -1)
 
+  def bind(self, core_step: Callable) -> Callable:
+    """The jitted step (state, images, labels) -> (state, metrics) over a global batch, the
+    arguments of batches(): one program for both paths, whatever the training set's size."""
+    return jax.jit(core_step, donate_argnums=(0,))
+
   def chunk_size(self, batch: int) -> int:
     n_dev = self.mesh.devices.size
     return max(n_dev, batch // n_dev * n_dev)
@@ -84,8 +91,8 @@ class _Inputs:
 
 
 class DeviceInputs(_Inputs):
-  """Both splits resident on every device as uint8; each step gathers its batch by index inside
-  the compiled step, so no image crosses from the host during training."""
+  """Both splits resident on every device as uint8; each step's batch is gathered on the devices
+  by index, so no image crosses from the host during training."""
   kind = 'device'
 
   def __init__(self, source, rows, mesh, batch_size: int, seed: int, max_bad_fraction: float = 0.01):
@@ -100,27 +107,16 @@ class DeviceInputs(_Inputs):
     self.images, self.labels = {}, {}
     for name, split in splits.items():
       self.images[name], self.labels[name] = parallel.put_replicated((split.images, split.labels), mesh)
-
-  def bind(self, core_step: Callable) -> Callable:
-    """The jitted step (state, images, labels, epoch_idx) -> (state, metrics); the batch is
-    rows [k * B, (k + 1) * B) of epoch_idx, k the step's place in its epoch."""
-    batch, spe, sharded = self.batch_size, self.steps_per_epoch, self._sharding
-
-    def step(state, images, labels, epoch_idx):
-      start = (state.step % spe) * batch
-      idx = jax.lax.with_sharding_constraint(jax.lax.dynamic_slice_in_dim(epoch_idx, start, batch), sharded)
-      x = jax.lax.with_sharding_constraint(images[idx], sharded)
-      return core_step(state, x, labels[idx])
-
-    return jax.jit(step, donate_argnums=(0,))
+    self._gather = jax.jit(functools.partial(_gather_rows, sharding=self._sharding))
 
   def batches(self, first_step: int, total_steps: int) -> Iterator[tuple[int, tuple]]:
-    """(k, the bound step's arguments) for steps k = first_step, ..., total_steps - 1."""
+    """(k, global (images, labels) gathered on the devices) for steps k = first_step, ...,
+    total_steps - 1: row k mod steps_per_epoch of the epoch's step_indices."""
     spe = self.steps_per_epoch
     for epoch in range(first_step // spe, -(-total_steps // spe)):
-      idx = parallel.put_replicated(self.step_indices(epoch).reshape(-1), self.mesh)
+      idx = parallel.put_replicated(self.step_indices(epoch), self.mesh)
       for k in range(max(first_step, epoch * spe), min(total_steps, (epoch + 1) * spe)):
-        yield k, (self.images['train'], self.labels['train'], idx)
+        yield k, self._gather(self.images['train'], self.labels['train'], idx, k % spe)
 
   def chunks(self, split: str, batch: int) -> Iterator[tuple[jax.Array, int, np.ndarray]]:
     """(uint8 chunk [batch', H, W, 3] sharded over the devices, number of real rows, their
@@ -134,6 +130,13 @@ class DeviceInputs(_Inputs):
       if size < batch:
         chunk = jnp.concatenate([chunk, jnp.zeros((batch - size,) + chunk.shape[1:], chunk.dtype)])
       yield jax.device_put(chunk, self._sharding), size, labels[start:start + size]
+
+
+def _gather_rows(images, labels, step_indices, row, sharding):
+  """The batch of row `row` of step_indices [steps, B]: (images, labels) placed by `sharding`."""
+  idx = jax.lax.with_sharding_constraint(step_indices[row], sharding)
+  return (jax.lax.with_sharding_constraint(images[idx], sharding),
+          jax.lax.with_sharding_constraint(labels[idx], sharding))
 
 
 def process_rows(mesh, batch: int) -> tuple[int, int]:
@@ -159,10 +162,6 @@ class StreamInputs(_Inputs):
     self.max_bad_fraction = max_bad_fraction
     self._iterator, self._next_step = None, None
     self.bad, self.seen = {}, 0  # record index -> its description; images read so far
-
-  def bind(self, core_step: Callable) -> Callable:
-    """The jitted step (state, images, labels) -> (state, metrics) over a global batch."""
-    return jax.jit(core_step, donate_argnums=(0,))
 
   def _dataset(self, plan, workers: int):
     try:

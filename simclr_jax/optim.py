@@ -2,14 +2,19 @@
 
     peak = peak_learning_rate(0.3, batch_size=512, scaling='linear')
     schedule = make_schedule(peak, total_steps=200 * 97, warmup_epochs=10, steps_per_epoch=97)
+    schedule(100)                                        # the learning rate at step 100
     tx = make_optimizer('sgd', schedule, momentum=0.9, weight_decay=5e-4)
     tx = partition({'model': tx, 'frozen': optax.set_to_zero()}, {'encoder': 'frozen', 'head': 'model'})
+    tx = scheduled(lambda lr, peak: make_optimizer('lars', lr, 0.9, 1e-6), schedule)  # schedule as data
+    opt_state = with_schedule_of(restored_opt_state, tx.init(params))  # a resume follows the config
 """
 from __future__ import annotations
 
 import math
+from typing import Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from simclr_jax.metrics import log
@@ -30,7 +35,27 @@ def peak_learning_rate(base_lr: float, batch_size: int, scaling: str) -> float:
   return base_lr * {'linear': ratio, 'sqrt': math.sqrt(ratio), 'none': 1.0}[scaling]
 
 
-def make_schedule(peak: float, total_steps: int, warmup_epochs: float, steps_per_epoch: int) -> optax.Schedule:
+def warmup_cosine(step, peak, warmup_steps, total_steps):
+  """Linear warmup from 0 to peak over warmup_steps, then cosine decay to 0 at total_steps (as
+  optax.warmup_cosine_decay_schedule); the step and the three numbers may be traced arrays."""
+  step = jnp.asarray(step, jnp.float32)
+  warmup, total = jnp.asarray(warmup_steps, jnp.float32), jnp.asarray(total_steps, jnp.float32)
+  rising = peak * step / jnp.maximum(warmup, 1.0)
+  progress = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
+  return jnp.where(step < warmup, rising, 0.5 * peak * (1.0 + jnp.cos(math.pi * progress)))
+
+
+class Schedule(NamedTuple):
+  """The warmup-cosine schedule's numbers; schedule(step) is the learning rate at step."""
+  peak: float
+  warmup_steps: int
+  total_steps: int
+
+  def __call__(self, step):
+    return warmup_cosine(step, self.peak, self.warmup_steps, self.total_steps)
+
+
+def make_schedule(peak: float, total_steps: int, warmup_epochs: float, steps_per_epoch: int) -> Schedule:
   """Linear warmup from 0 to the peak, then cosine decay to 0 at the last of total_steps (>= 1).
   A warmup longer than MAX_WARMUP_SHARE of the run is shortened to it, with a notice."""
   warmup = epochs_to_steps(warmup_epochs, steps_per_epoch)
@@ -38,10 +63,25 @@ def make_schedule(peak: float, total_steps: int, warmup_epochs: float, steps_per
   if warmup > cap:
     log(f'notice: warmup_epochs={warmup_epochs:g} shortened to {cap / steps_per_epoch:g} ({cap} steps), a '
         f'quarter of the run\'s {total_steps} steps')
-  warmup = min(warmup, cap, total_steps - 1)
-  if warmup == 0:
-    return optax.cosine_decay_schedule(peak, total_steps)
-  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total_steps, end_value=0.0)
+  return Schedule(peak, max(0, min(warmup, cap, total_steps - 1)), total_steps)
+
+
+def scheduled(build: Callable, schedule: Schedule) -> optax.GradientTransformation:
+  """build(learning_rate, peak) -> an optimiser, learning_rate a function of the step (the
+  schedule) and peak its peak, with the schedule's numbers held as data in the optimiser's state
+  (optax.inject_hyperparams) rather than compiled into the step: runs that differ only in their
+  length, warmup or learning rate share one compiled program."""
+  def factory(peak, warmup_steps, total_steps):
+    return build(Schedule(peak, warmup_steps, total_steps), peak)
+  return optax.inject_hyperparams(factory)(**schedule._asdict())
+
+
+def with_schedule_of(opt_state, fresh):
+  """A restored optimiser state with the schedule's numbers of `fresh` (the state of the config
+  now): a resumed run follows its config, whose epochs may have grown, not its checkpoint."""
+  if isinstance(opt_state, (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)):
+    return opt_state._replace(hyperparams=fresh.hyperparams)
+  return opt_state
 
 
 def decay_mask(params):
@@ -49,7 +89,7 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(name: str, schedule: optax.Schedule, momentum: float, weight_decay: float,
+def make_optimizer(name: str, schedule, momentum: float, weight_decay: float,
                    lars_eta: float = 0.001) -> optax.GradientTransformation:
   """SGD with momentum, LARS (trust coefficient lars_eta) or AdamW; no decay or LARS adaptation
   on biases and BatchNorm."""

@@ -43,12 +43,15 @@ def make_tx(opt: stage.Optimizer, probe_learning_rate: float, constant_lr: tuple
   """The stage's optimiser (stage.optimizer) for the model, Adam for the online probe. The
   parameter groups named in constant_lr (a method's Method.constant_lr_groups()) keep the peak
   learning rate throughout, without warmup or decay."""
-  groups = {'encoder': 'model', 'projector': 'model', 'predictor': 'model', 'online_probe': 'probe'}
-  transforms = {'model': opt.make(opt.schedule), 'probe': optax.adam(probe_learning_rate)}
-  if constant_lr:
-    groups.update({name: 'constant' for name in constant_lr})
-    transforms['constant'] = opt.make(optax.constant_schedule(opt.peak))
-  return optim.partition(transforms, groups)
+  groups = {'encoder': 'model', 'projector': 'model', 'predictor': 'model', 'online_probe': 'probe',
+            **{name: 'constant' for name in constant_lr}}
+
+  def transforms(learning_rate, peak):
+    out = {'model': opt.make(learning_rate), 'probe': optax.adam(probe_learning_rate)}
+    if constant_lr:
+      out['constant'] = opt.make(peak)
+    return optim.partition(out, groups)
+  return opt.build(transforms)
 
 
 def collapse_statistics(z):
@@ -102,7 +105,7 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int, make_views=N
   first = augment.settings_from_config(config.augment)
   second = augment.settings_from_config(config.augment, config.view2)
   opt = stage.optimizer(config, total_steps, inputs.steps_per_epoch)
-  tx, schedule = make_tx(opt, config.online_probe_learning_rate, method.constant_lr_groups()), opt.schedule
+  tx = make_tx(opt, config.online_probe_learning_rate, method.constant_lr_groups())
   variables = models.init_variables(model, config.seed, inputs.image_shape)
   state = train_loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed,
                                        method.init_state(variables))
@@ -118,7 +121,7 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int, make_views=N
   return train_loop.Task(
       state=state, step_fn=step_fn, inputs=inputs, evaluators=evaluators,
       infer=augment.inference(functools.partial(model.apply, train=False), first),
-      summarize=functools.partial(summarize, evaluators=evaluators), schedule=schedule,
+      summarize=functools.partial(summarize, evaluators=evaluators), schedule=opt.schedule,
       notes={'method': config.method, 'finetune_from_head_layer': model.feature_layer}, eval_inputs=eval_inputs,
       monitor=monitor, model=model, loss_fn=loss_fn,
       meta={'model': models.encoder_spec(encoder, inputs.image_shape, model.projector, model.feature_layer)})

@@ -17,6 +17,7 @@ import os
 
 import jax
 import numpy as np
+import optax
 
 from simclr_jax import (checkpoint, datasets, input_pipeline, models, optim, parallel, train_loop,
                         workdir as workdir_lib)
@@ -114,10 +115,18 @@ def loop_settings(config, steps_per_epoch: int, meta: dict) -> train_loop.LoopSe
 @dataclasses.dataclass(frozen=True)
 class Optimizer:
   """A stage's optimiser settings: make(learning_rate) -> the config's optimiser at that
-  learning rate (a schedule or a constant), the warmup-cosine schedule and its peak."""
+  learning rate (a schedule or a constant) and the warmup-cosine schedule (optim.Schedule)."""
   make: object
-  schedule: object
-  peak: float
+  schedule: optim.Schedule
+
+  @property
+  def peak(self) -> float:
+    return self.schedule.peak
+
+  def build(self, groups) -> optax.GradientTransformation:
+    """groups(learning_rate, peak) -> the stage's optimiser over its parameter groups (make's
+    optimiser for those the schedule trains), with the schedule held as data (optim.scheduled)."""
+    return optim.scheduled(groups, self.schedule)
 
 
 def optimizer(config, total_steps: int, steps_per_epoch: int) -> Optimizer:
@@ -125,7 +134,7 @@ def optimizer(config, total_steps: int, steps_per_epoch: int) -> Optimizer:
   peak = optim.peak_learning_rate(config.learning_rate, config.batch_size, config.lr_scaling)
   schedule = optim.make_schedule(peak, total_steps, config.warmup_epochs, steps_per_epoch)
   make = lambda lr: optim.make_optimizer(config.optimizer, lr, config.momentum, config.weight_decay, config.lars_eta)
-  return Optimizer(make, schedule, peak)
+  return Optimizer(make, schedule)
 
 
 def evaluator_figures(record: dict, evaluators) -> dict:

@@ -192,6 +192,8 @@ class Run:
     self.manager = checkpoint.make_manager(workdir, keep=settings.keep_checkpoints)
     state, meta = checkpoint.restore_latest(self.manager, task.state)
     self.resumed = state is not None
+    if self.resumed:  # the schedule follows the config, whose epochs may have grown
+      state = state.replace(opt_state=optim.with_schedule_of(state.opt_state, task.state.opt_state))
     self.state, meta = (state, meta) if self.resumed else (task.state, {})
     self.step = int(self.state.step)
     self.saved_step = self.step if self.resumed else None

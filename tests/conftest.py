@@ -31,6 +31,16 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(_SESSION, 'xla')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# XLA's CPU backend at LLVM optimisation level 1 rather than 2: the tiny steps compile about a
+# fifth faster and run as fast, with the same results (measured on the tiny pretraining step).
+XLA_FLAGS = '--xla_backend_optimization_level=1'
+os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_FLAGS}".strip()
+
+
+def device_env(devices: int) -> dict:
+  """os.environ for a subprocess with `devices` simulated CPU devices."""
+  return {**os.environ, 'XLA_FLAGS': f'{XLA_FLAGS} --xla_force_host_platform_device_count={devices}',
+          'JAX_PLATFORMS': 'cpu'}
 
 # Tiny runs: a narrow ResNet-10 on 512 training images and 1,000 test images, 8 steps an epoch.
 TINY = {'dataset': DATASET, 'data_dir': DATA_DIR, 'train_limit': 512, 'test_split': 'test[:1000]',

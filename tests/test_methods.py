@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import oracles
-from conftest import ROOT, tiny_config
+from conftest import ROOT, device_env, tiny_config
 from simclr_jax import methods, pretrain, stage
 from simclr_jax.losses import distillation_loss, nt_xent
 
@@ -202,7 +202,7 @@ def test_each_method_matches_on_four_devices_and_resumes_bit_identically(name, t
   """tests/method_check.py on 4 simulated CPU devices: two steps on 1 and on 4 devices agree
   within float32 reduction order (the EMA target and the statistics over the global batch
   included), and a run stopped mid-epoch then resumed ends bit-identical to a straight one."""
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4', 'JAX_PLATFORMS': 'cpu'}
+  env = device_env(4)
   proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'method_check.py'), os.path.join(ROOT, 'tests'),
                          str(tmp_path), name], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, cli_args
+from conftest import ROOT, cli_args, device_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -32,7 +32,7 @@ def _losses(workdir):
 
 def _start_two(workdir, **fields):
   port = _free_port()
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}
+  env = device_env(1)
   return [subprocess.Popen(cli_args('pretrain', workdir, **{**FIELDS, **fields}) + [
       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
@@ -72,7 +72,7 @@ def test_two_processes_stop_together_resume_and_match_one_process_with_the_same_
   assert str(TOTAL_STEPS) in os.listdir(multi / 'checkpoints')
   assert json.loads((multi / '.lock').read_text())['pid'] > 0  # process 0 held the workdir lock
 
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  env = device_env(2)
   proc = subprocess.run(cli_args('pretrain', single, **FIELDS), cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]

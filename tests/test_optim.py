@@ -76,3 +76,49 @@ def test_partition_freezes_one_group_and_trains_the_other():
   updates, _ = tx.update(grads, tx.init(params), params)
   assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates['encoder']))
   assert all(float(jnp.abs(u).max()) > 0 for u in jax.tree.leaves(updates['head']))
+
+
+@pytest.mark.parametrize('warmup,total', [(0, 40), (10, 100), (3, 7)])
+def test_the_schedule_matches_optax_warmup_cosine(warmup, total):
+  ours = optim.Schedule(0.6, warmup, total)
+  theirs = (optax.warmup_cosine_decay_schedule(0.0, 0.6, warmup, total, end_value=0.0) if warmup
+            else optax.cosine_decay_schedule(0.6, total))
+  for step in range(total + 3):
+    assert abs(float(ours(step)) - float(theirs(step))) < 1e-6, step
+
+
+def _updates(tx, steps=4):
+  params = _params()
+  grads = [jax.tree.map(lambda p, k=k: jnp.sin(p * (k + 1.0) + jnp.arange(p.size).reshape(p.shape)), params)
+           for k in range(steps)]
+  state, out = tx.init(params), []
+  for g in grads:
+    u, state = jax.jit(tx.update)(g, state, params)
+    params = optax.apply_updates(params, u)
+    out.append(params)
+  return out
+
+
+@pytest.mark.parametrize('name', ['sgd', 'lars', 'adamw'])
+def test_the_schedule_held_as_data_trains_as_the_schedule_compiled_in(name):
+  schedule = optim.Schedule(0.5, 2, 6)
+  held = optim.scheduled(lambda lr, peak: optim.make_optimizer(name, lr, 0.9, 0.01), schedule)
+  compiled_in = optim.make_optimizer(name, optax.warmup_cosine_decay_schedule(0.0, 0.5, 2, 6, end_value=0.0), 0.9,
+                                     0.01)
+  for a, b in zip(_updates(held), _updates(compiled_in)):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_runs_differing_in_length_or_learning_rate_compile_the_same_update_and_a_resume_follows_the_config():
+  params, grads = _params(), jax.tree.map(jnp.ones_like, _params())
+  make = lambda schedule: optim.scheduled(lambda lr, peak: optim.make_optimizer('lars', lr, 0.9, 1e-6), schedule)
+  short, long = make(optim.Schedule(0.1, 0, 8)), make(optim.Schedule(0.3, 5, 100))
+  text = lambda tx: jax.jit(tx.update).lower(grads, tx.init(params), params).as_text()
+  assert text(short) == text(long)
+  assert text(short) != text(optim.make_optimizer('lars', optim.Schedule(0.1, 0, 8), 0.9, 1e-6))
+  restored = short.update(grads, short.init(params), params)[1]  # a checkpoint of the short run
+  resumed = optim.with_schedule_of(restored, long.init(params))
+  assert {k: float(v) for k, v in resumed.hyperparams.items()} == pytest.approx(
+      {'peak': 0.3, 'warmup_steps': 5, 'total_steps': 100})
+  assert int(resumed.count) == 1 and jax.tree.structure(resumed) == jax.tree.structure(restored)

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, device_env
 
 
 @pytest.fixture(scope='module')
 def four_device_run():
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4', 'JAX_PLATFORMS': 'cpu'}
+  env = device_env(4)
   proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'parallel_check.py'),
                          os.path.join(ROOT, 'tests'), *STAGES], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=1800)

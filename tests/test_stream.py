@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import DATA_DIR, DATASET, ROOT, cli_args, final_params, make_inputs, run_cli, tiny_config, train_in_process
+from conftest import (DATA_DIR, DATASET, ROOT, cli_args, device_env, final_params, make_inputs, run_cli, tiny_config,
+                      train_in_process)
 from simclr_jax import datasets, input_pipeline
 from simclr_jax.errors import DataError, Preempted
 
@@ -84,7 +85,7 @@ def _free_port():
 
 def _check(tmp_path, mode, processes, devices_each):
   port = _free_port()
-  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices_each}'}
+  env = device_env(devices_each)
   extra = lambda i: ([f'--coordinator=127.0.0.1:{port}', f'--num_processes={processes}', f'--process_id={i}']
                      if processes > 1 else [])
   procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests', 'stream_check.py'),
