@@ -107,7 +107,8 @@ class DeviceInputs(_Inputs):
     self.images, self.labels = {}, {}
     for name, split in splits.items():
       self.images[name], self.labels[name] = parallel.put_replicated((split.images, split.labels), mesh)
-    self._gather = jax.jit(functools.partial(_gather_rows, sharding=self._sharding))
+    self._gather = jax.jit(functools.partial(_gather_rows, sharding=self._sharding),
+                           out_shardings=(self._sharding, self._sharding))
 
   def batches(self, first_step: int, total_steps: int) -> Iterator[tuple[int, tuple]]:
     """(k, global (images, labels) gathered on the devices) for steps k = first_step, ...,

@@ -158,7 +158,7 @@ def test_per_view_batchnorm_normalises_each_view_by_its_own_statistics():
   views = np.stack([views[:16], views[16:]], axis=1).reshape(32, 32, 32, 3).astype(np.float32)  # rows 2k, 2k+1
   variables = models.init_variables(model, 0, (32, 32, 3))
   for per_view in (True, False):
-    out, stats = apply_views(model, variables, jnp.asarray(views), per_view)
+    out, stats = jax.jit(lambda v, x, p=per_view: apply_views(model, v, x, p))(variables, jnp.asarray(views))
     z = np.asarray(out['projection'], np.float64)
     halves = [np.abs(z[k::2].mean(0)).max() for k in (0, 1)]
     if per_view:

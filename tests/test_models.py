@@ -30,17 +30,17 @@ def test_full_width_resnet18_encoder_has_11_17m_parameters():
 @pytest.mark.parametrize('name,features', [('resnet18', 32), ('resnet34', 32), ('resnet50', 128)])
 def test_encoders_output_named_float32_features(name, features):
   model = _simclr(models.make_encoder(name, width=0.0625), projection_dims=(16, 8))
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)), train=False)
-  out = model.apply(variables, jnp.ones((3, 32, 32, 3)), train=False)
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), _init(model), jnp.ones((3, 32, 32, 3)))
   assert out['features'].shape == (3, features) and out['features'].dtype == jnp.float32
   assert out['projection'].shape == (3, 8)
 
 
 def test_bfloat16_computes_in_bf16_but_keeps_float32_params_stats_and_outputs():
   model = _simclr(models.make_encoder('resnet18', 0.125, 'bfloat16'), projection_dims=(32, 16))
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)), train=False)
+  variables = _init(model)  # shapes and dtypes: nothing here needs values
   assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype('float32')}
-  out, updated = model.apply(variables, jnp.ones((4, 32, 32, 3)), train=True, mutable=['batch_stats'])
+  out, updated = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']), variables,
+                                jnp.ones((4, 32, 32, 3)))
   assert out['projection'].dtype == jnp.float32
   assert {x.dtype for x in jax.tree.leaves(updated)} == {jnp.dtype('float32')}
   hlo = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, jnp.ones((4, 32, 32, 3))).as_text()
@@ -97,7 +97,7 @@ def test_frozen_classifier_sends_no_gradient_into_the_encoder():
                          jnp.ones((4, 32, 32, 3)), train=True, mutable=['batch_stats'])
     return out['logits'].sum()
 
-  grads = jax.grad(loss)(variables['params'])
+  grads = jax.jit(jax.grad(loss))(variables['params'])
   assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads['encoder']))
   assert float(jnp.abs(grads['head']['kernel']).max()) > 0
 

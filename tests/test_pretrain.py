@@ -132,10 +132,14 @@ def test_a_stop_at_the_last_step_still_gets_its_final_evaluation(tmp_path):
 
 def test_runs_differing_in_length_data_size_or_learning_rate_share_one_compiled_step():
   """The schedule's numbers are data in the optimiser's state and the batch is gathered outside
-  the step, so these runs lower to one program (and compile once, through the persistent cache)."""
+  the step, placed as the streamed path places it, so these runs lower to one program (and
+  compile once, through the persistent cache)."""
   def program(**fields):
     task, _ = pretrain_task(tiny_config(**fields))
-    return task.inputs.bind(task.step_fn).lower(task.state, *next(task.inputs.batches(0, 1))[1]).as_text()
+    text = task.inputs.bind(task.step_fn).lower(task.state, *next(task.inputs.batches(0, 1))[1]).as_text()
+    task.inputs.close()
+    return text
   base = program()
   assert program(epochs=3, train_limit=256, learning_rate=0.6, warmup_epochs=1.0) == base
+  assert program(data_placement='stream', input_workers=1) == base  # the streamed path's batches too
   assert program(batch_size=32) != base  # a batch of another shape is another program
