@@ -1,5 +1,6 @@
-"""Times the compiled pretraining step (batch gather, two augmented views, forward, NT-Xent, backward,
-update) and, with --reference, the PyTorch reference in the same invocation.
+"""Times the compiled pretraining step (two augmented views, forward, NT-Xent, backward, update), each
+fed its batch as training feeds it (the device path's batch gather, dispatched before each step,
+is inside the timed windows), and, with --reference, the PyTorch reference in the same invocation.
 
     python scripts/benchmark.py --dataset=cifar10_jpeg --data_dir=../shared/data/tfds \
         --batch_sizes=512,1024 --dtypes=bfloat16,float32 --reference=../shared/reference/simclr_torch.py

@@ -173,7 +173,8 @@ def costs(limit, args) -> dict:
   crop = lambda k, x: jax.vmap(lambda kk, xx: augment.random_resized_crop(kk, xx, aug.crop_scale, aug.crop_ratio))(
       jax.random.split(k, 2 * batch), x)
   out['resized_crop'] = _cost(jax.jit(crop).lower(key, views).compile())
-  # The whole step (gather, views, forward, loss, backward, update) as the device path compiles it.
+  # The whole step (views, forward, loss, backward, update) as both paths compile it; the batch
+  # gather before it is a separate small program.
   import numpy as np
   from simclr_jax import datasets, parallel
   source = datasets.in_memory('shapes', datasets.Split(np.zeros((batch, 32, 32, 3), np.uint8),

@@ -31,6 +31,11 @@ from simclr_jax.errors import CheckpointError, summary
 from simclr_jax.metrics import log
 from simclr_jax.models import FORMAT_VERSION
 
+# The layout of a saved training state beyond its model: 2 since the optimiser's state holds its
+# learning-rate schedule (optim.scheduled). A run saved with another layout cannot be resumed;
+# its encoder still serves init_from and teacher_from, which read the model only.
+STATE_LAYOUT = 2
+
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
@@ -132,7 +137,7 @@ def save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
   the checkpoints already there are untouched."""
   folder = str(manager.directory)
   _warn_if_space_is_short(folder)
-  meta = {**meta, 'format': FORMAT_VERSION, 'checksums': checksums(state)}
+  meta = {**meta, 'format': FORMAT_VERSION, 'state_layout': STATE_LAYOUT, 'checksums': checksums(state)}
   try:
     with _quiet_stderr_on_failure():
       manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -156,7 +161,7 @@ def update_meta(manager: ocp.CheckpointManager, step: int, meta: dict) -> None:
   tmp = f'{path}.tmp{os.getpid()}'
   with open(path) as f:
     saved = json.load(f)
-  meta = {**meta, 'format': saved.get('format'), 'checksums': saved.get('checksums')}
+  meta = {**meta, **{k: saved.get(k) for k in ('format', 'state_layout', 'checksums')}}
   try:
     with open(tmp, 'w') as f:
       json.dump(meta, f)
@@ -244,7 +249,14 @@ def restore_latest(manager: ocp.CheckpointManager, target_state):
   step = steps[-1]
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
   path = os.path.join(str(manager.directory), str(step))
-  check_format(read_meta(path, 'workdir'), path, 'resuming this run')
+  meta = read_meta(path, 'workdir')
+  check_format(meta, path, 'resuming this run')
+  if meta.get('state_layout', 1) != STATE_LAYOUT:
+    raise CheckpointError(f'checkpoint {path} holds a training state of layout {meta.get("state_layout", 1)}, '
+                          f'written by an older simclr_jax (this one resumes layout {STATE_LAYOUT}, whose '
+                          'optimiser holds its schedule): it cannot be resumed; start afresh with --fresh (the '
+                          'run is kept in workdir/previous-N), or finish it with the simclr_jax that wrote it '
+                          '(its encoder still serves --config.init_from)')
   try:
     with _quiet_stderr_on_failure():
       restored = manager.restore(step, args=ocp.args.Composite(

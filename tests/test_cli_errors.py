@@ -246,3 +246,23 @@ def test_resume_from_a_corrupt_checkpoint_names_it_and_keeps_it(pretrained_workd
     train_in_process(tiny_config(epochs=2), workdir)
   _one_line(e, f'checkpoint {step_dir}', 'cannot be restored')
   assert _snapshot(workdir) == before
+
+
+def test_resume_from_a_checkpoint_of_an_older_state_layout_says_to_start_afresh(pretrained_workdir, tmp_path):
+  """A run saved before the optimiser held its schedule (no state_layout in its meta) is refused in
+  one line naming --fresh, and nothing in the workdir changes."""
+  workdir = tmp_path / 'w'
+  shutil.copytree(pretrained_workdir, workdir)
+  step_dir = checkpoint.find_checkpoint(str(workdir))
+  meta_file = os.path.join(step_dir, 'meta', 'metadata')
+  with open(meta_file) as f:
+    meta = json.load(f)
+  assert meta.pop('state_layout') == checkpoint.STATE_LAYOUT  # every save and update records it
+  with open(meta_file, 'w') as f:
+    json.dump(meta, f)
+  before = _snapshot(workdir)
+  from conftest import train_in_process
+  with pytest.raises(CheckpointError) as e:
+    train_in_process(tiny_config(epochs=2), workdir)
+  _one_line(e, f'checkpoint {step_dir}', 'layout 1', '--fresh')
+  assert _snapshot(workdir) == before
