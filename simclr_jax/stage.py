@@ -5,8 +5,8 @@ evaluator figures.
     data = prepare_data(config, workdir, mesh, label_fraction=0.1, require_labels=True)
     data.source.image_size, data.inputs, data.eval_inputs
     settings = loop_settings(config, data.inputs.steps_per_epoch, meta={'data': ...})
-    opt = optimizer(config, total_steps, inputs.steps_per_epoch)  # in build_task:
-    tx = opt.build(lambda learning_rate, peak: opt.make(learning_rate))  # the schedule held as data
+    opt = optimizer(config, settings.total_steps, settings.steps_per_epoch)
+    tx = opt.build(lambda learning_rate, peak: opt.make(learning_rate))  # in build_task; schedule as data
     task = build_task(config, mesh, data.inputs, data.eval_inputs, settings.total_steps)
     results = train_and_evaluate(config, workdir, build_task, {'init_from': path}, label_fraction=0.1)
 """

@@ -38,8 +38,8 @@ os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_FLAGS}".strip
 
 
 def device_env(devices: int) -> dict:
-  """os.environ for a subprocess with `devices` simulated CPU devices."""
-  return {**os.environ, 'XLA_FLAGS': f'{XLA_FLAGS} --xla_force_host_platform_device_count={devices}',
+  """os.environ (its XLA_FLAGS included) for a subprocess with `devices` simulated CPU devices."""
+  return {**os.environ, 'XLA_FLAGS': f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}",
           'JAX_PLATFORMS': 'cpu'}
 
 # Tiny runs: a narrow ResNet-10 on 512 training images and 1,000 test images, 8 steps an epoch.
