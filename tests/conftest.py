@@ -37,10 +37,18 @@ XLA_FLAGS = '--xla_backend_optimization_level=1'
 os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_FLAGS}".strip()
 
 
+# The subprocesses on several simulated devices (test_methods, test_parallel, test_stream,
+# test_multihost) compile programs no other test runs and run a few steps of each; at LLVM level 0
+# they compile about a fifth faster and run a little slower. Both sides of each comparison they
+# make run at that level.
+MULTI_DEVICE_XLA_FLAGS = '--xla_backend_optimization_level=0'
+
+
 def device_env(devices: int) -> dict:
-  """os.environ (its XLA_FLAGS included) for a subprocess with `devices` simulated CPU devices."""
-  return {**os.environ, 'XLA_FLAGS': f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}",
-          'JAX_PLATFORMS': 'cpu'}
+  """os.environ (its XLA_FLAGS included) for a subprocess with `devices` simulated CPU devices, at
+  MULTI_DEVICE_XLA_FLAGS' optimisation level."""
+  flags = f"{os.environ['XLA_FLAGS']} {MULTI_DEVICE_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"
+  return {**os.environ, 'XLA_FLAGS': flags, 'JAX_PLATFORMS': 'cpu'}
 
 # Tiny runs: a narrow ResNet-10 on 512 training images and 1,000 test images, 8 steps an epoch.
 TINY = {'dataset': DATASET, 'data_dir': DATA_DIR, 'train_limit': 512, 'test_split': 'test[:1000]',
@@ -48,12 +56,19 @@ TINY = {'dataset': DATASET, 'data_dir': DATA_DIR, 'train_limit': 512, 'test_spli
         'log_every_steps': 4, 'eval_batch_size': 500, 'checkpoint_every_epochs': 1}
 # Fields only pretraining configs have: kNN every epoch; the offline probe (tested on its own) off.
 TINY_PRETRAIN = {'evals.knn.every_epochs': 1, 'evals.linear.every_epochs': -1}
+# For the checks of mechanics (devices, processes, resuming) that compile a program of their own:
+# no online probe and no colour jitter, about a fifth less to compile (test_evaluation and
+# test_augment test them; SimCLR's 4-device check in test_methods keeps the probe).
+MECHANICS = {'online_probe_learning_rate': 0.0, 'augment.jitter_prob': 0.0}
 
 
 # The order the tests are handed to the xdist workers (worksteal, pyproject.toml): the slow ones
 # first and, of those, the modules whose tests took a minute or more each in CI, so that the
-# two workers end together rather than one finishing a long test alone.
-LONGEST_FIRST = ('test_gpu_report.py', 'test_scripts.py', 'test_multihost.py', 'test_distill.py', 'test_methods.py',
+# two workers end together rather than one finishing a long test alone. Worksteal starts the
+# second worker at the middle of this order, in the quick tests, whose first shared run compiles
+# the common tiny step; the first worker starts with test_multihost, which compiles only programs
+# of its own, so that the tests after it find that step compiled rather than compile it again.
+LONGEST_FIRST = ('test_multihost.py', 'test_gpu_report.py', 'test_scripts.py', 'test_distill.py', 'test_methods.py',
                  'test_stream.py')
 
 

@@ -64,7 +64,8 @@ def main():
   out = {'devices': len(jax.devices()), 'loss_1': l1, 'loss_4': l4[:2],
          # after each step, for (params, stats, method state): the difference relative to the change
          'four': [[relative_to_change(a, b, c) for a, b, c in zip(x, y, initial)] for x, y in zip(one, four)],
-         'moved': max_diff(one[-1][0], initial[0]), 'method_state_leaves': len(jax.tree.leaves(one[-1][2]))}
+         'moved': max_diff(one[-1][0], initial[0]), 'method_state_leaves': len(jax.tree.leaves(one[-1][2])),
+         'probe': 'online_probe' in one[-1][0]}
   try:
     train_in_process(config, os.path.join(workdir, 'stopped'), stop_at_step=3)
     out['stopped'] = False

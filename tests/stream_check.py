@@ -63,10 +63,10 @@ def main():
     jax.distributed.initialize(args['coordinator'], int(args['num_processes']), int(args['process_id']))
   sys.path.insert(0, sys.argv[1])
   workdir, mode = sys.argv[2], sys.argv[3]
-  from conftest import tiny_config
+  from conftest import MECHANICS, tiny_config
   from simclr_jax import parallel
 
-  config = tiny_config(train_limit=256, batch_size=64, epochs=1, data_placement='stream', input_workers=1)
+  config = tiny_config(train_limit=256, batch_size=64, epochs=1, data_placement='stream', input_workers=1, **MECHANICS)
   mesh = parallel.make_mesh()
   path = os.path.join(workdir, 'reference.npz')
   inputs, step, state = _setup(config, mesh)

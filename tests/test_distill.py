@@ -65,7 +65,9 @@ def test_distill_fields_are_validated_with_one_line_naming_the_fix():
       validate.validate_config(tiny_config('distill', **fields))
 
 
-V2_HEAD = {'projection_dims': (64, 64, 32), 'evals.online_linear.every_epochs': -1}
+# The v2 head, small; without the online probe, as the unlabelled folder's run has none, so that
+# both v2 pretraining runs compile one program.
+V2_HEAD = {'projection_dims': (64, 64, 32), 'evals.online_linear.every_epochs': -1, 'online_probe_learning_rate': 0.0}
 
 
 def _stopped_and_resumed(config, workdir, stop_at_step):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import oracles
-from conftest import ROOT, device_env, tiny_config
+from conftest import MECHANICS, ROOT, device_env, tiny_config
 from simclr_jax import methods, pretrain, stage
 from simclr_jax.losses import distillation_loss, nt_xent
 
@@ -184,10 +184,13 @@ def test_distillation_loss_matches_simclr_v2():
     assert abs(got - oracles.distillation(s, t, temperature)) < 1e-5
 
 
-# Each method's own config at tiny sizes: a narrow ResNet-10 and small heads, 4 steps an epoch.
+# Each method's own config at tiny sizes: a narrow ResNet-10 and small heads, 4 steps an epoch,
+# without colour jitter and, but for SimCLR's (the probe on 4 devices), the online probe
+# (conftest.MECHANICS).
 SMALL = {'model': 'resnet10', 'train_limit': 256, 'projection_dims': (64, 32), 'log_every_steps': 2,
-         'evals.knn.every_epochs': -1, 'evals.online_linear.every_epochs': -1}
-HEADS = {'mocov3': {'predictor_dims': (64, 32)}, 'byol': {'predictor_dims': (64, 32)},
+         'evals.knn.every_epochs': -1, 'evals.online_linear.every_epochs': -1, **MECHANICS}
+HEADS = {'simclr': {'online_probe_learning_rate': 1e-3},
+         'mocov3': {'predictor_dims': (64, 32)}, 'byol': {'predictor_dims': (64, 32)},
          'simsiam': {'projection_dims': (64, 64, 32), 'predictor_dims': (16, 32)},
          'barlow_twins': {'projection_dims': (64, 64, 64)}, 'vicreg': {'projection_dims': (64, 64, 64)}}
 
@@ -220,6 +223,7 @@ def test_each_method_matches_on_four_devices_and_resumes_bit_identically(name, t
   for k, bound in ((0, 1e-2), (1, 1e-1)):
     assert all(x <= bound for x in r['four'][k]), r
   assert r['moved'] > 1e-4  # the steps really changed the parameters
+  assert r['probe'] == (name == 'simclr')  # the online probe (compared above) in SimCLR's check only
   if name in ('mocov3', 'byol'):
     assert r['method_state_leaves'] > 0  # the EMA target is in the state (and compared above)
   assert r['stopped'] and r['stopped_at'] == 3 and r['steps'] == [8, 8]

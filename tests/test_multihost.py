@@ -9,14 +9,14 @@ import time
 
 import pytest
 
-from conftest import ROOT, cli_args, device_env
+from conftest import MECHANICS, ROOT, cli_args, device_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 EPOCHS = 3
 TOTAL_STEPS = 4 * EPOCHS  # 256 images, batch 64
 FIELDS = {'train_limit': 256, 'batch_size': 64, 'epochs': EPOCHS, 'log_every_steps': 1,
-          'evals.knn.every_epochs': 0}
+          'evals.knn.every_epochs': 0, **MECHANICS}
 
 
 def _free_port():
