@@ -22,7 +22,9 @@ step. An unreadable image is black and unlabelled on both.
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
+import threading
 from typing import Callable, Iterator
 
 import jax
@@ -151,6 +153,14 @@ def process_rows(mesh, batch: int) -> tuple[int, int]:
   return lo, hi
 
 
+_WORKER_CHECK_SECONDS = 1.0  # how often a wait for a batch looks at the workers
+
+
+def _stopped(reason: str) -> DataError:
+  return DataError(f'the input pipeline stopped ({reason}): the run stops here and the last checkpoint is kept; '
+                   'rerun the same command to resume')
+
+
 class StreamInputs(_Inputs):
   """Training images read and decoded by grain worker processes, each process reading only its
   rows of every global batch; the evaluation splits are streamed in chunks the same way."""
@@ -162,6 +172,7 @@ class StreamInputs(_Inputs):
     self.workers = workers or default_workers()
     self.max_bad_fraction = max_bad_fraction
     self._iterator, self._next_step = None, None
+    self._worker_processes = set()  # the grain workers seen alive, checked while waiting
     self.bad, self.seen = {}, 0  # record index -> its description; images read so far
 
   def _dataset(self, plan, workers: int):
@@ -210,13 +221,36 @@ class StreamInputs(_Inputs):
       self._report_bad(new)
 
   def _next(self, iterator):
-    try:
-      return next(iterator)
-    except Exception as e:  # a worker died or a record cannot be read
+    """The next batch, read in a thread while this one watches the workers: a worker killed while
+    writing a batch can leave grain waiting forever on the half-written message, so a worker that
+    exits (killed, out of memory) stops the run as a failed read does."""
+    out = {}
+
+    def read():
+      try:
+        out['batch'] = next(iterator)
+      except Exception as e:  # a worker died or a record cannot be read
+        out['error'] = e
+    reader = threading.Thread(target=read, daemon=True, name='simclr_jax-next-batch')
+    reader.start()
+    reader.join(_WORKER_CHECK_SECONDS)
+    while reader.is_alive():
+      dead = self._dead_worker()
+      if dead is not None:
+        self._iterator, self._worker_processes = None, set()  # closing it would wait on the dead worker
+        raise _stopped(f'a reading worker exited with code {dead}')
+      reader.join(_WORKER_CHECK_SECONDS)
+    if 'error' in out:
       self.close()
-      raise DataError(f'the input pipeline stopped ({summary(e, last=True)}): '
-                      'the run stops here and the last checkpoint is kept; rerun the same command to '
-                      'resume') from None
+      raise _stopped(summary(out['error'], last=True))
+    return out['batch']
+
+  def _dead_worker(self) -> int | None:
+    """The exit code of a grain worker of this process that failed (grain's test: exited, not with
+    0), else None."""
+    self._worker_processes |= {p for p in multiprocessing.active_children() if p.name.startswith('grain')}
+    codes = [p.exitcode for p in self._worker_processes if p.exitcode not in (None, 0)]
+    return codes[0] if codes else None
 
   def _count_bad(self, batch) -> int:
     """Counts the images read; returns how many unreadable ones were not seen before."""
@@ -256,7 +290,7 @@ class StreamInputs(_Inputs):
   def close(self) -> None:
     if self._iterator is not None and hasattr(self._iterator, 'close'):
       self._iterator.close()
-    self._iterator = None
+    self._iterator, self._worker_processes = None, set()
 
 
 def _reason(records, index: int) -> str:

@@ -162,6 +162,44 @@ def test_a_dead_worker_stops_the_run_with_one_line_and_the_rerun_resumes(tmp_pat
   assert json.loads((workdir / 'results.json').read_text())['steps'] == 32
 
 
+def _sleep_forever():
+  time.sleep(600)
+
+
+def test_a_worker_killed_while_the_reader_waits_forever_stops_the_wait_with_one_line():
+  """What a worker killed in the middle of writing a batch can leave: grain's reader blocked on the
+  half-written message for ever (seen in CI). The wait watches the workers and stops with the
+  input pipeline's one-line error within a couple of seconds."""
+  import multiprocessing
+  import threading
+
+  class Blocked:
+    def __next__(self):
+      threading.Event().wait()
+
+  worker = multiprocessing.get_context('spawn').Process(target=_sleep_forever, name='grain-process-prefetch-test',
+                                                        daemon=True)
+  worker.start()
+  inputs = object.__new__(input_pipeline.StreamInputs)
+  inputs._iterator, inputs._worker_processes = Blocked(), set()
+  inputs._dead_worker()  # seen alive, as the first batches see the real workers
+  worker.kill()
+  raised = []
+
+  def wait():  # in a thread, so that a wait that never ends fails the test instead of hanging it
+    try:
+      inputs._next(inputs._iterator)
+    except DataError as e:
+      raised.append(str(e))
+  waiting = threading.Thread(target=wait, daemon=True)
+  waiting.start()
+  waiting.join(3 * input_pipeline._WORKER_CHECK_SECONDS + 5)
+  assert not waiting.is_alive(), 'the wait did not notice the dead worker'
+  assert len(raised) == 1 and raised[0].startswith('the input pipeline stopped (a reading worker exited with code -9)')
+  assert raised[0].endswith('rerun the same command to resume')
+  assert inputs._iterator is None and not inputs._worker_processes
+
+
 def test_both_paths_train_on_the_same_images_of_a_folder_with_a_broken_one_and_say_so_once(tmp_path, capsys):
   """An unreadable image mid-epoch: both paths hold 100 images, the broken one black and
   unlabelled, give the same notice once per run, or stop beyond max_bad_fraction."""
