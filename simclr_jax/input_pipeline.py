@@ -154,6 +154,7 @@ def process_rows(mesh, batch: int) -> tuple[int, int]:
 
 
 _WORKER_CHECK_SECONDS = 1.0  # how often a wait for a batch looks at the workers
+_GRACE_SECONDS = 3.0  # then how long it lets grain report a dead worker itself
 
 
 def _stopped(reason: str) -> DataError:
@@ -229,21 +230,34 @@ class StreamInputs(_Inputs):
     def read():
       try:
         out['batch'] = next(iterator)
-      except Exception as e:  # a worker died or a record cannot be read
+      except BaseException as e:  # a worker died or a record cannot be read
         out['error'] = e
     reader = threading.Thread(target=read, daemon=True, name='simclr_jax-next-batch')
     reader.start()
+    self._dead_worker()  # notes the workers while they live: a dead one leaves active_children()
     reader.join(_WORKER_CHECK_SECONDS)
     while reader.is_alive():
       dead = self._dead_worker()
       if dead is not None:
-        self._iterator, self._worker_processes = None, set()  # closing it would wait on the dead worker
-        raise _stopped(f'a reading worker exited with code {dead}')
+        reader.join(_GRACE_SECONDS)  # grain itself notices a worker that died between batches
+        if reader.is_alive():
+          self._abandon()
+          raise _stopped(f'a reading worker exited with code {dead}')
+        break
       reader.join(_WORKER_CHECK_SECONDS)
     if 'error' in out:
       self.close()
       raise _stopped(summary(out['error'], last=True))
     return out['batch']
+
+  def _abandon(self) -> None:
+    """Drops an iterator stuck on a dead worker without closing it (closing would wait on the stuck
+    reader too) and stops the workers still running, which would otherwise retry a full queue
+    for ever and keep the process's output open."""
+    for p in self._worker_processes:
+      if p.exitcode is None:
+        p.kill()
+    self._iterator, self._worker_processes = None, set()
 
   def _dead_worker(self) -> int | None:
     """The exit code of a grain worker of this process that failed (grain's test: exited, not with

@@ -169,7 +169,7 @@ def _sleep_forever():
 def test_a_worker_killed_while_the_reader_waits_forever_stops_the_wait_with_one_line():
   """What a worker killed in the middle of writing a batch can leave: grain's reader blocked on the
   half-written message for ever (seen in CI). The wait watches the workers and stops with the
-  input pipeline's one-line error within a couple of seconds."""
+  input pipeline's one-line error within a few seconds and stops the other workers."""
   import multiprocessing
   import threading
 
@@ -177,13 +177,14 @@ def test_a_worker_killed_while_the_reader_waits_forever_stops_the_wait_with_one_
     def __next__(self):
       threading.Event().wait()
 
-  worker = multiprocessing.get_context('spawn').Process(target=_sleep_forever, name='grain-process-prefetch-test',
-                                                        daemon=True)
-  worker.start()
+  workers = [multiprocessing.get_context('spawn').Process(target=_sleep_forever, name=f'grain-process-prefetch-{i}',
+                                                         daemon=True) for i in range(2)]
+  for w in workers:
+    w.start()
   inputs = object.__new__(input_pipeline.StreamInputs)
   inputs._iterator, inputs._worker_processes = Blocked(), set()
-  inputs._dead_worker()  # seen alive, as the first batches see the real workers
-  worker.kill()
+  assert inputs._next(iter([{'image': 1}])) == {'image': 1}  # a step that sees the workers alive
+  workers[0].kill()
   raised = []
 
   def wait():  # in a thread, so that a wait that never ends fails the test instead of hanging it
@@ -193,11 +194,13 @@ def test_a_worker_killed_while_the_reader_waits_forever_stops_the_wait_with_one_
       raised.append(str(e))
   waiting = threading.Thread(target=wait, daemon=True)
   waiting.start()
-  waiting.join(3 * input_pipeline._WORKER_CHECK_SECONDS + 5)
+  waiting.join(3 * input_pipeline._WORKER_CHECK_SECONDS + input_pipeline._GRACE_SECONDS + 5)
   assert not waiting.is_alive(), 'the wait did not notice the dead worker'
   assert len(raised) == 1 and raised[0].startswith('the input pipeline stopped (a reading worker exited with code -9)')
   assert raised[0].endswith('rerun the same command to resume')
   assert inputs._iterator is None and not inputs._worker_processes
+  workers[1].join(5)
+  assert workers[1].exitcode == -signal.SIGKILL  # the worker still running is stopped too
 
 
 def test_both_paths_train_on_the_same_images_of_a_folder_with_a_broken_one_and_say_so_once(tmp_path, capsys):
