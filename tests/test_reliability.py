@@ -14,7 +14,7 @@ from simclr_jax import checkpoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-LONG = {'train_limit': 1024, 'epochs': 3, 'log_every_steps': 2, 'evals.knn.every_epochs': 0,
+LONG = {'train_limit': 512, 'epochs': 3, 'log_every_steps': 2, 'evals.knn.every_epochs': 0,
         'checkpoint_every_epochs': 1}
 
 
@@ -65,14 +65,14 @@ def straight():
   """The uninterrupted run every fault is compared with, made once for the session (all xdist
   workers); tests read it or work on a copy."""
   workdir = shared_run('reliability_straight', 'pretrain', **LONG)[1]
-  assert _train_steps(workdir)[-1] == 48  # it trained all 3 epochs of 16 steps
+  assert _train_steps(workdir)[-1] == 24  # it trained all 3 epochs of 8 steps
   return workdir
 
 
 def test_sigkill_during_a_step_resumes_to_identical_parameters(straight, tmp_path):
   workdir = tmp_path / 'run'
   proc = _start(workdir)
-  assert _wait_for(lambda: any(s >= 20 for s in _train_steps(workdir)), proc), 'run ended before the kill'
+  assert _wait_for(lambda: any(s >= 10 for s in _train_steps(workdir)), proc), 'run ended before the kill'
   proc.kill()
   proc.wait()
   steps_before = _train_steps(workdir)
@@ -86,18 +86,18 @@ def test_sigkill_during_a_step_resumes_to_identical_parameters(straight, tmp_pat
 
 
 def test_sigkill_during_a_save_resumes_from_the_last_complete_checkpoint(straight, tmp_path):
-  """SIGKILL after checkpoint 32's files are written into Orbax's temporary folder, before the
-  rename that completes it (tests/kill_during_save.py): the rerun resumes from checkpoint 16."""
+  """SIGKILL after checkpoint 16's files are written into Orbax's temporary folder, before the
+  rename that completes it (tests/kill_during_save.py): the rerun resumes from checkpoint 8."""
   workdir = tmp_path / 'run'
   args = cli_args('pretrain', workdir, **LONG)
-  proc = subprocess.run([args[0], os.path.join(ROOT, 'tests', 'kill_during_save.py'), '32'] + args[3:],
+  proc = subprocess.run([args[0], os.path.join(ROOT, 'tests', 'kill_during_save.py'), '16'] + args[3:],
                         cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
   leftovers = sorted(os.listdir(workdir / 'checkpoints'))
-  assert '16' in leftovers and '32' not in leftovers and any('tmp' in n for n in leftovers), leftovers
+  assert '8' in leftovers and '16' not in leftovers and any('tmp' in n for n in leftovers), leftovers
   rerun = run_cli('pretrain', workdir, **LONG)
   assert rerun.returncode == 0, (leftovers, rerun.stderr[-3000:])
-  assert f'resumed from {workdir}/checkpoints/16' in rerun.stdout
+  assert f'resumed from {workdir}/checkpoints/8' in rerun.stdout
   _assert_same_final(straight, workdir)
 
 
@@ -140,17 +140,17 @@ def test_sigterm_checkpoints_and_exits_75_then_resumes(straight, tmp_path):
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
   workdir = tmp_path / 'run'
-  proc = run_cli('pretrain', workdir, **{**LONG, 'inject_nan_at_step': 21})
+  proc = run_cli('pretrain', workdir, **{**LONG, 'inject_nan_at_step': 13})
   assert proc.returncode == 3, proc.stderr[-3000:]
-  assert 'non-finite loss or gradient at step 21' in error_line(proc)
-  assert sorted(int(n) for n in os.listdir(workdir / 'checkpoints')) == [16]
+  assert 'non-finite loss or gradient at step 13' in error_line(proc)
+  assert sorted(int(n) for n in os.listdir(workdir / 'checkpoints')) == [8]
   step, tree = _final(workdir)
-  assert step == 16 and all(np.all(np.isfinite(x)) for x in jax.tree.leaves(tree))
+  assert step == 8 and all(np.all(np.isfinite(x)) for x in jax.tree.leaves(tree))
 
 
 def test_skip_nonfinite_counts_skipped_steps_and_finishes(tmp_path):
   workdir = tmp_path / 'run'
-  proc = run_cli('pretrain', workdir, **{**LONG, 'inject_nan_at_step': 21, 'skip_nonfinite': True})
+  proc = run_cli('pretrain', workdir, **{**LONG, 'inject_nan_at_step': 13, 'skip_nonfinite': True})
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads((workdir / 'results.json').read_text())
   assert results['nonfinite_steps'] == 1 and np.isfinite(results['final_loss'])
