@@ -32,23 +32,25 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # XLA's CPU backend at LLVM optimisation level 1 rather than 2, and without its newer fusion
-# emitters: the tiny pretraining step compiles in about 11 CPU-seconds instead of 15 and runs
-# about as fast (0.17-0.18 s a step against 0.13-0.16; measured on the CI machine, 2026-11-30).
+# emitters: the tiny pretraining step compiles in about 11 CPU-seconds instead of 15 and runs a
+# little slower (0.17-0.18 s a step against 0.13-0.16; measured on the CI machine, 2026-11-30).
 XLA_FLAGS = '--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false'
 os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_FLAGS}".strip()
 
 
 def _own_cores():
   """Pins this xdist worker, and so the subprocesses it starts, to its own share of the cores
-  (worker k of n: the k-th n-th of them). XLA sizes its CPU thread pools by the cores a process
-  may use: unpinned, each worker's compiles and steps spread their threads over every core and the
-  workers' threads contend. Measured on the 2-core CI machine (2026-11-30): two tiny three-epoch
-  CLI runs side by side take 30.8 s pinned one to each core against 32.7 s unpinned."""
+  (worker k of n: the k-th n-th of them; with more workers than cores, as many workers on each
+  core). XLA sizes its CPU thread pools by the cores a process may use: unpinned, each worker's
+  compiles and steps spread their threads over every core and the workers' threads contend.
+  Measured on the 2-core CI machine (2026-11-30): two tiny three-epoch CLI runs side by side take
+  30.8 s pinned one to each core against 32.7 s unpinned."""
   worker, count = os.environ.get('PYTEST_XDIST_WORKER', ''), os.environ.get('PYTEST_XDIST_WORKER_COUNT')
   if not (worker.startswith('gw') and count and hasattr(os, 'sched_setaffinity')):
     return
-  cores, n, k = sorted(os.sched_getaffinity(0)), int(count), int(worker[2:])
-  share = cores[k * len(cores) // n:(k + 1) * len(cores) // n] or [cores[k % len(cores)]]
+  cores, n = sorted(os.sched_getaffinity(0)), int(count)
+  k = int(worker[2:]) % n  # xdist names a worker that replaces a crashed one gw<n>, gw<n+1>, ...
+  share = cores[k * len(cores) // n:(k + 1) * len(cores) // n] or [cores[k * len(cores) // n]]
   os.sched_setaffinity(0, share)
 
 
