@@ -21,11 +21,13 @@ DATASET = 'cifar10_jpeg'
 
 # One decoded-array cache and one persistent compilation cache for the whole session, subprocesses
 # and pytest-xdist workers included (set before anything imports JAX): the same tiny model
-# compiles once, not per test. The workers of one run share the folder named by xdist's run id.
-_RUN = os.environ.get('PYTEST_XDIST_TESTRUNUID')
-_SESSION = os.path.join(tempfile.gettempdir(), f'simclr_jax_tests_{_RUN}') if _RUN else tempfile.mkdtemp(
-    prefix='simclr_jax_tests_')
-os.makedirs(_SESSION, exist_ok=True)
+# compiles once, not per test. The process that starts the session (pytest, or xdist's controller
+# before it starts its workers) makes the folder and removes it when the session ends; the
+# workers and the tests' subprocesses find it in SIMCLR_JAX_TEST_SESSION.
+_SESSION = os.environ.get('SIMCLR_JAX_TEST_SESSION')
+_OWN_SESSION = not _SESSION
+if _OWN_SESSION:
+  _SESSION = os.environ['SIMCLR_JAX_TEST_SESSION'] = tempfile.mkdtemp(prefix='simclr_jax_tests_')
 os.environ.setdefault('SIMCLR_JAX_CACHE', os.path.join(_SESSION, 'data'))
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(_SESSION, 'xla'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
@@ -90,6 +92,12 @@ MECHANICS = {'online_probe_learning_rate': 0.0, 'augment.jitter_prob': 0.0}
 # of its own, so that the tests after it find that step compiled rather than compile it again.
 LONGEST_FIRST = ('test_multihost.py', 'test_gpu_report.py', 'test_scripts.py', 'test_distill.py', 'test_methods.py',
                  'test_stream.py')
+
+
+def pytest_sessionfinish(session, exitstatus):
+  """Removes the session's caches (about 650 MB after the whole suite) once every worker is done."""
+  if _OWN_SESSION:
+    shutil.rmtree(_SESSION, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
