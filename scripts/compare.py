@@ -78,8 +78,9 @@ def main(argv=None) -> int:
   p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                  help='a config override for every stage, e.g. --set dataset=cifar10_jpeg')
   args = p.parse_args(argv)
-  from simclr_jax import errors, interrupts, methods as methods_lib, report, validate, workdir as workdir_lib
-  interrupts.install()  # SIGTERM or SIGINT: exit 75 with one line; the rerun resumes where it stopped
+  from simclr_jax import compile_cache, errors, interrupts, methods as methods_lib, report, validate, workdir as workdir_lib
+  interrupts.install()
+  compile_cache.enable()  # the stages' programs, compiled once for every rerun  # SIGTERM or SIGINT: exit 75 with one line; the rerun resumes where it stopped
   from simclr_jax.main import train_and_evaluate
   common = {}
   for item in args.set:
@@ -138,10 +139,12 @@ def main(argv=None) -> int:
       for m in methods:
         folder = args.workdir if m == methods[0] else os.path.join(args.workdir, f'pictures_{m}')
         made = pictures_of_run(pretrain_dir(m), folder, max_points=args.picture_points)
-        maps[m] = made['embedding_map']
+        maps[m] = made
         if m == methods[0]:
           pictures = made
   except (errors.UserError, errors.NonFiniteError, errors.Preempted) as e:
+    if isinstance(e, errors.UserError):
+      workdir_lib.release_unstarted()  # a refused stage leaves no workdir behind
     print(f'preempted: {e}' if isinstance(e, errors.Preempted) else f'error: {e}', file=sys.stderr, flush=True)
     return e.exit_code
   header = (f"dataset {common.get('dataset', 'cifar10')}, batch {args.batch_size}, pretraining "

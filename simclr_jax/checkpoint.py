@@ -96,17 +96,23 @@ def checksums(tree) -> dict:
   return out
 
 
+def corrupt(step_dir: str, what: str) -> CheckpointError:
+  """The one line for a damaged checkpoint of a run: what is wrong, and the way on (the previous
+  checkpoint, or --fresh when there is none)."""
+  steps = [s for s in list_steps(os.path.dirname(step_dir)) if str(s) != os.path.basename(step_dir)]
+  fix = (f'move {step_dir} away to resume from checkpoint {steps[-1]}' if steps else
+         'start afresh with --fresh (the run is kept in workdir/previous-N)')
+  return CheckpointError(f'checkpoint {step_dir} is corrupt: {what}: {fix}')
+
+
 def verify(tree, meta: dict, step_dir: str, prefix: str = '') -> None:
   """CheckpointError naming the first array of `tree` (a subtree at `prefix` of the saved state)
   whose checksum differs from the one saved with it."""
   saved = meta.get('checksums') or {}
   for name, crc in checksums(tree).items():
     if saved.get(prefix + name) != crc:
-      steps = [s for s in list_steps(os.path.dirname(step_dir)) if str(s) != os.path.basename(step_dir)]
-      fix = (f'move {step_dir} away to resume from checkpoint {steps[-1]}' if steps else
-             'start afresh with --fresh (the run is kept in workdir/previous-N)')
-      raise CheckpointError(f'checkpoint {step_dir} is corrupt: the array {prefix + name} does not match '
-                            f'the checksum saved with it (a damaged file under {step_dir}/state): {fix}')
+      raise corrupt(step_dir, f'the array {prefix + name} does not match the checksum saved with it (a damaged '
+                              f'file under {step_dir}/state)')
 
 
 def check_format(meta: dict, step_dir: str, role: str = 'this run') -> None:
@@ -261,10 +267,8 @@ def restore_latest(manager: ocp.CheckpointManager, target_state):
     with _quiet_stderr_on_failure():
       restored = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-  except Exception as e:
-    raise CheckpointError(f'checkpoint {path} cannot be restored into this run '
-                          f'({summary(e, 300)}): it is corrupt or from another '
-                          'config; move it away or use another --workdir') from None
+  except Exception:  # the run-defining fields and the layout matched: the files are damaged
+    raise corrupt(path, f'its arrays cannot be read (a damaged, truncated or missing file under {path}/state)') from None
   verify(restored['state'], restored['meta'], path)
   return restored['state'], restored['meta']
 
@@ -287,10 +291,15 @@ def find_checkpoint(path: str, role: str = 'init_from') -> str:
 
 
 def read_meta(step_dir: str, role: str = 'init_from') -> dict:
+  """The meta of a step folder; one line when it cannot be read (role 'workdir': the run's own
+  checkpoint, named corrupt with the way on; else the argument that points at it)."""
   try:
     with open(os.path.join(step_dir, 'meta', 'metadata')) as f:
       return json.load(f)
   except (OSError, ValueError):
+    if role == 'workdir':
+      raise corrupt(step_dir, f'its record {step_dir}/meta/metadata cannot be read (a damaged or truncated '
+                              'file)') from None
     raise CheckpointError(f'checkpoint {step_dir} has no readable meta/metadata: it is corrupt '
                           f'or not a simclr_jax checkpoint; point {role} at another run') from None
 
@@ -307,9 +316,9 @@ def _restore_variables(path: str, role: str) -> tuple[dict, dict, str]:
   try:
     with _quiet_stderr_on_failure():
       restored = _read_numpy_subtrees(os.path.join(step_dir, 'state'), ('params', 'batch_stats'))
-  except Exception as e:
-    raise CheckpointError(f'checkpoint {step_dir} cannot be read ({summary(e, 300)}): '
-                          f'it is corrupt or truncated; point {role} at another checkpoint') from None
+  except Exception:
+    raise CheckpointError(f'checkpoint {step_dir} cannot be read: it is corrupt (a damaged, truncated or missing '
+                          f'file under {step_dir}/state); point {role} at another checkpoint') from None
   if any('encoder' not in restored.get(k, {}) for k in ('params', 'batch_stats')):
     raise CheckpointError(f'checkpoint {step_dir} holds no encoder: it is not a simclr_jax model '
                           f'checkpoint; point {role} at a pretraining workdir')

@@ -19,11 +19,11 @@ from simclr_jax import interrupts
 from simclr_jax.metrics import log
 
 
-def cache_root() -> str:
+def cache_root(environ=os.environ) -> str:
   """$SIMCLR_JAX_CACHE, else $XDG_CACHE_HOME/simclr_jax, else ~/.cache/simclr_jax."""
-  if os.environ.get('SIMCLR_JAX_CACHE'):
-    return os.environ['SIMCLR_JAX_CACHE']
-  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  if environ.get('SIMCLR_JAX_CACHE'):
+    return environ['SIMCLR_JAX_CACHE']
+  base = environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
   return os.path.join(base, 'simclr_jax')
 
 

@@ -92,16 +92,39 @@ def _backbone(spec: dict, head_layer: int) -> models.Backbone:
   return models.Backbone(encoder, models.head_layers(spec.get('projector'), head_layer, encoder.dtype))
 
 
-def load_encoder(path: str, head_layer: int | None = None) -> Encoder:
+def _as_path(path, role: str) -> str:
+  """path as a str (a str or an os.PathLike), or a UserError naming what was passed."""
+  if isinstance(path, (str, os.PathLike)):
+    return os.fspath(path)
+  raise UserError(f'{role} is {path!r} ({type(path).__name__}): pass the path of a simclr_jax workdir, one of '
+                  'its checkpoints/<step> folders or a .safetensors file written by export_encoder')
+
+
+def _check_head_layer(head_layer, spec: dict, where: str) -> int:
+  """head_layer as an int within the run's projector, or a UserError naming its depth."""
+  layers = len((spec.get('projector') or {}).get('dims', ()))
+  hidden = max(layers - 1, 0)
+  if not isinstance(head_layer, int) or isinstance(head_layer, bool) or not 0 <= head_layer <= hidden:
+    raise UserError(f'head_layer={head_layer!r}: the projector of {where} has {layers} layers, of which {hidden} '
+                    f'hidden: use a head_layer from 0 (the encoder) to {hidden}, or None for the run\'s own '
+                    f'finetune_from_head_layer ({spec.get("feature_layer", 0)})')
+  return head_layer
+
+
+def load_encoder(path, head_layer: int | None = None) -> Encoder:
   """Loads an encoder from a .safetensors file written by export_encoder, or from the newest
   checkpoint under `path` (a workdir, its checkpoints/ folder or one step folder). head_layer:
   the projector layers to include (default: the run's finetune_from_head_layer)."""
-  if path.endswith('.safetensors') or os.path.isfile(path):
-    return _load_safetensors(path)
   role = 'load_encoder path'
+  path = _as_path(path, role)
+  if os.path.isfile(path) or (path.endswith('.safetensors') and not os.path.isdir(path)):
+    if head_layer is not None:
+      raise UserError(f'head_layer={head_layer!r} with the file {path!r}: an export holds the layers it was '
+                      'exported with; pass head_layer to export_encoder instead')
+    return _load_safetensors(path)
   meta = checkpoint.read_meta(checkpoint.find_checkpoint(path, role), role)
   spec = dict(meta.get('model') or {})
-  k = spec.get('feature_layer', 0) if head_layer is None else head_layer
+  k = spec.get('feature_layer', 0) if head_layer is None else _check_head_layer(head_layer, spec, repr(path))
   variables, meta = checkpoint.restore_encoder(path, role=role, head_layers=k)
   spec['feature_layer'] = k
   if k:
@@ -173,18 +196,25 @@ def torchvision_state_dict(variables: dict, spec: dict) -> dict:
   return out
 
 
-def export_encoder(workdir: str, path: str, layout: str = 'flax') -> str:
-  """Writes the encoder of workdir's newest checkpoint to `path` (.safetensors); returns path."""
+def export_encoder(workdir, path, layout: str = 'flax', head_layer: int | None = None) -> str:
+  """Writes the encoder of workdir's newest checkpoint to `path` (.safetensors); returns path.
+  head_layer: the projector layers to include, as load_encoder takes it (default: the run's
+  finetune_from_head_layer); layout='torchvision' holds the ResNet alone (head_layer 0)."""
   from safetensors.numpy import save
   if layout not in LAYOUTS:
     raise UserError(f'export_encoder layout {layout!r} is unknown: use one of {", ".join(LAYOUTS)}')
+  workdir, path = _as_path(workdir, 'export_encoder workdir'), _as_path(path, 'export_encoder path')
+  if os.path.isfile(workdir):
+    raise UserError(f'export_encoder workdir {workdir!r} is a file: pass the workdir of a run (an export is '
+                    'already portable; load it with load_encoder)')
   target = _check_target(path)
-  encoder = load_encoder(workdir)
+  encoder = load_encoder(workdir, head_layer)
   spec = encoder.spec
   if layout == 'torchvision':
     if spec.get('feature_layer'):
-      raise UserError(f'{workdir!r} includes {spec["feature_layer"]} projector layers, which torchvision\'s '
-                      'ResNet does not have: export it with layout=\'flax\', or load_encoder(..., head_layer=0)')
+      raise UserError(f'{workdir!r} includes {spec["feature_layer"]} projector layers (its finetune_from_head_layer), '
+                      'which torchvision\'s ResNet does not have: export the ResNet alone with '
+                      'export_encoder(..., layout=\'torchvision\', head_layer=0), or the layers too with layout=\'flax\'')
     tensors = torchvision_state_dict(encoder.variables, spec)
   else:
     tensors = _flatten({c: encoder.variables[c] for c in ('params', 'batch_stats')})
@@ -232,11 +262,16 @@ def _load_safetensors(path: str) -> Encoder:
   again = 'export it again with simclr_jax.export_encoder'
   try:
     with safe_open(path, framework='numpy') as f:
-      metadata = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+      raw = f.metadata() or {}
       flat = {name: f.get_tensor(name) for name in f.keys()}
   except Exception as e:
     raise UserError(f'load_encoder path {path!r} is not a readable safetensors file '
                     f'({type(e).__name__}): {again}') from None
+  try:
+    metadata = {k: json.loads(v) for k, v in raw.items()}
+  except ValueError:
+    raise UserError(f'{path!r} is a safetensors file but not a simclr_jax export (its metadata is not the JSON '
+                    f'export_encoder writes): load it with safetensors itself, or {again}') from None
   if metadata.get('format') != FORMAT:
     older = str(metadata.get('format', '')).startswith('simclr_jax.encoder/')
     raise UserError(f'{path!r} is not a simclr_jax encoder of this version (metadata format '

@@ -49,7 +49,9 @@ def _stop_now(name: str, detail: str = '') -> None:
     sys.stdout.flush()
   except Exception:  # a closed or broken stdout must not keep the process alive
     pass
-  os.write(2, f'preempted: {message}\n'.encode('utf-8', 'backslashreplace'))
+  # To the stderr of install() time: a save in progress points fd 2 at /dev/null (checkpoint.py
+  # quiets Orbax), and a second SIGINT during it would otherwise print nothing.
+  os.write(_state.get('stderr', 2), f'preempted: {message}\n'.encode('utf-8', 'backslashreplace'))
   os._exit(Preempted.exit_code)
 
 
@@ -96,6 +98,7 @@ def install() -> None:
   if threading.current_thread() is not threading.main_thread():
     return
   if 'write_fd' not in _state:
+    _state['stderr'] = os.dup(2)
     read_fd, _state['write_fd'] = os.pipe()
     os.set_blocking(_state['write_fd'], False)
     threading.Thread(target=_watch, args=(read_fd,), name='simclr_jax-signals', daemon=True).start()

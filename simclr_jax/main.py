@@ -61,11 +61,12 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  from simclr_jax import errors, interrupts, validate, workdir as workdir_lib
+  from simclr_jax import compile_cache, errors, interrupts, validate, workdir as workdir_lib
   logging.set_verbosity(logging.ERROR)  # library warnings (TFDS, Orbax) stay off the terminal
   config = flags.FLAGS.config
   try:
     validate.validate_config(config)
+    compile_cache.enable()  # a resume or a rerun of the same shapes compiles nothing
     import jax
     if flags.FLAGS.coordinator_address or flags.FLAGS.num_processes:
       jax.distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
@@ -76,6 +77,8 @@ def main(argv):
     with interrupts.phase('loading the data'):
       train_and_evaluate(config, flags.FLAGS.workdir)
   except (errors.UserError, errors.NonFiniteError, errors.Preempted) as e:
+    if isinstance(e, errors.UserError):
+      workdir_lib.release_unstarted(flags.FLAGS.workdir)  # a refused run leaves no workdir behind
     print(f'error: {e}' if not isinstance(e, errors.Preempted) else f'preempted: {e}',
           file=sys.stderr, flush=True)
     sys.stdout.flush()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 
 import numpy as np
 
@@ -24,9 +25,16 @@ def epoch_indices(seed: int, epoch: int, num_examples: int, length: int) -> np.n
   return np.concatenate([rng.permutation(num_examples) for _ in range(copies)])[:length].astype(np.int32)
 
 
+# The first open of a TFDS split in a process, one thread at a time: tensorflow_datasets' lazy
+# imports (etils' LazyModule, a functools.cached_property whose lock Python 3.11 shares between
+# instances) deadlock when two threads of a grain worker import it at once (seen: one thread holds
+# the module lock and waits for the property's lock, the other the reverse, and the run hangs).
+_OPEN_LOCK = threading.Lock()
+
+
 class TfdsRecords:
   """(encoded image bytes, label) of the records of a TFDS split (array_record), opened lazily in
-  each process that reads."""
+  each process that reads (once, whichever of its threads reads first)."""
 
   def __init__(self, name: str, data_dir: str, split: str, size: int):
     self.name, self.data_dir, self.split, self.size = name, data_dir, split, size
@@ -43,11 +51,13 @@ class TfdsRecords:
 
   def _open(self):
     if self._source is None:
-      os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-      import tensorflow_datasets as tfds
-      builder = tfds.builder(self.name, data_dir=self.data_dir or None, file_format='array_record')
-      self._source = builder.as_data_source(split=self.split,
-                                            decoders={'image': tfds.decode.SkipDecoding()})
+      with _OPEN_LOCK:
+        if self._source is None:
+          os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+          import tensorflow_datasets as tfds
+          builder = tfds.builder(self.name, data_dir=self.data_dir or None, file_format='array_record')
+          self._source = builder.as_data_source(split=self.split,
+                                                decoders={'image': tfds.decode.SkipDecoding()})
     return self._source
 
   def __getitem__(self, index: int):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from simclr_jax.metrics import plural
 from simclr_jax.pictures import save_figure
 
 # method -> (label in the report, protocol of its figure)
@@ -55,13 +56,10 @@ def markdown_table(runs: dict, pretrain: dict, fractions) -> str:
   return '\n'.join(rows)
 
 
-def plot_curves(runs: dict, fraction: float, path: str) -> None:
-  """Train and test top-1 per epoch of the trained methods at one label fraction."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  last = 1
+def draw_curves(ax, runs: dict, fraction: float) -> list:
+  """Train and test top-1 per epoch of the trained methods at one label fraction, on a Matplotlib
+  axis; returns the lines drawn."""
+  drawn, last = [], 1
   for method, color in CURVE_COLOURS.items():
     r = runs.get((method, fraction))
     if not r or not r.get('history'):
@@ -69,10 +67,12 @@ def plot_curves(runs: dict, fraction: float, path: str) -> None:
     label = METHODS[method][0] + ('' if method != 'linear_augmented' else ', augmented')
     epochs = [h['epoch'] for h in r['history']]
     last = max(last, *epochs)
-    # markers: a run of one epoch is one point, which a line alone does not draw
-    ax.plot(epochs, [100 * h['test_top1'] for h in r['history']], 'o-', ms=3, color=color, label=f'{label} test')
-    ax.plot(epochs, [100 * (h['train_top1'] or 0) for h in r['history']], 'o--', ms=3, color=color,
-            label=f'{label} train')
+    # Markers: a run of one epoch is one point, which a line alone does not draw; test is a filled
+    # circle on a solid line, train a hollow square on a dashed one, told apart at any epoch count.
+    drawn += ax.plot(epochs, [100 * h['test_top1'] for h in r['history']], 'o-', ms=5, color=color,
+                     label=f'{label} test')
+    drawn += ax.plot(epochs, [100 * (h['train_top1'] or 0) for h in r['history']], 's--', ms=5, color=color,
+                     markerfacecolor='white', label=f'{label} train')
   from matplotlib.ticker import MaxNLocator
   ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
   if last < 10:  # few epochs: each one a tick
@@ -83,6 +83,16 @@ def plot_curves(runs: dict, fraction: float, path: str) -> None:
   ax.set_title(f'{100 * fraction:g}% of the labels')
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
+  return drawn
+
+
+def plot_curves(runs: dict, fraction: float, path: str) -> None:
+  """draw_curves into a PNG at path."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  draw_curves(ax, runs, fraction)
   fig.tight_layout()
   save_figure(fig, path, dpi=100)
   plt.close(fig)
@@ -91,7 +101,7 @@ def plot_curves(runs: dict, fraction: float, path: str) -> None:
 def methods_table(methods: dict, wall: dict) -> str:
   """Method x kNN, online and features probes, finetune top-1, pretraining images/s and
   wall-clock, the final embedding deviation and rank. methods: name -> (pretraining results,
-  finetune results or None, embedding map or None)."""
+  finetune results or None, its pictures or None)."""
   rows = ['| method | kNN | online linear | features linear | finetune | pretraining images/s | '
           'pretraining wall-clock s | embedding std | embedding rank |', '|---' * 9 + '|']
   for name, (pre, fine, _) in methods.items():
@@ -118,13 +128,27 @@ def distilled_notes(runs: dict) -> list:
   return out + [''] if out else []
 
 
+PICTURES = (('embedding_map', 'embedding map'), ('retrieval', 'nearest training images of ten test images'))
+
+
 def write_report(workdir: str, runs: dict, pretrain: dict, fractions, header: str = '',
                  pictures: dict | None = None, wall: dict | None = None, methods: dict | None = None) -> str:
-  """Writes workdir/report.md and workdir/accuracy_<fraction>.png; returns the markdown. methods
-  (name -> (pretraining results, finetune results, embedding map)) adds the methods table."""
+  """Writes workdir/report.md and workdir/accuracy_<fraction>.png; returns the markdown. pictures:
+  the first method's {'embedding_map': path, 'retrieval': path}; methods (name -> (pretraining
+  results, finetune results, that method's pictures dict)) adds the methods table and every
+  method's pictures. Each picture is linked once."""
+  linked = set()
+
+  def picture(title: str, path: str | None) -> list:
+    if not path or path in linked:
+      return []
+    linked.add(path)
+    return [f'![{title}]({os.path.relpath(path, workdir)})', '']
+
+  epochs = pretrain.get('epochs')
   lines = ['# SimCLR comparison', '', header, '',
-           f"Pretraining: {pretrain.get('epochs')} epochs, {pretrain.get('train_seconds', 0):.0f} s of "
-           'training.', '',
+           f"Pretraining: {plural(epochs, 'epoch') if isinstance(epochs, int) else epochs}, "
+           f"{pretrain.get('train_seconds', 0):.0f} s of training.", '',
            'Test top-1 (%), final epoch (best epoch in brackets for trained runs). Protocols: '
            '*trained* = the whole classifier trained with augmentation; *features* = logistic '
            'regression on frozen, unaugmented features; *augmented* = a linear head trained on the '
@@ -138,17 +162,15 @@ def write_report(workdir: str, runs: dict, pretrain: dict, fractions, header: st
               'the features probe at the end of pretraining, and a fine-tune on all the labels; the final '
               'deviation of the L2-normalised embeddings (about 1/sqrt(d) when healthy, 0 collapsed) and '
               'their effective rank (RankMe).', '', methods_table(methods, wall), '']
-    for name, (_, _, picture) in methods.items():
-      if picture:
-        lines += [f'![{name}: embedding map]({os.path.relpath(picture, workdir)})', '']
+    for name, (_, _, shown) in methods.items():
+      for key, title in PICTURES:
+        lines += picture(f'{name}: {title}', (shown or {}).get(key))
   for f in fractions:
     name = f'accuracy_{f:g}.png'
     plot_curves(runs, f, os.path.join(workdir, name))
     lines += [f'![{100 * f:g}% of labels]({name})', '']
-  for key, title in (('embedding_map', 'Embedding map of the pretrained encoder'),
-                     ('retrieval', 'Nearest training images of ten test images')):
-    if pictures and pictures.get(key):
-      lines += [f'![{title}]({os.path.relpath(pictures[key], workdir)})', '']
+  for key, title in PICTURES:
+    lines += picture(f'The pretrained encoder: {title}', (pictures or {}).get(key))
   lines += ['| stage | label fraction | epochs | training s | wall-clock s |', '|---|---|---|---|---|']
   for name, (pre, _, _) in (methods or {'pretrain': (pretrain, None, None)}).items():
     key = ('pretrain', name) if methods else ('pretrain', 1.0)

@@ -173,6 +173,7 @@ def train_and_evaluate(config, workdir: str, build_task, checkpoints: dict | Non
   settings = loop_settings(config, data.inputs.steps_per_epoch, {'data': data.identity})
   task = build_task(config, mesh, data.inputs, data.eval_inputs, settings.total_steps)
   log_model(task.meta['model'], config.stem, data.inputs)
+  workdir_lib.mark_started(workdir)  # from here a failure keeps what the run wrote
   return finish(task) if finish is not None else train_loop.run(task, workdir, settings)
 
 

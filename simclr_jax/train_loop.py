@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from simclr_jax import checkpoint, interrupts, optim
+from simclr_jax import checkpoint, compile_cache, interrupts, optim
 from simclr_jax.errors import NonFiniteError, Preempted
 from simclr_jax.evaluate import EvalContext
 from simclr_jax.metrics import MetricWriter, format_eta, log, plural, write_results
@@ -144,7 +144,7 @@ class LoopSettings:
 def new_record() -> dict:
   """What a checkpoint remembers of the run so far, for results.json."""
   return {'train': None, 'evals': [], 'rates': [], 'first_rates': [], 'final_step': None,
-          'train_seconds': 0.0, 'evaluated_epoch': 0, 'compile_seconds': None}
+          'train_seconds': 0.0, 'evaluated_epoch': 0, 'compile_seconds': None, 'compiles': []}
 
 
 def finished_results(workdir: str, epochs: int) -> dict | None:
@@ -154,7 +154,7 @@ def finished_results(workdir: str, epochs: int) -> dict | None:
   path = os.path.join(workdir, 'results.json')
   if step_dir is None or not os.path.exists(path):
     return None
-  meta = checkpoint.read_meta(step_dir)
+  meta = checkpoint.read_meta(step_dir, 'workdir')
   total = optim.epochs_to_steps(epochs, int(meta.get('steps_per_epoch') or -1))
   if meta.get('step') != total or (meta.get('record') or {}).get('final_step') != total:
     return None
@@ -225,16 +225,21 @@ class Run:
     return interrupts.immediate() if jax.process_count() == 1 else contextlib.nullcontext()
 
   def compile(self, step_fn, example):
-    """The AOT-compiled step, with a line before and after (the compile's time is not counted in
-    the first window's images/s)."""
+    """The AOT-compiled step, with a line before and after that says whether it came from the
+    persistent compilation cache (simclr_jax.compile_cache); each start of the run is recorded
+    (the compile's time is not counted in the first window's images/s)."""
     with interrupts.phase('compiling the training step'), self.immediate():
       log('compiling the training step')
-      t0 = time.time()
-      compiled = step_fn.lower(self.state, *example).compile()
-      seconds = time.time() - t0
-      log(f'compiled in {seconds:.1f} s')
-    if self.record.get('compile_seconds') is None:
-      self.record['compile_seconds'] = seconds
+      t0, hits = time.time(), compile_cache.hits()
+      lowered = step_fn.lower(self.state, *example)
+      t1 = time.time()
+      compiled = lowered.compile()
+      seconds, cached = time.time() - t1, compile_cache.hits() > hits
+      log(f'compiled in {seconds:.1f} s' + (' (loaded from the persistent compilation cache)' if cached else '') +
+          f', traced in {t1 - t0:.1f} s')
+    self.record['compile_seconds'] = seconds  # this start's; 'compiles' keeps every start's
+    self.record.setdefault('compiles', []).append({'step': self.step, 'seconds': seconds, 'cached': cached,
+                                                   'trace_seconds': t1 - t0})
     self.t_window = self.t_train = time.time()
     return compiled
 
@@ -373,7 +378,7 @@ class Run:
   def results(self) -> dict:
     rates = self.record['rates'] or self.record['first_rates']
     facts = {'epochs': self.total_epochs, 'steps': self.step, 'train_seconds': self.record['train_seconds'],
-             'compile_seconds': self.record.get('compile_seconds'),
+             'compile_seconds': self.record.get('compile_seconds'), 'compiles': self.record.get('compiles', []),
              'images_per_second': float(np.median(rates)) if rates else None,
              'nonfinite_steps': int(self.state.nonfinite_count), **self.task.notes}
     return write_results(self.workdir, self.task.summarize(self.record, facts))

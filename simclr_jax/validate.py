@@ -80,6 +80,8 @@ def validate_config(config) -> None:
   for key in SEEDS:
     if not 0 <= config[key] < 2**32:
       _fail(key, config[key], 'use a seed from 0 to 4294967295')
+  if not config.momentum < 1:
+    _fail('momentum', config.momentum, 'use a momentum in [0, 1), such as 0.9')
   if not 0 < config.label_fraction <= 1:
     _fail('label_fraction', config.label_fraction, 'use a fraction in (0, 1]')
   if not isinstance(config.dataset, str) or not config.dataset:
@@ -116,6 +118,16 @@ def validate_config(config) -> None:
       _fail('distill_label_weight', config.distill_label_weight, 'use a weight in [0, 1] (0: the teacher alone)')
 
 
+def _pair(name: str, value, low_ok: float, fix: str):
+  """(lo, hi) of a two-number range field, or ConfigError naming it."""
+  if len(value) != 2:
+    _fail(name, tuple(value), f'give two numbers (min, max), {fix}')
+  lo, hi = value
+  if not low_ok < lo <= hi:
+    _fail(name, tuple(value), f'use (min, max) with {low_ok:g} < min <= max, {fix}')
+  return lo, hi
+
+
 def _validate_augment(name: str, aug, partial: bool = False) -> None:
   has = lambda key: key in aug
   for key in PROBABILITIES:
@@ -127,13 +139,14 @@ def _validate_augment(name: str, aug, partial: bool = False) -> None:
   if has('hue') and not 0 <= aug['hue'] <= 0.5:
     _fail(f'{name}.hue', aug['hue'], 'it must lie in [0, 0.5]')
   if has('crop_scale'):
-    lo, hi = aug['crop_scale']
-    if not 0 < lo <= hi <= 1:
-      _fail(f'{name}.crop_scale', aug['crop_scale'], 'use (min, max) with 0 < min <= max <= 1')
+    _, hi = _pair(f'{name}.crop_scale', aug['crop_scale'], 0, 'such as (0.08, 1.0): shares of the image area')
+    if hi > 1:
+      _fail(f'{name}.crop_scale', tuple(aug['crop_scale']), 'use (min, max) with 0 < min <= max <= 1, such as '
+            '(0.08, 1.0): shares of the image area')
   if has('crop_ratio'):
-    lo, hi = aug['crop_ratio']
-    if not 0 < lo <= hi:
-      _fail(f'{name}.crop_ratio', aug['crop_ratio'], 'use (min, max) with 0 < min <= max')
+    _pair(f'{name}.crop_ratio', aug['crop_ratio'], 0, 'such as (0.75, 1.333): aspect ratios')
+  if has('blur_sigma'):
+    _pair(f'{name}.blur_sigma', aug['blur_sigma'], 0, 'such as (0.1, 2.0): the Gaussian blur\'s deviations in pixels')
   if has('std') and (len(aug['std']) != 3 or min(aug['std']) <= 0):
     _fail(f'{name}.std', aug['std'], 'use three deviations greater than 0, e.g. (0.2023, 0.1994, 0.2010)')
   if has('mean') and len(aug['mean']) != 3:

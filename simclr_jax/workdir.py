@@ -3,6 +3,12 @@ and results that a rerun never contradicts.
 
     prepare(workdir, config, fresh=False)    # raises ConfigError with one line; writes config.json
     check_data(workdir, {'dataset': source}, allow_change=False)   # after the data is described
+    mark_started(workdir)                    # the run trains (or fits): what it wrote stays
+    release_unstarted(workdir)               # after a refusal: what prepare made is removed
+
+A run refused before it started (bad data, a missing init_from or teacher) leaves nothing behind:
+release_unstarted removes the files prepare and the data check wrote (the lock, config.json,
+data_manifest.json) and the folders prepare made, when they hold nothing else.
 
 Checks, in order, before anything in the workdir is written: the path is not empty, lies apart
 from every dataset folder and is writable; no other live run holds the lock (a lock left by a
@@ -15,6 +21,7 @@ process learns the outcome.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -22,11 +29,14 @@ import socket
 import time
 
 from simclr_jax import checkpoint, config_base, folders, optim
-from simclr_jax.errors import CheckpointError, ConfigError
+from simclr_jax.errors import ConfigError
 from simclr_jax.metrics import log, plural
 
 LOCK_NAME = '.lock'
 _held = {}  # path -> open file descriptor: the lock lasts as long as this process
+# absolute workdir -> what this process's prepare made there: {'folders': the folders it created,
+# outermost first, 'files': the names it created, 'started': whether the run went on to train}
+_claims = {}
 
 
 def prepare(workdir: str, config, fresh: bool = False) -> None:
@@ -36,6 +46,7 @@ def prepare(workdir: str, config, fresh: bool = False) -> None:
     raise ConfigError('--workdir is empty: pass the folder for checkpoints and results, for '
                       'example --workdir=runs/pretrain')
   check_apart(workdir, config)
+  check_not_checkpoints(workdir)
   if jax.process_count() == 1:
     _prepare(workdir, config, fresh)
     return
@@ -74,11 +85,47 @@ def check_apart(workdir: str, config) -> None:
                         'outside it')
 
 
+def check_not_checkpoints(workdir: str) -> None:
+  """ConfigError when the workdir is a run's checkpoints folder or lies inside one (a step folder),
+  naming the run's workdir: a run there would nest a second run in the first one's checkpoints."""
+  path = os.path.abspath(workdir)
+  while True:
+    if os.path.basename(path) == 'checkpoints':
+      run = os.path.dirname(path)
+      if os.path.exists(os.path.join(run, 'config.json')) or checkpoint.list_steps(path):
+        where = 'the checkpoints folder' if path == os.path.abspath(workdir) else 'inside the checkpoints folder'
+        raise ConfigError(f'--workdir {workdir!r} is {where} of the run in {run!r}: pass --workdir={run} to resume '
+                          'or extend that run, or choose another --workdir')
+    parent = os.path.dirname(path)
+    if parent == path:
+      return
+    path = parent
+
+
+def _missing_folders(workdir: str) -> list:
+  """The folders of workdir's path that do not exist yet, outermost first."""
+  out, path = [], os.path.abspath(workdir)
+  while not os.path.exists(path):
+    out.insert(0, path)
+    parent = os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  return out
+
+
+_OWN_FILES = (LOCK_NAME, 'config.json', 'data_manifest.json')  # what a run writes before it starts
+
+
 def _prepare(workdir: str, config, fresh: bool) -> None:
+  folders_made = _missing_folders(workdir)
+  existed = {n for n in _OWN_FILES if os.path.exists(os.path.join(workdir, n))}
   _check_writable(workdir)
   acquire_lock(workdir)
+  claim = _claims[os.path.abspath(workdir)] = {'folders': folders_made, 'existed': existed, 'archived': None,
+                                               'started': False}
   if fresh and _has_run(workdir):
-    archive_run(workdir, 'because of --fresh')
+    claim['archived'] = archive_run(workdir, 'because of --fresh')
   elif not fresh:
     checkpoint.set_aside_incomplete(workdir)
     saved = _saved_config(workdir)
@@ -94,7 +141,7 @@ def _prepare(workdir: str, config, fresh: bool) -> None:
                         'pass --fresh to keep it in previous-N and start afresh, or choose another --workdir')
     elif _has_run(workdir) and (saved is None or _differs(config, saved['config']) or
                                 set(os.listdir(workdir)) - {'config.json', LOCK_NAME}):
-      archive_run(workdir, 'it saved no checkpoint')
+      claim['archived'] = archive_run(workdir, 'it saved no checkpoint')
     if os.path.exists(os.path.join(workdir, 'config.json')):
       return  # config.json keeps the run's first config; each checkpoint stores the current one
   path = os.path.join(workdir, 'config.json')
@@ -102,6 +149,38 @@ def _prepare(workdir: str, config, fresh: bool) -> None:
   with open(tmp, 'w') as f:
     f.write(config.to_json(indent=2))
   os.replace(tmp, path)
+
+
+def mark_started(workdir: str) -> None:
+  """The run in workdir trains (or fits) from here: a later error keeps what it wrote."""
+  claim = _claims.get(os.path.abspath(workdir))
+  if claim is not None:
+    claim['started'] = True
+
+
+def release_unstarted(workdir: str | None = None) -> None:
+  """After a refusal: for the workdir (None: each one) this process prepared whose run did not
+  start, removes the files it created there (the lock, config.json, data_manifest.json), moves
+  back what prepare moved to previous-N, then removes the folders it created, innermost first,
+  where they are left empty. The workdir is then as it was before."""
+  for path, claim in list(_claims.items()):
+    if claim['started'] or (workdir is not None and path != os.path.abspath(workdir)):
+      continue
+    del _claims[path]
+    for name in _OWN_FILES:  # after an archive, only the lock is not this run's own
+      if name not in claim['existed'] or (claim['archived'] and name != LOCK_NAME):
+        with contextlib.suppress(OSError):
+          os.remove(os.path.join(path, name))
+    if claim['archived']:
+      for name in os.listdir(claim['archived']):
+        os.replace(os.path.join(claim['archived'], name), os.path.join(path, name))
+      os.rmdir(claim['archived'])
+    fd = _held.pop(os.path.join(path, LOCK_NAME), None)
+    if fd is not None:
+      os.close(fd)
+    for folder in reversed(claim['folders']):
+      with contextlib.suppress(OSError):
+        os.rmdir(folder)  # only when empty
 
 
 def _has_run(workdir: str) -> bool:
@@ -144,7 +223,7 @@ def check_data(workdir: str, sources: dict, allow_change: bool = False) -> None:
   step_dir = checkpoint.latest_step_dir(workdir)
   if step_dir is None:
     return
-  saved = checkpoint.read_meta(step_dir).get('data') or {}
+  saved = checkpoint.read_meta(step_dir, 'workdir').get('data') or {}
   manifest = _read_manifest(workdir)
   for role, source in sources.items():
     for split, now in source.identity.items():
@@ -222,10 +301,7 @@ def _saved_config(workdir: str):
   stored config wins over config.json, which may be missing or edited."""
   step_dir = checkpoint.latest_step_dir(workdir)
   if step_dir is not None:
-    try:
-      meta = checkpoint.read_meta(step_dir, 'workdir')
-    except CheckpointError as e:
-      raise ConfigError(f'{e}; or pass --fresh to start afresh (the old run is kept in previous-N)') from None
+    meta = checkpoint.read_meta(step_dir, 'workdir')
     if 'config' in meta:
       return {'config': meta['config'], 'checkpoint': step_dir, 'meta': meta}
   path = os.path.join(workdir, 'config.json')
@@ -245,14 +321,22 @@ def acquire_lock(workdir: str) -> None:
   path = os.path.join(os.path.abspath(workdir), LOCK_NAME)
   if path in _held:
     return
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError:
-    holder = _read_holder(fd)
-    os.close(fd)
-    raise ConfigError(f'workdir {workdir!r} is in use by another run ({holder}): wait for it to '
-                      'end or stop it, or choose another --workdir') from None
+  while True:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = _read_holder(fd)
+      os.close(fd)
+      raise ConfigError(f'workdir {workdir!r} is in use by another run ({holder}): wait for it to '
+                        'end or stop it, or choose another --workdir') from None
+    try:
+      same = os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+      same = False
+    if same:
+      break
+    os.close(fd)  # a refused run removed the file after we opened it: lock the new one
   info = {'pid': os.getpid(), 'host': socket.gethostname(),
           'started': time.strftime('%Y-%m-%d %H:%M:%S')}
   os.ftruncate(fd, 0)

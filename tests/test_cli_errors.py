@@ -108,10 +108,36 @@ def test_flag_errors_name_the_field_the_file_and_the_type():
     ('projection_dims', (2048, 0), 'config.projection_dims=(2048, 0)'),
     ('method', 'byol', 'start from --config=configs/byol.py'),
     ('data_dir', '/no/such/folder', 'config.data_dir'),
+    ('augment.blur_sigma', (-1.0, -0.5), 'config.augment.blur_sigma=(-1.0, -0.5) is invalid: use (min, max) with 0 < min'),
+    ('augment.blur_sigma', (2.0, 0.1), 'config.augment.blur_sigma=(2.0, 0.1)'),
+    ('view2.blur_sigma', (0.0, 1.0), 'config.view2.blur_sigma=(0.0, 1.0)'),
+    ('augment.crop_scale', (0.08, 0.5, 1.0), 'config.augment.crop_scale=(0.08, 0.5, 1.0) is invalid: give two numbers'),
+    ('augment.crop_scale', (0.5, 1.5), 'config.augment.crop_scale=(0.5, 1.5)'),
+    ('augment.crop_scale', (0.9, 0.2), 'config.augment.crop_scale=(0.9, 0.2)'),
+    ('augment.crop_ratio', (1.3, 0.7), 'config.augment.crop_ratio=(1.3, 0.7)'),
+    ('view2.crop_ratio', (0.0, 1.0), 'config.view2.crop_ratio=(0.0, 1.0)'),
+    ('augment.hue', 0.7, 'config.augment.hue=0.7'),
+    ('augment.contrast', -0.1, 'config.augment.contrast=-0.1'),
+    ('momentum', 1.5, 'config.momentum=1.5 is invalid: use a momentum in [0, 1)'),
+    ('finetune_from_head_layer', 2, 'config.finetune_from_head_layer=2 is invalid: the projector has 2 layers'),
 ])
 def test_values_refused_before_anything_runs(field, value, fragment):
   with pytest.raises(ConfigError, match=re.escape(fragment)) as e:
     validate.validate_config(tiny_config('pretrain', **{field: value}))
+  _one_line(e)
+
+
+@pytest.mark.parametrize('config,field,value,fragment', [
+    ('pretrain_v2', 'finetune_from_head_layer', 5, 'config.finetune_from_head_layer=5 is invalid: the projector has 3 '
+     'layers (projection_dims=(512, 512, 128)), of which 2 hidden: use a value from 0 to 2'),
+    ('byol', 'final_tau', 1.5, 'config.final_tau=1.5 is invalid: use a decay in [0, 1]'),
+    ('byol', 'base_tau', -0.1, 'config.base_tau=-0.1 is invalid: use 0 <= base_tau <= final_tau'),
+    ('mocov3', 'base_tau', 0.999, 'config.base_tau=0.999 is invalid: use 0 <= base_tau <= final_tau (final_tau=0.99)'),
+])
+def test_method_fields_name_the_field_the_user_set(config, field, value, fragment):
+  extra = {'final_tau': 0.99} if config == 'mocov3' else {}
+  with pytest.raises(ConfigError, match=re.escape(fragment)) as e:
+    validate.validate_config(tiny_config(config, **{field: value, **extra}))
   _one_line(e)
 
 
@@ -244,7 +270,7 @@ def test_resume_from_a_corrupt_checkpoint_names_it_and_keeps_it(pretrained_workd
   from conftest import train_in_process
   with pytest.raises(CheckpointError) as e:
     train_in_process(tiny_config(epochs=2), workdir)
-  _one_line(e, f'checkpoint {step_dir}', 'cannot be restored')
+  _one_line(e, f'checkpoint {step_dir} is corrupt', 'its arrays cannot be read', 'resume from checkpoint 8')
   assert _snapshot(workdir) == before
 
 
@@ -266,3 +292,47 @@ def test_resume_from_a_checkpoint_of_an_older_state_layout_says_to_start_afresh(
     train_in_process(tiny_config(epochs=2), workdir)
   _one_line(e, f'checkpoint {step_dir}', 'layout 1', '--fresh')
   assert _snapshot(workdir) == before
+
+
+def test_a_workdir_inside_a_runs_checkpoints_names_the_run_and_writes_nothing(pretrained_workdir, tmp_path):
+  run = tmp_path / 'run'
+  shutil.copytree(pretrained_workdir, run)
+  before = _snapshot(run)
+  for inside in (run / 'checkpoints', run / 'checkpoints' / '16', run / 'checkpoints' / 'new'):
+    with pytest.raises(ConfigError) as e:
+      workdir_lib.prepare(str(inside), tiny_config())
+    where = 'the checkpoints folder' if inside.name == 'checkpoints' else 'inside the checkpoints folder'
+    _one_line(e, f'--workdir {str(inside)!r} is {where} of the run in {str(run)!r}', f'pass --workdir={run} to resume')
+  assert _snapshot(run) == before and not (run / 'checkpoints' / '.lock').exists()
+  assert not (run / 'checkpoints' / 'new').exists()
+
+
+def test_a_run_refused_before_it_starts_leaves_no_workdir_and_keeps_what_was_there(tmp_path):
+  """The teacher that is not there (distill), or a dataset that is not: what prepare and the data
+  check wrote is removed, the folders prepare made too; an existing folder keeps what it held."""
+  from simclr_jax import main
+  new = tmp_path / 'runs' / 'student'
+  config = tiny_config('distill', teacher_from=str(tmp_path / 'no-teacher'))
+  workdir_lib.prepare(str(new), config)
+  assert sorted(os.listdir(new)) == ['.lock', 'config.json']
+  with pytest.raises(CheckpointError, match='teacher_from .* does not exist'):
+    main.train_and_evaluate(config, str(new))
+  workdir_lib.release_unstarted(str(new))
+  assert os.listdir(tmp_path) == []  # runs/ too: this process made it
+  kept = tmp_path / 'mine'
+  kept.mkdir()
+  (kept / 'notes.txt').write_text('the user\'s')
+  config = tiny_config(dataset='no_such_set')
+  workdir_lib.prepare(str(kept), config)
+  with pytest.raises(DataError):
+    main.train_and_evaluate(config, str(kept))
+  workdir_lib.release_unstarted(str(kept))
+  assert os.listdir(kept) == ['notes.txt']
+  workdir_lib.prepare(str(kept), tiny_config())  # the lock was released with the files
+  workdir_lib.release_unstarted(str(kept))
+
+
+@pytest.mark.e2e
+def test_the_cli_leaves_no_workdir_after_a_refusal(tmp_path):
+  _fails(run_cli('pretrain', tmp_path / 'runs' / 'w', dataset='no_such_set'), "unknown dataset 'no_such_set'")
+  assert not (tmp_path / 'runs').exists()

@@ -83,3 +83,30 @@ def test_a_torchvision_export_names_every_array_as_torchvision_does(pretrained_w
   assert len(tensors) == 5 * (1 + 2 * 4 + 3) + (1 + 2 * 4 + 3)  # torchvision's ResNet(BasicBlock, [1, 1, 1, 1]), no fc
   with pytest.raises(UserError, match="layout='torchvision'"):
     simclr_jax.load_encoder(path)
+
+
+def test_paths_and_head_layers_that_cannot_be_loaded_are_refused_with_one_line(pretrained_workdir, exported, tmp_path):
+  cases = [
+      (lambda: simclr_jax.load_encoder(None), 'load_encoder path is None (NoneType): pass the path of a simclr_jax workdir'),
+      (lambda: simclr_jax.load_encoder(str(pretrained_workdir), head_layer=7),
+       'head_layer=7: the projector of', 'has 2 layers, of which 1 hidden: use a head_layer from 0 (the encoder) to 1'),
+      (lambda: simclr_jax.load_encoder(str(pretrained_workdir), head_layer=-1), 'head_layer=-1'),
+      (lambda: simclr_jax.load_encoder(exported, head_layer=0), 'pass head_layer to export_encoder instead'),
+      (lambda: simclr_jax.export_encoder(exported, str(tmp_path / 'again.safetensors')), 'is a file: pass the workdir'),
+  ]
+  plain = tmp_path / 'plain.safetensors'
+  save_file({'x': np.zeros(3, np.float32)}, str(plain), metadata={'note': 'not json'})
+  cases.append((lambda: simclr_jax.load_encoder(str(plain)), 'is a safetensors file but not a simclr_jax export'))
+  folder = tmp_path / 'x.safetensors'  # a folder that happens to be named so
+  folder.mkdir()
+  cases.append((lambda: simclr_jax.load_encoder(str(folder)), 'holds no complete checkpoint'))
+  for call, *fragments in cases:
+    with pytest.raises(UserError) as e:
+      call()
+    assert '\n' not in str(e.value) and all(f in str(e.value) for f in fragments), (fragments, str(e.value))
+  # A workdir under such a name loads as a workdir; pathlib paths are taken as they are.
+  import shutil
+  import pathlib
+  named = tmp_path / 'run.safetensors'
+  shutil.copytree(pretrained_workdir, named)
+  assert simclr_jax.load_encoder(named).spec == simclr_jax.load_encoder(pathlib.Path(pretrained_workdir)).spec

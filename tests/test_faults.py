@@ -158,6 +158,7 @@ SECOND_SIGINT = textwrap.dedent('''
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.2)
         print('first:', flag.name, flush=True)  # deferred: the loop would save, then stop
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # as a save does while Orbax works
         os.kill(os.getpid(), signal.SIGINT)      # a second Ctrl-C during a long save
         time.sleep(5)
         print('still running', flush=True)
@@ -165,6 +166,7 @@ SECOND_SIGINT = textwrap.dedent('''
 
 
 def test_a_second_sigint_during_a_long_save_exits_at_once():
+  """With the line on the run's stderr, although the save has pointed fd 2 at /dev/null."""
   proc = subprocess.run([sys.executable, '-c', SECOND_SIGINT, ROOT], capture_output=True, text=True, timeout=60)
   assert proc.returncode == 75 and proc.stdout.strip() == 'first: SIGINT', (proc.stdout, proc.stderr)
   assert proc.stderr.startswith('preempted: second SIGINT: stopped at once without saving')
@@ -270,10 +272,20 @@ def test_a_newest_checkpoint_without_its_meta_is_set_aside_and_fresh_always_work
   assert 'notice: checkpoint 16 in' in out and 'moved to 16.incomplete and the run is resuming from checkpoint 8' in out
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['16.incomplete', '8']
   (workdir / 'checkpoints' / '8' / 'meta' / 'metadata').write_text('{not json')
-  with pytest.raises(ConfigError, match='no readable meta/metadata.*or pass --fresh'):
+  with pytest.raises(CheckpointError, match='8 is corrupt: its record .*/meta/metadata cannot be read .*: start '
+                     'afresh with --fresh') as e:
     workdir_lib.prepare(str(workdir), tiny_config())
+  assert '\n' not in str(e.value)
   workdir_lib.prepare(str(workdir), tiny_config(), fresh=True)  # --fresh works whatever is there
   assert sorted(os.listdir(workdir / 'previous-1' / 'checkpoints')) == ['16.incomplete', '8']
+
+
+def _copy_and_its_largest_data_file(pretrained_workdir, tmp_path):
+  """(a copy of the shared run, the largest data file of its newest checkpoint's arrays)."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(pretrained_workdir, workdir)
+  data = workdir / 'checkpoints' / '16' / 'state' / 'ocdbt.process_0' / 'd'
+  return workdir, max(data.iterdir(), key=lambda p: p.stat().st_size)
 
 
 def test_a_damaged_checkpoint_file_is_named_before_anything_trains(pretrained_workdir, tmp_path):
@@ -281,10 +293,7 @@ def test_a_damaged_checkpoint_file_is_named_before_anything_trains(pretrained_wo
   complaint, the checksums saved with the checkpoint stop the resume with one line naming the
   array; load_encoder checks the encoder's arrays the same way."""
   from conftest import train_in_process
-  workdir = tmp_path / 'run'
-  shutil.copytree(pretrained_workdir, workdir)
-  data = workdir / 'checkpoints' / '16' / 'state' / 'ocdbt.process_0' / 'd'
-  path = max(data.iterdir(), key=lambda p: p.stat().st_size)
+  workdir, path = _copy_and_its_largest_data_file(pretrained_workdir, tmp_path)
   with open(path, 'r+b') as fh:
     fh.seek(path.stat().st_size // 2)
     byte = fh.read(1)
@@ -301,6 +310,33 @@ def test_a_damaged_checkpoint_file_is_named_before_anything_trains(pretrained_wo
   meta_path.write_text(json.dumps(meta))
   with pytest.raises(CheckpointError, match=r"the array \.params\['encoder'\]\['stem_conv'\]\['kernel'\] does not match"):
     checkpoint.restore_encoder(str(workdir / 'checkpoints' / '8'))
+
+
+def test_a_truncated_checkpoint_file_is_named_corrupt_with_the_way_on(pretrained_workdir, tmp_path):
+  """A data file of the newest checkpoint cut short (a disk that filled up, a copy that stopped):
+  the same line a flipped bit gets, naming the checkpoint to fall back on; its record cut short too;
+  the checkpoint before it untouched."""
+  from conftest import train_in_process
+  workdir, path = _copy_and_its_largest_data_file(pretrained_workdir, tmp_path)
+  with open(path, 'r+b') as fh:
+    fh.truncate(path.stat().st_size // 3)
+  with pytest.raises(CheckpointError) as e:
+    train_in_process(tiny_config(epochs=3), workdir)
+  assert str(e.value) == (f'checkpoint {workdir}/checkpoints/16 is corrupt: its arrays cannot be read (a damaged, '
+                          f'truncated or missing file under {workdir}/checkpoints/16/state): move {workdir}/checkpoints/16 away '
+                          'to resume from checkpoint 8')
+  manifest = workdir / 'checkpoints' / '16' / 'state' / 'ocdbt.process_0' / 'manifest.ocdbt'
+  manifest.write_bytes(manifest.read_bytes()[:10])  # the index of the arrays, cut short
+  with pytest.raises(CheckpointError, match='16 is corrupt: its arrays cannot be read .*: move .*16 away to resume '
+                     'from checkpoint 8'):
+    train_in_process(tiny_config(epochs=3), workdir)
+  meta = workdir / 'checkpoints' / '16' / 'meta' / 'metadata'
+  meta.write_text(meta.read_text()[:50])
+  with pytest.raises(CheckpointError, match='16 is corrupt: its record .*16/meta/metadata cannot be read .*: move '
+                     '.*16 away to resume from checkpoint 8'):
+    workdir_lib.prepare(str(workdir), tiny_config(epochs=3))
+  variables, meta = checkpoint.restore_encoder(str(workdir / 'checkpoints' / '8'))  # checksums verified
+  assert meta['step'] == 8 and variables['params']['encoder']
 
 
 @pytest.mark.e2e
@@ -328,3 +364,13 @@ def test_a_signal_during_the_final_evaluation_stops_at_once_and_loses_nothing(tm
   assert 'resumed from' in rerun.stdout and 'compiling the training step' not in rerun.stdout
   results = json.loads((workdir / 'results.json').read_text())
   assert results['knn_top1'] is not None and results['linear_top1'] is not None and results['steps'] == 8
+
+
+def test_the_compilation_cache_folder_follows_jax_and_the_user_cache():
+  from simclr_jax import compile_cache
+  assert compile_cache.cache_dir({}) == os.path.join(os.path.expanduser('~'), '.cache', 'simclr_jax', 'xla')
+  assert compile_cache.cache_dir({'XDG_CACHE_HOME': '/x'}) == '/x/simclr_jax/xla'
+  assert compile_cache.cache_dir({'SIMCLR_JAX_CACHE': '/c', 'XDG_CACHE_HOME': '/x'}) == '/c/xla'
+  assert compile_cache.cache_dir({'JAX_COMPILATION_CACHE_DIR': '/j', 'SIMCLR_JAX_CACHE': '/c'}) == '/j'
+  for off in ('false', '0', 'False'):
+    assert compile_cache.cache_dir({'JAX_ENABLE_COMPILATION_CACHE': off, 'JAX_COMPILATION_CACHE_DIR': '/j'}) is None

@@ -62,6 +62,13 @@ def test_cli_writes_checkpoints_and_results_then_resumes(pretrained_run, tmp_pat
   again = run_cli('pretrain', workdir, epochs=3)  # epochs may change on resume
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'resumed from' in again.stdout and 'step 4/24' not in again.stdout
+  # The second process loads the step the first one compiled from the persistent cache (the
+  # session's, as a user's is theirs), and results.json records each start's compile.
+  loaded = next(l for l in again.stdout.splitlines() if 'compiled in' in l)
+  assert '(loaded from the persistent compilation cache), traced in' in loaded, loaded
+  compiles = json.loads((workdir / 'results.json').read_text())['compiles']
+  assert [c['step'] for c in compiles][-1] == 16 and compiles[-1]['cached'] and compiles[-1]['seconds'] < 3
+  assert json.loads((workdir / 'results.json').read_text())['compile_seconds'] == compiles[-1]['seconds']
   rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
   steps = [r['step'] for r in rows if r['kind'] == 'train']
   assert steps == [20, 24]  # the rows of the first two epochs went with the deleted file

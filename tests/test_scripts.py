@@ -74,3 +74,34 @@ def test_the_report_table_names_each_figure_and_puts_the_pretraining_monitors_wh
   assert '(pretraining)' not in without and '| linear probe | features | - | 21.2 |' in without
   assert without.endswith("The pretraining run's monitors (all the labels): kNN (k=200) (knn) 32.0, "
                           'linear probe on frozen features (features) 38.0.')
+
+
+def test_the_report_links_each_picture_once_and_tells_train_from_test_at_one_epoch(tmp_path):
+  """Two methods, each with its pictures (the first method's also given as the report's own), one
+  epoch: each picture linked once, the epoch count in words, and the one-epoch plot's train and
+  test points drawn with markers a legend tells apart."""
+  from simclr_jax import report
+  pics = {m: {'embedding_map': str(tmp_path / (f'pictures_{m}' if m != 'simclr' else '') / 'embedding_map.png'),
+              'retrieval': str(tmp_path / (f'pictures_{m}' if m != 'simclr' else '') / 'retrieval.png')}
+          for m in ('simclr', 'byol')}
+  history = [{'epoch': 1, 'train_top1': 0.31, 'train_loss': 2.0, 'test_top1': 0.25, 'test_loss': 2.1}]
+  runs = {('supervised', 1.0): {'test_top1': 0.25, 'best_test_top1': 0.25, 'history': history, 'epochs': 1},
+          ('finetune', 1.0): {'test_top1': 0.3, 'best_test_top1': 0.3, 'history': history, 'epochs': 1}}
+  pre = {'epochs': 1, 'train_seconds': 3.0}
+  text = report.write_report(str(tmp_path), runs, pre, [1.0], 'h', pics['simclr'], {},
+                             methods={m: (pre, None, pics[m]) for m in pics})
+  for m in pics:
+    for path in pics[m].values():
+      assert text.count(f']({os.path.relpath(path, tmp_path)})') == 1, (path, text)
+  assert 'Pretraining: 1 epoch, 3 s of training.' in text
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots()
+  lines = {l.get_label(): l for l in report.draw_curves(ax, runs, 1.0)}
+  plt.close(fig)
+  for method in ('supervised (from scratch)', 'finetune (SimCLR encoder)'):
+    test, train = lines[f'{method} test'], lines[f'{method} train']
+    assert test.get_color() == train.get_color()  # one colour a method, the markers tell them apart
+    assert (test.get_marker(), train.get_marker()) == ('o', 's') and train.get_markerfacecolor() == 'white'
+    assert test.get_markerfacecolor() != 'white' and len(test.get_xdata()) == 1

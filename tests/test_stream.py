@@ -165,6 +165,40 @@ def test_a_dead_worker_stops_the_run_with_one_line_and_the_rerun_resumes(tmp_pat
   assert json.loads((workdir / 'results.json').read_text())['steps'] == 32
 
 
+def test_the_threads_of_a_worker_open_a_tfds_split_one_at_a_time(monkeypatch):
+  """A grain worker's reading threads all ask for their first records at once; each first read
+  imports tensorflow_datasets and opens the split. Two threads inside tensorflow_datasets' lazy
+  imports at once deadlocked (seen: a streamed run hung at its start, a worker's two reading
+  threads each waiting for the lock the other held), so the first open is one thread at a time,
+  and once. A stand-in for tensorflow_datasets counts the threads inside it."""
+  import threading
+  import types
+  from simclr_jax import records as records_lib
+  inside, calls, most = [0], [0], [0]
+  lock = threading.Lock()
+
+  def builder(name, data_dir=None, file_format=None):
+    with lock:
+      inside[0] += 1
+      calls[0] += 1
+      most[0] = max(most[0], inside[0])
+    time.sleep(0.2)
+    with lock:
+      inside[0] -= 1
+    return types.SimpleNamespace(as_data_source=lambda split, decoders: [{'image': b'x', 'label': 3}] * 4)
+
+  fake = types.SimpleNamespace(builder=builder, decode=types.SimpleNamespace(SkipDecoding=lambda: None))
+  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', fake)
+  records = records_lib.TfdsRecords('cifar10_jpeg', '', 'test', 4)
+  got = []
+  threads = [threading.Thread(target=lambda: got.append(records[1][1])) for _ in range(8)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(30)
+  assert got == [3] * 8 and most[0] == 1 and calls[0] == 1, (got, most, calls)
+
+
 def _sleep_forever():
   time.sleep(600)
 

@@ -84,6 +84,11 @@ class Method:
     for field, default in cls.FIELDS.items():
       if isinstance(default, tuple):
         check_dims(config, field)
+    hidden = len(config.projection_dims) - 1
+    if config.finetune_from_head_layer > hidden:
+      fail('finetune_from_head_layer', config.finetune_from_head_layer,
+           f'the projector has {len(config.projection_dims)} layers (projection_dims='
+           f'{tuple(config.projection_dims)}), of which {hidden} hidden: use a value from 0 to {hidden}')
 
   # The model.
   def projector(self, dtype) -> models.MLPHead:
@@ -128,8 +133,10 @@ class MomentumMethod(Method):
   @classmethod
   def validate(cls, config) -> None:
     super().validate(config)
-    if not 0 <= config.base_tau <= config.final_tau <= 1:
-      fail('base_tau', config.base_tau, f'use 0 <= base_tau <= final_tau <= 1 (final_tau={config.final_tau})')
+    if not 0 <= config.final_tau <= 1:
+      fail('final_tau', config.final_tau, 'use a decay in [0, 1] (1.0: the target stops moving at the end)')
+    if not 0 <= config.base_tau <= config.final_tau:
+      fail('base_tau', config.base_tau, f'use 0 <= base_tau <= final_tau (final_tau={config.final_tau})')
 
   def init_state(self, variables: dict) -> dict:
     """The target starts as a copy of the online encoder and projector (its own buffers)."""
