@@ -147,8 +147,10 @@ def main(argv=None) -> int:
       workdir_lib.release_unstarted()  # a refused stage leaves no workdir behind
     print(f'preempted: {e}' if isinstance(e, errors.Preempted) else f'error: {e}', file=sys.stderr, flush=True)
     return e.exit_code
+  from simclr_jax.metrics import plural
   header = (f"dataset {common.get('dataset', 'cifar10')}, batch {args.batch_size}, pretraining "
-            f"{args.pretrain_epochs} epochs ({', '.join(methods)}), downstream {args.epochs} epochs; settings "
+            f"{plural(args.pretrain_epochs, 'epoch')} ({', '.join(methods)}), downstream "
+            f"{plural(args.epochs, 'epoch')}; settings "
             f"{json.dumps(common)}")
   print(report.write_report(args.workdir, runs, pretrained[methods[0]], fractions, header, pictures, wall,
                             methods={m: (pretrained[m], finetuned[m], maps.get(m)) for m in methods}))

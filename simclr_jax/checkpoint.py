@@ -32,9 +32,17 @@ from simclr_jax.metrics import log
 from simclr_jax.models import FORMAT_VERSION
 
 # The layout of a saved training state beyond its model: 2 since the optimiser's state holds its
-# learning-rate schedule (optim.scheduled). A run saved with another layout cannot be resumed;
-# its encoder still serves init_from and teacher_from, which read the model only.
-STATE_LAYOUT = 2
+# learning-rate schedule (optim.scheduled); 3 since LARS is optim.scale_by_lars (its state holds its
+# own step count, and its form decides the order of its parts). A run saved with another layout
+# cannot be resumed (layout 2 can, but for LARS); its encoder still serves init_from and
+# teacher_from, which read the model only.
+STATE_LAYOUT = 3
+
+
+def resumable_layout(meta: dict) -> bool:
+  """Whether a checkpoint's training state has the layout this simclr_jax resumes."""
+  layout = meta.get('state_layout', 1)
+  return layout == STATE_LAYOUT or (layout == 2 and (meta.get('config') or {}).get('optimizer') != 'lars')
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -257,10 +265,11 @@ def restore_latest(manager: ocp.CheckpointManager, target_state):
   path = os.path.join(str(manager.directory), str(step))
   meta = read_meta(path, 'workdir')
   check_format(meta, path, 'resuming this run')
-  if meta.get('state_layout', 1) != STATE_LAYOUT:
+  if not resumable_layout(meta):
     raise CheckpointError(f'checkpoint {path} holds a training state of layout {meta.get("state_layout", 1)}, '
                           f'written by an older simclr_jax (this one resumes layout {STATE_LAYOUT}, whose '
-                          'optimiser holds its schedule): it cannot be resumed; start afresh with --fresh (the '
+                          'optimiser holds its schedule and whose LARS is solo-learn\'s or google-research/simclr\'s '
+                          'form): it cannot be resumed; start afresh with --fresh (the '
                           'run is kept in workdir/previous-N), or finish it with the simclr_jax that wrote it '
                           '(its encoder still serves --config.init_from)')
   try:

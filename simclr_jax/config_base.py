@@ -19,7 +19,8 @@ DOWNSTREAM = ('finetune', 'linear_eval')   # stages that start from a pretrainin
 
 # Fields that fix the model or the data: a workdir refuses to resume with other values.
 RUN_DEFINING_FIELDS = ('stage', 'method', 'dataset', 'train_limit', 'model', 'width', 'dtype', 'batch_size',
-                       'optimizer', 'projection_dims', 'predictor_dims', 'projector_norm', 'seed',
+                       'optimizer', 'lars_trust_ratio', 'lars_clip', 'lars_lr_in_momentum', 'projection_dims',
+                       'predictor_dims', 'projector_norm', 'seed',
                        'label_fraction', 'label_seed', 'init_from', 'protocol', 'image_size', 'stem',
                        'train_split', 'test_fraction', 'finetune_from_head_layer', 'teacher_from',
                        'distill_temperature', 'distill_label_weight')
@@ -77,7 +78,10 @@ def base_config(stage: str, method: str = 'simclr') -> ml_collections.ConfigDict
   c.momentum = 0.9
   c.warmup_epochs = 10.0     # shortened (with a notice) to a quarter of a shorter run
   c.weight_decay = 5e-4
-  c.lars_eta = 0.001         # LARS trust coefficient
+  c.lars_eta = 0.001         # LARS trust coefficient; LARS's form (optim.Lars):
+  c.lars_trust_ratio = 'update_norm'  # update_norm (google-research/simclr) | sum_of_norms (solo-learn)
+  c.lars_clip = False        # LARC: the trust ratio over the learning rate, capped at 1 (solo-learn's clip_lr)
+  c.lars_lr_in_momentum = True  # the learning rate inside the momentum buffer (google-research/simclr) or outside (PyTorch)
   c.augment = augment_config()
   if stage == 'pretrain':
     c.method = method

@@ -173,14 +173,16 @@ class MLPHead(nn.Module):
   last_norm: str = 'none'
   dtype: Any = jnp.float32
   relu_last: bool = False     # the first K layers of a projector inside a classifier
+  kernel_std: float = 0.0     # > 0: Dense kernels drawn from N(0, kernel_std^2); 0: Flax's default (LeCun normal)
 
   @nn.compact
   def __call__(self, h, train: bool = True):
     hiddens = [h]
+    init = nn.initializers.normal(self.kernel_std) if self.kernel_std > 0 else nn.linear.default_kernel_init
     for i, d in enumerate(self.dims):
       last = i == len(self.dims) - 1
       kind = self.last_norm if last else ('full' if self.norm else 'none')
-      h = nn.Dense(d, use_bias=kind == 'none', dtype=self.dtype, name=f'dense_{i}')(h)
+      h = nn.Dense(d, use_bias=kind == 'none', dtype=self.dtype, kernel_init=init, name=f'dense_{i}')(h)
       if kind != 'none':
         h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                          use_bias=kind == 'full', use_scale=kind != 'plain', name=f'norm_{i}')(h)

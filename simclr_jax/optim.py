@@ -6,6 +6,7 @@
     tx = make_optimizer('sgd', schedule, momentum=0.9, weight_decay=5e-4)
     tx = partition({'model': tx, 'frozen': optax.set_to_zero()}, {'encoder': 'frozen', 'head': 'model'})
     tx = scheduled(lambda lr, peak: make_optimizer('lars', lr, 0.9, 1e-6), schedule)  # schedule as data
+    tx = make_optimizer('lars', schedule, 0.9, 1e-6, Lars(0.02, 'sum_of_norms', clip=True, lr_in_momentum=False))
     opt_state = with_schedule_of(restored_opt_state, tx.init(params))  # a resume follows the config
 """
 from __future__ import annotations
@@ -89,16 +90,65 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+class Lars(NamedTuple):
+  """How LARS adapts each kernel's step (the README's "Optimisers"): eta the trust coefficient;
+  trust_ratio 'update_norm' (eta * |p| / |g + wd p|, google-research/simclr and optax.lars) or
+  'sum_of_norms' (eta * |p| / (|g| + wd |p| + 1e-8), solo-learn's); clip (LARC: the ratio divided
+  by the learning rate and capped at 1, so a step is never larger than plain SGD's, as solo-learn's
+  clip_lr); lr_in_momentum (True: v = m v + lr r u, p -= v, google-research/simclr's classic
+  momentum; False: v = m v + r u, p -= lr v, PyTorch's SGD as solo-learn runs it)."""
+  eta: float = 0.001
+  trust_ratio: str = 'update_norm'
+  clip: bool = False
+  lr_in_momentum: bool = True
+
+
+TRUST_RATIOS = ('update_norm', 'sum_of_norms')
+_SOLO_EPS = 1e-8  # solo-learn's LARS divides by |g| + wd |p| + 1e-8
+
+
+def scale_by_lars(learning_rate, weight_decay: float, lars: Lars, mask=decay_mask) -> optax.GradientTransformation:
+  """The LARS direction of each masked tensor (kernels): its gradient plus the weight decay, times
+  the trust ratio (clipped against learning_rate(step) when lars.clip); the learning rate itself
+  is applied after (make_optimizer). Where |p| or the norm the ratio divides by is 0 the ratio is
+  1; solo-learn's form then leaves out the weight decay as well. Other tensors pass unchanged."""
+  def ratio_and_update(g, p, lr):
+    p_norm, g_norm = jnp.linalg.norm(p), jnp.linalg.norm(g)
+    u = g + weight_decay * p
+    if lars.trust_ratio == 'update_norm':
+      u_norm = jnp.linalg.norm(u)
+      ok = (p_norm > 0) & (u_norm > 0)
+      ratio, fallback = lars.eta * p_norm / jnp.where(ok, u_norm, 1.0), u
+    else:
+      ok = (p_norm > 0) & (g_norm > 0)
+      ratio, fallback = lars.eta * p_norm / (g_norm + weight_decay * p_norm + _SOLO_EPS), g
+    if lars.clip:  # at a learning rate of 0 (the first warmup step) the cap holds
+      ratio = jnp.minimum(jnp.where(lr > 0, ratio / jnp.maximum(lr, 1e-30), 1.0), 1.0)
+    return jnp.where(ok, ratio * u, fallback)
+
+  def init(params):
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+  def update(updates, state, params):
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    adapt = mask(params)
+    out = jax.tree.map(lambda g, p, a: ratio_and_update(g, p, lr) if a else g, updates, params, adapt)
+    return out, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+  return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(name: str, schedule, momentum: float, weight_decay: float,
-                   lars_eta: float = 0.001) -> optax.GradientTransformation:
-  """SGD with momentum, LARS (trust coefficient lars_eta) or AdamW; no decay or LARS adaptation
-  on biases and BatchNorm."""
+                   lars: Lars = Lars()) -> optax.GradientTransformation:
+  """SGD with momentum, LARS (the form `lars` gives) or AdamW; no decay or LARS adaptation on
+  biases and BatchNorm."""
   if name == 'sgd':
     return optax.chain(optax.add_decayed_weights(weight_decay, decay_mask),
                        optax.sgd(schedule, momentum=momentum, nesterov=False))
   if name == 'lars':
-    return optax.lars(schedule, weight_decay=weight_decay, weight_decay_mask=decay_mask,
-                      trust_coefficient=lars_eta, trust_ratio_mask=decay_mask, momentum=momentum)
+    direction = scale_by_lars(schedule, weight_decay, lars)
+    if lars.lr_in_momentum:
+      return optax.chain(direction, optax.scale_by_learning_rate(schedule), optax.trace(momentum))
+    return optax.chain(direction, optax.trace(momentum), optax.scale_by_learning_rate(schedule))
   if name == 'adamw':
     return optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask)
   raise ValueError(f'unknown optimizer {name!r}')

@@ -134,7 +134,8 @@ def optimizer(config, total_steps: int, steps_per_epoch: int) -> Optimizer:
   """The config's optimiser and learning-rate schedule for a run of total_steps."""
   peak = optim.peak_learning_rate(config.learning_rate, config.batch_size, config.lr_scaling)
   schedule = optim.make_schedule(peak, total_steps, config.warmup_epochs, steps_per_epoch)
-  make = lambda lr: optim.make_optimizer(config.optimizer, lr, config.momentum, config.weight_decay, config.lars_eta)
+  lars = optim.Lars(config.lars_eta, config.lars_trust_ratio, config.lars_clip, config.lars_lr_in_momentum)
+  make = lambda lr: optim.make_optimizer(config.optimizer, lr, config.momentum, config.weight_decay, lars)
   return Optimizer(make, schedule)
 
 

@@ -10,6 +10,7 @@ import os
 from simclr_jax import config_base, methods
 from simclr_jax.errors import ConfigError
 from simclr_jax.models import ARCHITECTURES, DTYPE_CHOICES, STEMS
+from simclr_jax.optim import TRUST_RATIOS
 
 CHOICES = {
     'stage': config_base.STAGES,
@@ -21,6 +22,7 @@ CHOICES = {
     'data_placement': ('auto', 'device', 'stream'),
     'method': methods.NAMES,
     'protocol': ('features', 'augmented'),
+    'lars_trust_ratio': TRUST_RATIOS,
 }
 POSITIVE = ('batch_size', 'epochs', 'learning_rate', 'width', 'log_every_steps', 'log_every_seconds',
             'eval_batch_size', 'keep_checkpoints', 'lars_eta')

@@ -189,9 +189,11 @@ def _has_run(workdir: str) -> bool:
 
 
 def _differs(config, saved: dict) -> list:
+  """The run-defining fields whose values differ from the saved config's (a field the saved config
+  lacks, added by a later simclr_jax, is not compared)."""
   current = json.loads(config.to_json())
   return [f'{k}: {saved.get(k)!r} -> {current.get(k)!r}' for k in config_base.RUN_DEFINING_FIELDS
-          if saved.get(k) != current.get(k)]
+          if k in saved and saved.get(k) != current.get(k)]
 
 
 def _check_same(workdir: str, config, saved: dict) -> None:

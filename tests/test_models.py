@@ -86,6 +86,14 @@ def test_simclr_v2_head_and_the_first_head_layers_of_a_classifier():
                      finetune_from_head_layer=1)
   assert jax.tree.map(np.shape, _init(pretrain)['params']['projector']['dense_0']) == \
       jax.tree.map(np.shape, variables['params']['projector']['dense_0'])
+  # google-research/simclr's LinearLayer draws the v2 head's kernels from N(0, 0.01^2); the
+  # write-up's head (v1) keeps the framework default, LeCun normal (std 1/sqrt(fan_in) = 1/sqrt(64)).
+  v2 = models.init_variables(pretrain, 0, (32, 32, 3))['params']['projector']
+  kernels = np.concatenate([np.ravel(v2[f'dense_{i}']['kernel']) for i in range(3)])
+  assert abs(kernels.std() - 0.01) < 0.0005 and abs(kernels.mean()) < 0.0005
+  v1 = models.init_variables(_simclr(models.make_encoder('resnet10', 0.125), projection_dims=(32, 16)), 0,
+                             (32, 32, 3))['params']['projector']
+  assert abs(np.std(v1['dense_0']['kernel']) - 1 / np.sqrt(64)) < 0.01
 
 
 def test_frozen_classifier_sends_no_gradient_into_the_encoder():

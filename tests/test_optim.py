@@ -99,12 +99,13 @@ def _updates(tx, steps=4):
   return out
 
 
-@pytest.mark.parametrize('name', ['sgd', 'lars', 'adamw'])
-def test_the_schedule_held_as_data_trains_as_the_schedule_compiled_in(name):
+@pytest.mark.parametrize('name,lars', [('sgd', optim.Lars()), ('lars', optim.Lars()),
+                                       ('lars', optim.Lars(0.02, 'sum_of_norms', True, False)), ('adamw', optim.Lars())])
+def test_the_schedule_held_as_data_trains_as_the_schedule_compiled_in(name, lars):
   schedule = optim.Schedule(0.5, 2, 6)
-  held = optim.scheduled(lambda lr, peak: optim.make_optimizer(name, lr, 0.9, 0.01), schedule)
+  held = optim.scheduled(lambda lr, peak: optim.make_optimizer(name, lr, 0.9, 0.01, lars), schedule)
   compiled_in = optim.make_optimizer(name, optax.warmup_cosine_decay_schedule(0.0, 0.5, 2, 6, end_value=0.0), 0.9,
-                                     0.01)
+                                     0.01, lars)
   for a, b in zip(_updates(held), _updates(compiled_in)):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
       np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
@@ -122,3 +123,47 @@ def test_runs_differing_in_length_or_learning_rate_compile_the_same_update_and_a
   assert {k: float(v) for k, v in resumed.hyperparams.items()} == pytest.approx(
       {'peak': 0.3, 'warmup_steps': 5, 'total_steps': 100})
   assert int(resumed.count) == 1 and jax.tree.structure(resumed) == jax.tree.structure(restored)
+
+
+# The LARS forms the recipes run: google-research/simclr's (SimCLR v2), solo-learn's CIFAR recipes
+# (clip_lr: True; MoCo v3, BYOL, Barlow Twins, VICReg), solo-learn's without the clip, and the clip
+# on the google form.
+LARS_FORMS = [optim.Lars(0.02, 'update_norm', False, True), optim.Lars(0.02, 'sum_of_norms', True, False),
+              optim.Lars(0.02, 'sum_of_norms', False, False), optim.Lars(0.02, 'update_norm', True, True)]
+
+
+@pytest.mark.parametrize('lars', LARS_FORMS, ids=lambda l: f'{l.trust_ratio}-clip{l.clip}-inside{l.lr_in_momentum}')
+@pytest.mark.parametrize('schedule', [optim.Schedule(0.3, 4, 10), optim.Schedule(0.3, 0, 3)], ids=['warmup', 'cosine'])
+def test_each_lars_form_matches_the_float64_reference_over_three_steps(lars, schedule):
+  """Three steps of make_optimizer('lars') against tests/lars_oracle.py (float64, written from
+  google-research/simclr's and solo-learn's update rules): a kernel, a kernel of zeros (whose ratio
+  is 1) and a bias (no decay, no ratio), with the learning rate of each step from the schedule
+  (warmup: 0, 0.075, 0.15, where the clip caps the ratio; cosine: 0.3, 0.225, 0.075)."""
+  from lars_oracle import lars_reference
+  rng = np.random.default_rng(3)
+  params = {'kernel': rng.normal(size=(3, 3, 4, 8)), 'zeros': np.zeros((4, 8)), 'bias': rng.normal(size=(8,))}
+  grads = [{k: 0.1 * rng.normal(size=v.shape) for k, v in params.items()} for _ in range(3)]
+  tx = optim.scheduled(lambda lr, peak: optim.make_optimizer('lars', lr, 0.9, 1e-4, lars), schedule)
+  ours = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
+  state = tx.init(ours)
+  want = lars_reference(params, grads, [float(schedule(k)) for k in range(3)], 0.9, 1e-4, lars.eta,
+                        lars.trust_ratio, lars.clip, lars.lr_in_momentum)
+  for k in range(3):
+    u, state = jax.jit(tx.update)({n: jnp.asarray(g, jnp.float32) for n, g in grads[k].items()}, state, ours)
+    ours = optax.apply_updates(ours, u)
+    for name in params:
+      # float32 round-off: of the values themselves, and of the steps relative to how far they moved
+      bound = 1e-6 * np.abs(params[name]).max() + 1e-5 * np.abs(want[k][name] - params[name]).max()
+      assert np.abs(np.asarray(ours[name], np.float64) - want[k][name]).max() <= bound, (k, name)
+  ratio = 0.02 * np.linalg.norm(params['kernel']) / np.linalg.norm(grads[0]['kernel'])
+  assert 0.075 < ratio < 0.3  # so that the clip caps the warmup's steps and not the cosine's first
+
+
+def test_each_lars_recipe_runs_its_sources_form():
+  from conftest import config_file
+  from simclr_jax.config_base import load_config_file
+  form = lambda name: (lambda c: (c.optimizer, c.lars_trust_ratio, c.lars_clip, c.lars_lr_in_momentum))(
+      load_config_file(config_file(name)))
+  for name in ('mocov3', 'byol', 'barlow_twins', 'vicreg'):  # solo-learn's CIFAR recipes: clip_lr True
+    assert form(name) == ('lars', 'sum_of_norms', True, False), name
+  assert form('pretrain_v2') == ('lars', 'update_norm', False, True)  # google-research/simclr's tf2

@@ -21,11 +21,13 @@ class SimCLR(Method):
       fail('temperature', config.temperature, 'it must be greater than 0')
 
   def projector(self, dtype) -> models.MLPHead:
-    """Dense-ReLU-...-Dense (the write-up), or with projector_norm SimCLR v2's head: each layer's
-    Dense without bias, then BatchNorm (the last one without centring), ReLU between layers."""
+    """Dense-ReLU-...-Dense (the write-up, PyTorch's default initialisation as Flax's), or with
+    projector_norm SimCLR v2's head: each layer's Dense without bias and its kernel drawn from
+    N(0, 0.01^2) (google-research/simclr, tf2/model.py's LinearLayer: RandomNormal(stddev=0.01)),
+    then BatchNorm (the last one without centring), ReLU between layers."""
     norm = self.config['projector_norm']
     return models.MLPHead(tuple(self.config['projection_dims']), norm=norm,
-                          last_norm='scale' if norm else 'none', dtype=dtype)
+                          last_norm='scale' if norm else 'none', dtype=dtype, kernel_std=0.01 if norm else 0.0)
 
   def loss(self, model, out, state, views, step):
     loss = nt_xent(out['projection'], self.config['temperature'], self.config['clamp_similarity'])
