@@ -32,6 +32,7 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   from compare import load_config, parse_value
   from simclr_jax import evaluate, parallel, pretrain, stage, train_loop, validate
+  from simclr_jax.errors import NonFiniteError
   common = dict(item.partition('=')[::2] for item in args.set)
   common = {k: parse_value(v) for k, v in common.items()}
   rows = {}
@@ -50,7 +51,12 @@ def main(argv=None) -> int:
     knn = evaluate.KnnEvaluator('knn', config.evals.knn)
     ctx = evaluate.EvalContext(task.infer, task.state.variables, task.eval_inputs, config.eval_batch_size)
     before = knn(ctx)['knn_top1']
-    after = train_loop.run(task, workdir, settings)
+    print(f'{method}: kNN at initialisation {100 * before:.1f}', flush=True)
+    try:
+      after = train_loop.run(task, workdir, settings)
+    except NonFiniteError as e:  # a method that diverges is a row of the table, not the end of the check
+      rows[method] = {'knn_at_init': before, 'diverged': str(e).split(':')[0]}
+      continue
     rows[method] = {'knn_at_init': before, 'knn_top1': after['knn_top1'], 'final_loss': after['final_loss'],
                     'images_per_second': after['images_per_second'], 'embedding_std': after['embedding_std'],
                     'embedding_rank': after['embedding_rank']}
@@ -58,6 +64,9 @@ def main(argv=None) -> int:
   lines = ['| method | kNN at initialisation | kNN after | gain (points) | images/s | vs SimCLR | embedding std | rank |',
            '|---|---|---|---|---|---|---|---|']
   for m, r in rows.items():
+    if 'diverged' in r:
+      lines.append(f"| {m} | {100 * r['knn_at_init']:.1f} | {r['diverged']} | - | - | - | - | - |")
+      continue
     ratio = f"{r['images_per_second'] / base:.2f}" if base else '-'
     lines.append(f"| {m} | {100 * r['knn_at_init']:.1f} | {100 * r['knn_top1']:.1f} | "
                  f"{100 * (r['knn_top1'] - r['knn_at_init']):+.1f} | {r['images_per_second']:.0f} | {ratio} | "
