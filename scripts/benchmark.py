@@ -74,17 +74,17 @@ def make_config(args, batch_size: int, dtype: str):
 
 
 def time_dataset_load(args) -> dict:
-  from simclr_jax import datasets
+  from simclr_jax.data import sources
   with tempfile.TemporaryDirectory() as cache:
     old = os.environ.get('SIMCLR_JAX_CACHE')
     os.environ['SIMCLR_JAX_CACHE'] = cache
     try:
       t0 = time.perf_counter()
-      datasets.load(args.dataset, args.data_dir, args.train_limit, train_split=args.train_split,
+      sources.load(args.dataset, args.data_dir, args.train_limit, train_split=args.train_split,
                     test_split=args.test_split)
       cold = time.perf_counter() - t0
       t0 = time.perf_counter()
-      datasets.load(args.dataset, args.data_dir, args.train_limit, train_split=args.train_split,
+      sources.load(args.dataset, args.data_dir, args.train_limit, train_split=args.train_split,
                     test_split=args.test_split)
       warm = time.perf_counter() - t0
     finally:
@@ -97,12 +97,13 @@ def time_dataset_load(args) -> dict:
 
 def time_step(args, config, mesh, inputs, augment_views: bool = True) -> dict:
   import jax
-  from simclr_jax import augment, pretrain, stage
+  from simclr_jax.data import augment
+  from simclr_jax.stages import pretrain, runner
   make_views = None
   if not augment_views:  # the same step with the views replaced by the normalised images, twice
     aug = augment.settings_from_config(config.augment)
     make_views = lambda key, x: jax.numpy.repeat(augment.eval_view(x, aug), 2, axis=0)
-  total = stage.loop_settings(config, inputs.steps_per_epoch, {}).total_steps
+  total = runner.loop_settings(config, inputs.steps_per_epoch, {}).total_steps
   task = pretrain.build_task(config, mesh, inputs, None, total, make_views=make_views)
   step_fn, feed = inputs.bind(task.step_fn), _feed(inputs)  # each batch gathered as in training
   state = task.state
@@ -132,7 +133,7 @@ def time_step(args, config, mesh, inputs, augment_views: bool = True) -> dict:
 
 def time_knn(config, inputs, task, state) -> dict:
   """Seconds of one kNN evaluation (embedding both splits, then the vote), first call and warm."""
-  from simclr_jax.evaluate import EvalContext, KnnEvaluator
+  from simclr_jax.evals import EvalContext, KnnEvaluator
   knn = KnnEvaluator('knn', config.evals.knn)
   out = {}
   for name in ('knn_first_s', 'knn_s'):  # the first call compiles
@@ -152,8 +153,8 @@ def _feed(inputs):
 def time_pipeline(source, rows, mesh, batch: int, workers: int, batches: int) -> dict:
   """Decoded images/s of the host pipeline alone (grain workers, no training step)."""
   import jax
-  from simclr_jax import input_pipeline
-  inputs = input_pipeline.StreamInputs(source, rows, mesh, batch, 0, workers)
+  from simclr_jax.data import pipeline
+  inputs = pipeline.StreamInputs(source, rows, mesh, batch, 0, workers)
   feed = _feed(inputs)
   for _ in range(2 * workers + 1):  # the workers start; what they buffered meanwhile is not timed
     jax.block_until_ready(next(feed))
@@ -171,9 +172,10 @@ def time_pipeline(source, rows, mesh, batch: int, workers: int, batches: int) ->
 def time_stream_step(args, config, mesh, source, rows, workers: int) -> dict:
   """images/s of the full step fed by the streamed path (host pipeline included)."""
   import jax
-  from simclr_jax import input_pipeline, pretrain, stage
-  inputs = input_pipeline.StreamInputs(source, rows, mesh, config.batch_size, config.seed, workers)
-  task = pretrain.build_task(config, mesh, inputs, None, stage.loop_settings(config, inputs.steps_per_epoch, {}).total_steps)
+  from simclr_jax.data import pipeline
+  from simclr_jax.stages import pretrain, runner
+  inputs = pipeline.StreamInputs(source, rows, mesh, config.batch_size, config.seed, workers)
+  task = pretrain.build_task(config, mesh, inputs, None, runner.loop_settings(config, inputs.steps_per_epoch, {}).total_steps)
   step, state, feed = inputs.bind(task.step_fn), task.state, _feed(inputs)
   for _ in range(max(1, args.warmup)):
     state, metrics = step(state, *next(feed))
@@ -190,16 +192,16 @@ def time_stream_step(args, config, mesh, source, rows, workers: int) -> dict:
 
 
 def time_streaming(args, mesh, first_config) -> dict:
-  from simclr_jax import datasets, input_pipeline
-  workers = args.stream_workers or input_pipeline.default_workers()
-  source = datasets.get(args.dataset, args.data_dir, train_split=args.train_split, test_split=args.test_split)
-  rows = datasets.select_rows(source, args.train_limit)
+  from simclr_jax.data import pipeline, sources
+  workers = args.stream_workers or pipeline.default_workers()
+  source = sources.get(args.dataset, args.data_dir, train_split=args.train_split, test_split=args.test_split)
+  rows = sources.select_rows(source, args.train_limit)
   out = {'pipeline': [], 'step': None}
   batch = first_config.batch_size
   for w in sorted({1, workers}):
     out['pipeline'].append(time_pipeline(source, rows, mesh, batch, w, args.pipeline_batches))
   if args.folder:
-    folder = datasets.get(f'folder:{args.folder}', image_size=args.folder_size)
+    folder = sources.get(f'folder:{args.folder}', image_size=args.folder_size)
     for w in sorted({1, workers}):
       out['pipeline'].append(time_pipeline(folder, None, mesh, batch, w, args.pipeline_batches))
   out['step'] = time_stream_step(args, first_config, mesh, source, rows, workers)
@@ -227,19 +229,20 @@ def run_reference(args) -> dict:
 def main(argv=None) -> int:
   args = parse_args(argv)
   import jax
-  from simclr_jax import datasets, input_pipeline, parallel
+  from simclr_jax.data import pipeline, sources
+  from simclr_jax.core import parallel
   mesh = parallel.make_mesh()
   result = {'device': jax.devices()[0].device_kind, 'devices': len(jax.devices()), 'jax': jax.__version__,
             'date': time.strftime('%Y-%m-%d'), 'argv': sys.argv[1:], 'dataset': args.dataset,
             'model': args.model, 'width': args.width, 'steps': []}
   result.update(time_dataset_load(args))
-  source = datasets.get(args.dataset, args.data_dir, train_split=args.train_split, test_split=args.test_split)
-  rows = datasets.select_rows(source, args.train_limit)
+  source = sources.get(args.dataset, args.data_dir, train_split=args.train_split, test_split=args.test_split)
+  rows = sources.select_rows(source, args.train_limit)
   knn_done = False
   for dtype in args.dtypes.split(','):
     for batch in (int(b) for b in args.batch_sizes.split(',')):
       config = make_config(args, batch, dtype)
-      inputs = input_pipeline.DeviceInputs(source, rows, mesh, batch, config.seed)
+      inputs = pipeline.DeviceInputs(source, rows, mesh, batch, config.seed)
       n = inputs.num_examples
       r = time_step(args, config, mesh, inputs)
       row = {'batch_size': batch, 'dtype': dtype, 'images_per_s': r['images_per_s'], 'windows': r['windows'],

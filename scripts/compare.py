@@ -78,7 +78,11 @@ def main(argv=None) -> int:
   p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                  help='a config override for every stage, e.g. --set dataset=cifar10_jpeg')
   args = p.parse_args(argv)
-  from simclr_jax import compile_cache, errors, interrupts, methods as methods_lib, report, validate, workdir as workdir_lib
+  from simclr_jax import methods as methods_lib, validate
+  from simclr_jax.train import compile_cache
+  from simclr_jax.core import errors, interrupts
+  from simclr_jax.report import comparison
+  from simclr_jax.stages import workdir as workdir_lib
   interrupts.install()
   compile_cache.enable()  # the stages' programs, compiled once for every rerun  # SIGTERM or SIGINT: exit 75 with one line; the rerun resumes where it stopped
   from simclr_jax.main import train_and_evaluate
@@ -135,7 +139,7 @@ def main(argv=None) -> int:
                          init_from=pretrain_dir(m))
     pictures, maps = {}, {}
     if not args.no_pictures:
-      from simclr_jax.pictures import pictures_of_run
+      from simclr_jax.report.pictures import pictures_of_run
       for m in methods:
         folder = args.workdir if m == methods[0] else os.path.join(args.workdir, f'pictures_{m}')
         made = pictures_of_run(pretrain_dir(m), folder, max_points=args.picture_points)
@@ -147,12 +151,12 @@ def main(argv=None) -> int:
       workdir_lib.release_unstarted()  # a refused stage leaves no workdir behind
     print(f'preempted: {e}' if isinstance(e, errors.Preempted) else f'error: {e}', file=sys.stderr, flush=True)
     return e.exit_code
-  from simclr_jax.metrics import plural
+  from simclr_jax.core.log import plural
   header = (f"dataset {common.get('dataset', 'cifar10')}, batch {args.batch_size}, pretraining "
             f"{plural(args.pretrain_epochs, 'epoch')} ({', '.join(methods)}), downstream "
             f"{plural(args.epochs, 'epoch')}; settings "
             f"{json.dumps(common)}")
-  print(report.write_report(args.workdir, runs, pretrained[methods[0]], fractions, header, pictures, wall,
+  print(comparison.write_report(args.workdir, runs, pretrained[methods[0]], fractions, header, pictures, wall,
                             methods={m: (pretrained[m], finetuned[m], maps.get(m)) for m in methods}))
   return 0
 

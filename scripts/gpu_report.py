@@ -157,7 +157,8 @@ def _kernels(compiled) -> int:
 def costs(limit, args) -> dict:
   import jax
   import jax.numpy as jnp
-  from simclr_jax import augment, input_pipeline, pretrain, stage
+  from simclr_jax.data import augment, pipeline
+  from simclr_jax.stages import pretrain, runner
   batch = 64 if args.tiny else 1024
   config = _config(args, batch)
   aug = augment.settings_from_config(config.augment)
@@ -176,12 +177,13 @@ def costs(limit, args) -> dict:
   # The whole step (views, forward, loss, backward, update) as both paths compile it; the batch
   # gather before it is a separate small program.
   import numpy as np
-  from simclr_jax import datasets, parallel
-  source = datasets.in_memory('shapes', datasets.Split(np.zeros((batch, 32, 32, 3), np.uint8),
+  from simclr_jax.data import sources
+  from simclr_jax.core import parallel
+  source = sources.in_memory('shapes', sources.Split(np.zeros((batch, 32, 32, 3), np.uint8),
                                                        np.zeros(batch, np.int32)), num_classes=10)
   mesh = parallel.make_mesh()
-  inputs = input_pipeline.DeviceInputs(source, None, mesh, batch, 0)
-  task = pretrain.build_task(config, mesh, inputs, None, stage.loop_settings(config, inputs.steps_per_epoch, {}).total_steps)
+  inputs = pipeline.DeviceInputs(source, None, mesh, batch, 0)
+  task = pretrain.build_task(config, mesh, inputs, None, runner.loop_settings(config, inputs.steps_per_epoch, {}).total_steps)
   model, loss_fn = task.model, task.loss_fn
   variables = jax.eval_shape(lambda: model.init(key, jnp.zeros((2, 32, 32, 3)), train=False))
   labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
@@ -247,16 +249,19 @@ def breakdown(limit, args) -> dict:
   import jax
   import jax.numpy as jnp
   import optax
-  from simclr_jax import augment, datasets, input_pipeline, losses, parallel, pretrain, stage
+  from simclr_jax.data import augment, pipeline, sources
+  from simclr_jax.models import losses
+  from simclr_jax.core import parallel
+  from simclr_jax.stages import pretrain, runner
   batch = 64 if args.tiny else 1024
   calls = 3 if args.tiny else 20
   config = _config(args, batch)
-  source = datasets.get(args.dataset, args.data_dir, train_split='train[:512]' if args.tiny else 'train')
-  rows = datasets.select_rows(source, max(batch * 4, 4096 if not args.tiny else 256))
+  source = sources.get(args.dataset, args.data_dir, train_split='train[:512]' if args.tiny else 'train')
+  rows = sources.select_rows(source, max(batch * 4, 4096 if not args.tiny else 256))
   mesh = parallel.make_mesh()
-  inputs = input_pipeline.DeviceInputs(source, rows, mesh, batch, 0)
+  inputs = pipeline.DeviceInputs(source, rows, mesh, batch, 0)
   dataset = source.decode('train').subset(rows)
-  total = stage.loop_settings(config, inputs.steps_per_epoch, {}).total_steps
+  total = runner.loop_settings(config, inputs.steps_per_epoch, {}).total_steps
   task = pretrain.build_task(config, mesh, inputs, None, total)
   aug = augment.settings_from_config(config.augment)
   model, loss_fn = task.model, task.loss_fn
@@ -272,7 +277,7 @@ def breakdown(limit, args) -> dict:
   z = fwd(state.params, state.batch_stats, views)
   ntxent = jax.jit(jax.value_and_grad(lambda q: losses.nt_xent(q, config.temperature)))
   _, grads = fwd_bwd(state.params, state.batch_stats, views, y)
-  tx = pretrain.make_tx(stage.optimizer(config, total, inputs.steps_per_epoch), config.online_probe_learning_rate)
+  tx = pretrain.make_tx(runner.optimizer(config, total, inputs.steps_per_epoch), config.online_probe_learning_rate)
   update = jax.jit(lambda g, o, p: (lambda u_o: (optax.apply_updates(p, u_o[0]), u_o[1]))(tx.update(g, o, p)))
   ms = {}
   ms['augmentation'] = _time(views_fn, key, x, calls=calls) * 1e3
@@ -292,7 +297,7 @@ def breakdown(limit, args) -> dict:
 
   def loop(n):  # what train_loop.run does around each step: the batch gather and the metric sums
     nonlocal state
-    from simclr_jax.train_loop import accumulate
+    from simclr_jax.train.loop import accumulate
     sums = epoch_sums = None
     for _, args in inputs.batches(0, n):
       state, metrics = step(state, *args)

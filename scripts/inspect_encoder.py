@@ -27,10 +27,10 @@ def main(argv=None) -> int:
   p.add_argument('--max_points', type=int, default=2000, help='test points in the embedding map')
   p.add_argument('--seed', type=int, default=0)
   args = p.parse_args(argv)
-  from simclr_jax import interrupts
-  from simclr_jax.errors import UserError
+  from simclr_jax.core import interrupts
+  from simclr_jax.core.errors import UserError
   interrupts.install()  # SIGTERM or SIGINT: exit 75 with one line naming what it stopped
-  from simclr_jax.pictures import pictures_of_run
+  from simclr_jax.report.pictures import pictures_of_run
   try:
     paths = pictures_of_run(args.workdir, args.out, args.dataset, args.data_dir, args.max_points, args.seed,
                             args.image_size)

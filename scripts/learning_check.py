@@ -31,8 +31,11 @@ def main(argv=None) -> int:
   p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE', help='an override for every method')
   args = p.parse_args(argv)
   from compare import load_config, parse_value
-  from simclr_jax import evaluate, parallel, pretrain, stage, train_loop, validate
-  from simclr_jax.errors import NonFiniteError
+  from simclr_jax import evals, validate
+  from simclr_jax.core import parallel
+  from simclr_jax.core.errors import NonFiniteError
+  from simclr_jax.stages import pretrain, runner
+  from simclr_jax.train import loop
   common = dict(item.partition('=')[::2] for item in args.set)
   common = {k: parse_value(v) for k, v in common.items()}
   rows = {}
@@ -45,15 +48,15 @@ def main(argv=None) -> int:
     workdir = os.path.join(args.workdir, method)
     mesh = parallel.make_mesh()
     os.makedirs(workdir, exist_ok=True)
-    data = stage.prepare_data(config, workdir, mesh)
-    settings = stage.loop_settings(config, data.inputs.steps_per_epoch, {})
+    data = runner.prepare_data(config, workdir, mesh)
+    settings = runner.loop_settings(config, data.inputs.steps_per_epoch, {})
     task = pretrain.build_task(config, mesh, data.inputs, data.eval_inputs, settings.total_steps)
-    knn = evaluate.KnnEvaluator('knn', config.evals.knn)
-    ctx = evaluate.EvalContext(task.infer, task.state.variables, task.eval_inputs, config.eval_batch_size)
+    knn = evals.KnnEvaluator('knn', config.evals.knn)
+    ctx = evals.EvalContext(task.infer, task.state.variables, task.eval_inputs, config.eval_batch_size)
     before = knn(ctx)['knn_top1']
     print(f'{method}: kNN at initialisation {100 * before:.1f}', flush=True)
     try:
-      after = train_loop.run(task, workdir, settings)
+      after = loop.run(task, workdir, settings)
     except NonFiniteError as e:  # a method that diverges is a row of the table, not the end of the check
       rows[method] = {'knn_at_init': before, 'diverged': str(e).split(':')[0]}
       continue

@@ -32,13 +32,13 @@ def main(argv=None) -> int:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   import numpy as np
-  from simclr_jax import augment, datasets
+  from simclr_jax.data import augment, sources
   from simclr_jax.config_base import load_config_file
 
   config = load_config_file(args.config)
   settings = augment.settings_from_config(config.augment)
   second = augment.settings_from_config(config.augment, config.get('view2'))  # asymmetric views
-  ds = datasets.load(args.dataset, args.data_dir, train_limit=args.num, image_size=args.image_size)
+  ds = sources.load(args.dataset, args.data_dir, train_limit=args.num, image_size=args.image_size)
   originals = ds.train.images[:args.num]
   views = np.asarray(jax.jit(augment.pair_views, static_argnums=(2, 3))(
       jax.random.PRNGKey(args.seed), jnp.asarray(originals), settings, second))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from simclr_jax.augment import AugmentSettings
+from simclr_jax.data.augment import AugmentSettings
 
 STAGES = ('pretrain', 'finetune', 'linear_eval', 'supervised', 'distill')
 DOWNSTREAM = ('finetune', 'linear_eval')   # stages that start from a pretraining run (init_from)
@@ -93,7 +93,7 @@ def base_config(stage: str, method: str = 'simclr') -> ml_collections.ConfigDict
   # Downstream stages.
   if stage in DOWNSTREAM + ('distill',):
     c.init_from = ''         # pretraining workdir or checkpoint directory (distill: optional)
-  if stage == 'distill':     # SimCLR v2's distillation (simclr_jax.distill)
+  if stage == 'distill':     # SimCLR v2's distillation (simclr_jax.stages.distill)
     c.teacher_from = ''      # finetune (or supervised, distill) workdir whose classifier teaches
     c.distill_temperature = 1.0  # softmax temperature of teacher and student
     c.distill_label_weight = 0.0  # weight of the true labels' cross-entropy (labelled images only)
@@ -101,7 +101,7 @@ def base_config(stage: str, method: str = 'simclr') -> ml_collections.ConfigDict
   c.label_seed = 0
   if stage == 'linear_eval':
     c.protocol = 'features'  # features | augmented
-  # Evaluators: config.evals.<name> = evaluator_config(type, ...) (simclr_jax.evaluate.TYPES).
+  # Evaluators: config.evals.<name> = evaluator_config(type, ...) (simclr_jax.evals.TYPES).
   c.evals = ml_collections.ConfigDict()
   if stage == 'pretrain':
     c.evals.knn = evaluator_config('knn', every_epochs=10, k=200, temperature=0.1)

@@ -26,19 +26,19 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs the stage that config.stage names."""
   if config.stage == 'pretrain':
-    from simclr_jax import pretrain
+    from simclr_jax.stages import pretrain
     return pretrain.train_and_evaluate(config, workdir)
   if config.stage == 'distill':
-    from simclr_jax import distill
+    from simclr_jax.stages import distill
     return distill.train_and_evaluate(config, workdir)
-  from simclr_jax import classify
+  from simclr_jax.stages import classify
   return classify.train_and_evaluate(config, workdir)
 
 
 def parse_flags(argv):
   """absl flag parsing whose failures (bad config file, unknown field, wrong type) are one line;
   --help and --helpfull print the flags and exit 0."""
-  from simclr_jax import interrupts
+  from simclr_jax.core import interrupts
   interrupts.install()  # SIGTERM or SIGINT from here on: exit 75 with one line, at any moment
   if any(a in ('--help', '-h', '--helpshort', '--helpfull') for a in argv[1:]):
     try:
@@ -61,7 +61,10 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  from simclr_jax import compile_cache, errors, interrupts, validate, workdir as workdir_lib
+  from simclr_jax import validate
+  from simclr_jax.train import compile_cache
+  from simclr_jax.core import errors, interrupts
+  from simclr_jax.stages import workdir as workdir_lib
   logging.set_verbosity(logging.ERROR)  # library warnings (TFDS, Orbax) stay off the terminal
   config = flags.FLAGS.config
   try:

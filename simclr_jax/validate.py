@@ -8,9 +8,9 @@ import math
 import os
 
 from simclr_jax import config_base, methods
-from simclr_jax.errors import ConfigError
+from simclr_jax.core.errors import ConfigError
 from simclr_jax.models import ARCHITECTURES, DTYPE_CHOICES, STEMS
-from simclr_jax.optim import TRUST_RATIOS
+from simclr_jax.train.optim import TRUST_RATIOS
 
 CHOICES = {
     'stage': config_base.STAGES,
@@ -158,7 +158,7 @@ def _validate_augment(name: str, aug, partial: bool = False) -> None:
 
 
 def _validate_evals(evals) -> None:
-  from simclr_jax.evaluate import TYPES
+  from simclr_jax.evals import TYPES
   for name, cfg in evals.items():
     if (cfg.get('type') or name) not in TYPES:
       _fail(f'evals.{name}.type', cfg.get('type'), f'use an evaluator type: {", ".join(TYPES)} (it defaults to '

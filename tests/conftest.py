@@ -194,36 +194,38 @@ def supervised_workdir():
 
 def make_inputs(config, mesh=None):
   """The inputs of a config, made as the stages make them."""
-  from simclr_jax import datasets, input_pipeline, parallel
-  source = datasets.get(config.dataset, config.data_dir, image_size=config.image_size,
+  from simclr_jax.data import pipeline, sources
+  from simclr_jax.core import parallel
+  source = sources.get(config.dataset, config.data_dir, image_size=config.image_size,
                         train_split=config.train_split, test_split=config.test_split,
                         test_fraction=config.test_fraction)
-  rows = datasets.select_rows(source, config.train_limit, config.label_fraction, config.label_seed)
-  return input_pipeline.make_inputs(source, rows, config.data_placement, mesh or parallel.make_mesh(),
+  rows = sources.select_rows(source, config.train_limit, config.label_fraction, config.label_seed)
+  return pipeline.make_inputs(source, rows, config.data_placement, mesh or parallel.make_mesh(),
                                     config.batch_size, config.seed, workers=config.input_workers,
                                     max_bad_fraction=config.max_bad_fraction)
 
 
 def build(build_task, config, mesh, inputs, eval_inputs=None):
-  """(build_task's task, the loop settings) of a config, as stage.train_and_evaluate makes them."""
-  from simclr_jax import stage
-  settings = stage.loop_settings(config, inputs.steps_per_epoch, {})
+  """(build_task's task, the loop settings) of a config, as runner.train_and_evaluate makes them."""
+  from simclr_jax.stages import runner
+  settings = runner.loop_settings(config, inputs.steps_per_epoch, {})
   return build_task(config, mesh, inputs, eval_inputs, settings.total_steps), settings
 
 
 def pretrain_task(config):
   """The pretraining task of a config and its loop settings, its inputs made as the CLI makes them."""
-  from simclr_jax import parallel, pretrain
+  from simclr_jax.core import parallel
+  from simclr_jax.stages import pretrain
   mesh = parallel.make_mesh()
   inputs, eval_inputs = make_inputs(config, mesh)
   return build(pretrain.build_task, config, mesh, inputs, eval_inputs)
 
 
 def train_in_process(config, workdir, stop_at_step=None):
-  """train_loop.run of a pretraining config; with stop_at_step, a SIGTERM just before that step
+  """loop.run of a pretraining config; with stop_at_step, a SIGTERM just before that step
   runs (the loop finishes it, saves a checkpoint, then raises Preempted)."""
   import signal
-  from simclr_jax import train_loop
+  from simclr_jax.train import loop
   task, settings = pretrain_task(config)
   if stop_at_step is not None:
     batches = task.inputs.batches
@@ -234,12 +236,12 @@ def train_in_process(config, workdir, stop_at_step=None):
           os.kill(os.getpid(), signal.SIGTERM)
         yield k, args
     task.inputs.batches = signalling
-  return train_loop.run(task, str(workdir), settings)
+  return loop.run(task, str(workdir), settings)
 
 
 def final_params(workdir):
   """(step, {'params', 'batch_stats'} as numpy) of a workdir's newest checkpoint."""
-  from simclr_jax import checkpoint
+  from simclr_jax.train import checkpoint
   step = checkpoint.list_steps(str(workdir))[-1]
   path = os.path.join(checkpoint.checkpoint_dir(str(workdir)), str(step), 'state')
   return step, checkpoint._read_numpy_subtrees(path, ('params', 'batch_stats', 'method_state'))
@@ -250,25 +252,26 @@ def sigterm_before_step(step):
   """Within the block, a SIGTERM just before step `step` of any run on the device path (the loop
   finishes that step, saves a checkpoint, then raises Preempted)."""
   import signal
-  from simclr_jax import input_pipeline
-  original = input_pipeline.DeviceInputs.batches
+  from simclr_jax.data import pipeline
+  original = pipeline.DeviceInputs.batches
 
   def signalling(self, first, total):
     for k, args in original(self, first, total):
       if k == step - 1:
         os.kill(os.getpid(), signal.SIGTERM)
       yield k, args
-  input_pipeline.DeviceInputs.batches = signalling
+  pipeline.DeviceInputs.batches = signalling
   try:
     yield
   finally:
-    input_pipeline.DeviceInputs.batches = original
+    pipeline.DeviceInputs.batches = original
 
 
 def run_in_process(config, workdir, stop_at_step=None):
   """Any stage of a config as the CLI runs it (workdir checks, data, loop), in this process;
   with stop_at_step, stopped by a SIGTERM just before that step (Preempted is raised)."""
-  from simclr_jax import main, workdir as workdir_lib
+  from simclr_jax import main
+  from simclr_jax.stages import workdir as workdir_lib
   workdir_lib.prepare(str(workdir), config)
   with sigterm_before_step(stop_at_step) if stop_at_step else contextlib.nullcontext():
     return main.train_and_evaluate(config, str(workdir))

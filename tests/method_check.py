@@ -22,8 +22,9 @@ import numpy as np
 sys.path.insert(0, sys.argv[1])
 from conftest import build, final_params, make_inputs, train_in_process  # noqa: E402
 from test_methods import small_config  # noqa: E402
-from simclr_jax import parallel, pretrain  # noqa: E402
-from simclr_jax.errors import Preempted  # noqa: E402
+from simclr_jax.core import parallel  # noqa: E402
+from simclr_jax.stages import pretrain  # noqa: E402
+from simclr_jax.core.errors import Preempted  # noqa: E402
 
 
 def steps(config, devices, n):

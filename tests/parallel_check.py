@@ -15,12 +15,16 @@ import numpy as np
 sys.path.insert(0, sys.argv[1])
 import conftest  # noqa: E402
 from conftest import tiny_config  # noqa: E402
-from simclr_jax import classify, datasets, input_pipeline, parallel, pretrain  # noqa: E402
+from simclr_jax.stages import classify  # noqa: E402
+from simclr_jax.data import sources  # noqa: E402
+from simclr_jax.data import pipeline  # noqa: E402
+from simclr_jax.core import parallel  # noqa: E402
+from simclr_jax.stages import pretrain  # noqa: E402
 
 
 def steps(build_fn, config, devices, source, n):
   mesh = parallel.make_mesh(devices)
-  inputs = input_pipeline.DeviceInputs(source, None, mesh, config.batch_size, config.seed)
+  inputs = pipeline.DeviceInputs(source, None, mesh, config.batch_size, config.seed)
   task, _ = conftest.build(build_fn, config, mesh, inputs)
   initial = jax.tree.map(np.array, task.state.params)
   step, state = inputs.bind(task.step_fn), task.state
@@ -40,7 +44,7 @@ def max_diff(a, b):
 rng = np.random.RandomState(0)
 images = rng.randint(0, 256, (128, 32, 32, 3)).astype(np.uint8)
 labels = rng.randint(0, 10, 128).astype(np.int32)
-source = datasets.in_memory('random', datasets.Split(images, labels), datasets.Split(images[:64], labels[:64]), 10)
+source = sources.in_memory('random', sources.Split(images, labels), sources.Split(images[:64], labels[:64]), 10)
 names = sys.argv[2:] or ['pretrain', 'supervised']
 out = {'devices': len(jax.devices())}
 for name in names:

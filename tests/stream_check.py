@@ -26,7 +26,7 @@ def _leaves(state):
 
 def _setup(config, mesh):
   from conftest import build, make_inputs
-  from simclr_jax import pretrain
+  from simclr_jax.stages import pretrain
   inputs, _ = make_inputs(config, mesh)
   task, _ = build(pretrain.build_task, config, mesh, inputs)
   return inputs, inputs.bind(task.step_fn), task.state
@@ -35,7 +35,7 @@ def _setup(config, mesh):
 def _replay(config, mesh, path):
   """Per step k: |loss - reference loss| and the largest difference of any state leaf from the
   reference's, relative to that leaf's largest value."""
-  from simclr_jax import parallel
+  from simclr_jax.core import parallel
   inputs, step, state = _setup(config, mesh)
   ref = np.load(path)
   treedef = jax.tree.structure(state)
@@ -64,7 +64,7 @@ def main():
   sys.path.insert(0, sys.argv[1])
   workdir, mode = sys.argv[2], sys.argv[3]
   from conftest import MECHANICS, tiny_config
-  from simclr_jax import parallel
+  from simclr_jax.core import parallel
 
   config = tiny_config(train_limit=256, batch_size=64, epochs=1, data_placement='stream', input_workers=1, **MECHANICS)
   mesh = parallel.make_mesh()

@@ -3,8 +3,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simclr_jax import augment
-from simclr_jax.augment import AugmentSettings
+from simclr_jax.data import augment
+from simclr_jax.data.augment import AugmentSettings
 
 IDENTITY = AugmentSettings(crop_scale=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0)
 
@@ -136,8 +136,8 @@ def test_resized_crop_matches_torchvision_on_real_images():
   2.13's interpolate on these images: largest difference 1.8e-7); within 1e-4 of the same
   bilinear formula in NumPy, on the outermost ring of pixels too."""
   from conftest import DATA_DIR, DATASET
-  from simclr_jax import datasets
-  images = datasets.load(DATASET, DATA_DIR, train_limit=256, test_split='').train.images.astype(np.float32) / 255
+  from simclr_jax.data import sources
+  images = sources.load(DATASET, DATA_DIR, train_limit=256, test_split='').train.images.astype(np.float32) / 255
   keys = jax.random.split(jax.random.PRNGKey(0), len(images))
   boxes = np.asarray(jax.vmap(lambda k: jnp.stack(augment.crop_box(k, 32, 32, (0.08, 1.0), (3 / 4, 4 / 3))))(keys))
   crop = jax.jit(jax.vmap(lambda im, b: augment.resized_crop(im, b[0], b[1], b[2], b[3], (32, 32))))

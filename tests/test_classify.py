@@ -9,7 +9,11 @@ import pytest
 
 import simclr_jax
 from conftest import DATA_DIR, DATASET, build, make_inputs, run_cli, tiny_config
-from simclr_jax import checkpoint, classify, datasets, parallel, train_loop
+from simclr_jax.train import checkpoint
+from simclr_jax.stages import classify
+from simclr_jax.data import sources
+from simclr_jax.core import parallel
+from simclr_jax.train import loop
 
 
 def _encoder_of(path):
@@ -81,7 +85,7 @@ def test_finetune_starts_from_the_pretrained_encoder_and_a_fresh_head(pretrained
 def test_linear_eval_leaves_the_encoder_bit_identical(pretrained_workdir, tmp_path):
   config, task, settings = _build('linear_eval', pretrained_workdir, epochs=2, protocol='augmented')
   head_before = np.asarray(task.state.params['head']['kernel']).copy()
-  train_loop.run(task, str(tmp_path), settings)
+  loop.run(task, str(tmp_path), settings)
   after = _encoder_of(tmp_path)
   _assert_trees_equal(after, _encoder_of(pretrained_workdir))
   head_after = checkpoint._read_numpy_subtrees(checkpoint.find_checkpoint(str(tmp_path)) + '/state',
@@ -101,7 +105,7 @@ def test_label_subset_is_balanced_and_identical_for_finetune_and_supervised(pret
 
 def test_load_encoder_embeds_images_in_user_code(pretrained_workdir):
   encoder = simclr_jax.load_encoder(str(pretrained_workdir))
-  images = datasets.load(DATASET, DATA_DIR, train_limit=16, test_split='').train.images
+  images = sources.load(DATASET, DATA_DIR, train_limit=16, test_split='').train.images
   features = encoder.embed(images, batch_size=10)
   assert features.shape == (16, 64) and features.dtype == np.float32
   assert np.all(np.isfinite(features)) and not np.allclose(features[0], features[1])
@@ -109,11 +113,11 @@ def test_load_encoder_embeds_images_in_user_code(pretrained_workdir):
 
 
 def test_load_encoder_and_embed_check_their_inputs(pretrained_workdir, tmp_path):
-  from simclr_jax.errors import UserError
+  from simclr_jax.core.errors import UserError
   with pytest.raises(UserError, match=f"load_encoder path '{tmp_path}/nothing' does not exist"):
     simclr_jax.load_encoder(str(tmp_path / 'nothing'))
   encoder = simclr_jax.load_encoder(str(pretrained_workdir))
-  images = datasets.load(DATASET, DATA_DIR, train_limit=4, test_split='').train.images
+  images = sources.load(DATASET, DATA_DIR, train_limit=4, test_split='').train.images
   assert encoder.embed(images[:0]).shape == (0, 64)
   for bad, fragment in ((images / 255.0, 'got float64'),
                         (images.transpose(0, 3, 1, 2), 'got shape (4, 3, 32, 32)'),

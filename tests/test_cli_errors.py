@@ -12,8 +12,13 @@ import sys
 import pytest
 
 from conftest import DATA_DIR, DATASET, ROOT, error_line, run_cli, tiny_config
-from simclr_jax import checkpoint, classify, datasets, parallel, validate, workdir as workdir_lib
-from simclr_jax.errors import CheckpointError, ConfigError, DataError
+from simclr_jax import validate
+from simclr_jax.train import checkpoint
+from simclr_jax.stages import classify
+from simclr_jax.data import sources
+from simclr_jax.core import parallel
+from simclr_jax.stages import workdir as workdir_lib
+from simclr_jax.core.errors import CheckpointError, ConfigError, DataError
 
 
 def _snapshot(folder):
@@ -159,16 +164,16 @@ def test_batch_size_not_divisible_by_device_count():
 
 def test_unknown_dataset_missing_data_dir_and_no_network(tmp_path, monkeypatch):
   with pytest.raises(DataError) as e:
-    datasets.get('no_such_set', DATA_DIR)
+    sources.get('no_such_set', DATA_DIR)
   _one_line(e, "unknown dataset 'no_such_set'")
   with pytest.raises(DataError) as e:
-    datasets.get(DATASET, str(tmp_path / 'nowhere'))
+    sources.get(DATASET, str(tmp_path / 'nowhere'))
   _one_line(e, 'data_dir', 'does not exist')
-  from simclr_jax import tfds_source
+  from simclr_jax.data import tfds_source
   monkeypatch.setattr(tfds_source, '_network_available', lambda *a, **k: False)
   (tmp_path / 'empty').mkdir()
   with pytest.raises(DataError) as e:
-    datasets.get('cifar10', str(tmp_path / 'empty'))
+    sources.get('cifar10', str(tmp_path / 'empty'))
   _one_line(e, "dataset 'cifar10' is not prepared", 'tfds build cifar10', 'data_dir',
             '--config.dataset=cifar10_jpeg --config.data_dir=../shared/data/tfds')
 

@@ -8,20 +8,20 @@ import numpy as np
 import pytest
 
 from conftest import DATA_DIR, DATASET
-from simclr_jax import datasets, decode_cache, tfds_source
-from simclr_jax.errors import DataError
+from simclr_jax.data import decode_cache, sources, tfds_source
+from simclr_jax.core.errors import DataError
 
 
 def test_a_source_is_described_without_decoding_and_decodes_uint8_splits(monkeypatch):
   calls = []
   original = tfds_source._read_split
   monkeypatch.setattr(tfds_source, '_read_split', lambda *a: calls.append(a) or original(*a))
-  source = datasets.get(DATASET, DATA_DIR, test_split='test[:1000]')
+  source = sources.get(DATASET, DATA_DIR, test_split='test[:1000]')
   assert (source.size('train'), source.size('test'), source.image_size, source.num_classes) == (50000, 1000, 32, 10)
   assert source.nbytes(512) == (512 + 1000) * 32 * 32 * 3 and source.class_names[0] == 'airplane'
   assert source.identity['train']['count'] == 50000 and source.identity['train']['hash']
   assert not calls  # described from metadata alone
-  ds = datasets.load(DATASET, DATA_DIR, train_limit=1000)
+  ds = sources.load(DATASET, DATA_DIR, train_limit=1000)
   assert ds.train.images.shape == (1000, 32, 32, 3) and ds.train.images.dtype == np.uint8
   assert ds.test.images.shape == (10000, 32, 32, 3) and ds.test.labels.dtype == np.int32
   assert ds.num_classes == 10 and set(np.unique(ds.test.labels)) == set(range(10))
@@ -30,11 +30,11 @@ def test_a_source_is_described_without_decoding_and_decodes_uint8_splits(monkeyp
 def test_second_load_comes_from_the_user_cache_not_data_dir(tmp_path, monkeypatch):
   monkeypatch.setenv('SIMCLR_JAX_CACHE', str(tmp_path / 'cache'))
   before = sorted(os.listdir(os.path.join(DATA_DIR, DATASET, '1.0.0')))
-  first = datasets.load(DATASET, DATA_DIR, train_split='train[:2000]', test_split='test[:500]')
+  first = sources.load(DATASET, DATA_DIR, train_split='train[:2000]', test_split='test[:500]')
   decoded = []
   original = tfds_source.images_lib.decode_all
   monkeypatch.setattr(tfds_source.images_lib, 'decode_all', lambda *a, **k: decoded.append(1) or original(*a, **k))
-  second = datasets.load(DATASET, DATA_DIR, train_split='train[:2000]', test_split='test[:500]')
+  second = sources.load(DATASET, DATA_DIR, train_split='train[:2000]', test_split='test[:500]')
   assert sorted(os.listdir(os.path.join(DATA_DIR, DATASET, '1.0.0'))) == before
   cached = [f for _, _, files in os.walk(tmp_path / 'cache') for f in files]
   assert sorted(cached) == ['test[:500]-0.npz', 'train[:2000]-0.npz']
@@ -44,35 +44,35 @@ def test_second_load_comes_from_the_user_cache_not_data_dir(tmp_path, monkeypatc
 
 def test_balanced_subset_is_balanced_reproducible_and_seeded():
   labels = np.repeat(np.arange(10), 500)
-  a = datasets.balanced_subset(labels, 0.1, 10, seed=0)
-  assert np.array_equal(a, datasets.balanced_subset(labels, 0.1, 10, seed=0))
+  a = sources.balanced_subset(labels, 0.1, 10, seed=0)
+  assert np.array_equal(a, sources.balanced_subset(labels, 0.1, 10, seed=0))
   assert np.all(np.bincount(labels[a]) == 50)
-  assert not np.array_equal(a, datasets.balanced_subset(labels, 0.1, 10, seed=1))
-  tiny = datasets.balanced_subset(labels, 0.001, 10)
+  assert not np.array_equal(a, sources.balanced_subset(labels, 0.1, 10, seed=1))
+  tiny = sources.balanced_subset(labels, 0.001, 10)
   assert np.all(np.bincount(labels[tiny]) == 1)
-  assert len(datasets.balanced_subset(labels, 1.0, 10)) == 5000
+  assert len(sources.balanced_subset(labels, 1.0, 10)) == 5000
 
 
 def test_select_rows_applies_train_limit_then_the_label_fraction(capsys):
-  source = datasets.get(DATASET, DATA_DIR, test_split='')
-  assert datasets.select_rows(source) is None
-  np.testing.assert_array_equal(datasets.select_rows(source, 1000), np.arange(1000))
-  rows = datasets.select_rows(source, 1000, 0.1, label_seed=0)
+  source = sources.get(DATASET, DATA_DIR, test_split='')
+  assert sources.select_rows(source) is None
+  np.testing.assert_array_equal(sources.select_rows(source, 1000), np.arange(1000))
+  rows = sources.select_rows(source, 1000, 0.1, label_seed=0)
   assert len(rows) == 100 and rows.max() < 1000
   assert np.all(np.bincount(source.labels('train')[rows], minlength=10) == 10)
-  assert datasets.select_rows(source, 60000) is None
+  assert sources.select_rows(source, 60000) is None
   assert 'notice: train_limit=60000 is above the 50,000 training images' in capsys.readouterr().out
 
 
 def test_unknown_dataset_and_missing_data_dir():
   with pytest.raises(DataError, match="unknown dataset 'no_such_set'"):
-    datasets.get('no_such_set', DATA_DIR)
+    sources.get('no_such_set', DATA_DIR)
   with pytest.raises(DataError, match='does not exist'):
-    datasets.get(DATASET, '/no/such/folder')
+    sources.get(DATASET, '/no/such/folder')
   with pytest.raises(DataError, match=r"has no split 'validation'"):
-    datasets.get(DATASET, DATA_DIR, train_split='validation')
+    sources.get(DATASET, DATA_DIR, train_split='validation')
   with pytest.raises(DataError, match=r"split 'train\[:0\]' of dataset 'cifar10_jpeg' holds no images"):
-    datasets.get(DATASET, DATA_DIR, train_split='train[:0]')
+    sources.get(DATASET, DATA_DIR, train_split='train[:0]')
 
 
 def _copy_dataset(tmp_path):
@@ -92,14 +92,14 @@ def test_images_that_are_not_hxwx3_uint8_are_refused(tmp_path):
   root, folder = _copy_dataset(tmp_path)
   _edit_features(folder, lambda f: f['image']['image']['shape'].update(dimensions=['32', '32', '1']))
   with pytest.raises(DataError, match='not HxWx3 uint8'):
-    datasets.get(DATASET, str(root))
+    sources.get(DATASET, str(root))
 
 
 def test_missing_label_feature_is_refused(tmp_path):
   root, folder = _copy_dataset(tmp_path)
   _edit_features(folder, lambda f: f.pop('label'))
   with pytest.raises(DataError, match='no class-label feature'):
-    datasets.get(DATASET, str(root))
+    sources.get(DATASET, str(root))
 
 
 @pytest.mark.parametrize('split', ['train', 'test'])
@@ -109,7 +109,7 @@ def test_truncated_data_file_is_reported(tmp_path, monkeypatch, split):
   record = folder / f'{DATASET}-{split}.array_record-00000-of-00001'
   record.write_bytes(record.read_bytes()[: record.stat().st_size // 2 if split == 'test' else 100_000])
   with pytest.raises(DataError, match=rf"split '{split}'.*corrupt or truncated"):
-    datasets.get(DATASET, str(root)).decode(split)
+    sources.get(DATASET, str(root)).decode(split)
 
 
 def test_an_unreadable_dataset_folder_is_one_line(tmp_path, monkeypatch):
@@ -122,15 +122,15 @@ def test_an_unreadable_dataset_folder_is_one_line(tmp_path, monkeypatch):
     raise PermissionError(13, 'Permission denied', str(folder))
   monkeypatch.setattr(tfds, 'builder', denied)
   with pytest.raises(DataError, match=r"cannot read the dataset folder of 'cifar10_jpeg' \(Permission denied"):
-    datasets.get(DATASET, str(root))
+    sources.get(DATASET, str(root))
 
 
 def test_a_resume_on_another_tfds_version_is_refused_naming_both(tmp_path, capsys):
   """The checkpoint remembers the TFDS version and split it trained on; a resume that finds
   another version (here the run trained on a pretended 0.9.0) names both."""
-  from simclr_jax import workdir as workdir_lib
-  from simclr_jax.errors import ConfigError
-  now = datasets.get(DATASET, DATA_DIR, test_split='test[:1000]')
+  from simclr_jax.stages import workdir as workdir_lib
+  from simclr_jax.core.errors import ConfigError
+  now = sources.get(DATASET, DATA_DIR, test_split='test[:1000]')
   old_lines = [now.manifest['train'][0].replace(' 1.0.0 ', ' 0.9.0 ')] + now.manifest['train'][1:]
   meta = tmp_path / 'checkpoints' / '8' / 'meta'
   (tmp_path / 'checkpoints' / '8' / 'state').mkdir(parents=True)

@@ -12,9 +12,11 @@ import pytest
 
 import oracles
 from conftest import DATA_DIR, DATASET, final_params, run_in_process, tiny_config
-from simclr_jax import datasets, distill, validate
+from simclr_jax import validate
+from simclr_jax.data import sources
+from simclr_jax.stages import distill
 import simclr_jax
-from simclr_jax.errors import CheckpointError, ConfigError, Preempted, UserError
+from simclr_jax.core.errors import CheckpointError, ConfigError, Preempted, UserError
 from test_folders import make_folder
 from test_torch_parity import assert_torch_parity
 
@@ -48,10 +50,10 @@ def test_the_distillation_objective_matches_the_float64_oracle_with_and_without_
 
 
 def test_a_label_fraction_keeps_every_image_and_the_labels_of_a_balanced_subset():
-  train = datasets.Split(np.zeros((200, 8, 8, 3), np.uint8), np.arange(200, dtype=np.int32) % 10)
-  source = datasets.in_memory('toy', train, train, num_classes=10)
-  keep = datasets.balanced_subset(train.labels, 0.1, 10)
-  relabelled = datasets.keep_labels(source, keep)
+  train = sources.Split(np.zeros((200, 8, 8, 3), np.uint8), np.arange(200, dtype=np.int32) % 10)
+  source = sources.in_memory('toy', train, train, num_classes=10)
+  keep = sources.balanced_subset(train.labels, 0.1, 10)
+  relabelled = sources.keep_labels(source, keep)
   labels = relabelled.labels('train')
   assert relabelled.size('train') == 200 and np.sum(labels >= 0) == len(keep) == 20
   assert np.array_equal(labels[keep], train.labels[keep]) and np.all(np.delete(labels, keep) == -1)
@@ -127,7 +129,7 @@ def test_the_v2_workflow_on_cifar10_jpeg_each_stage_resumable(tmp_path):
 
 @pytest.mark.slow
 def test_the_v2_workflow_on_an_unlabelled_folder_with_a_labelled_eval_set(tmp_path):
-  source = datasets.load(DATASET, DATA_DIR, train_limit=500, test_split='')
+  source = sources.load(DATASET, DATA_DIR, train_limit=500, test_split='')
   root = make_folder(tmp_path / 'loose', source, 300, labelled=False, corrupt=0)
   labelled = make_folder(tmp_path / 'labelled', source, 200, splits=True, corrupt=0, start=300)
   before = sorted(str(p) for p in tmp_path.rglob('*'))

@@ -6,7 +6,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import simclr_jax
-from simclr_jax.errors import UserError
+from simclr_jax.core.errors import UserError
 
 
 @pytest.fixture(scope='module')

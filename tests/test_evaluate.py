@@ -1,7 +1,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from simclr_jax.evaluate import knn_top1
+from simclr_jax.evals import knn_top1
 
 
 def _normalise(x):

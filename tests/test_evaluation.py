@@ -9,13 +9,16 @@ import pytest
 
 import simclr_jax
 from conftest import DATA_DIR, DATASET, build, make_inputs, tiny_config
-from simclr_jax import datasets, evaluate, parallel, pretrain
-from simclr_jax.linear_probe import fit_linear_probe, standardize
+from simclr_jax.data import sources
+from simclr_jax import evals
+from simclr_jax.core import parallel
+from simclr_jax.stages import pretrain
+from simclr_jax.evals.linear_probe import fit_linear_probe, standardize
 
 
 @pytest.fixture(scope='module')
 def dataset():
-  return datasets.load(DATASET, DATA_DIR, train_limit=256, test_split='test[:1000]')
+  return sources.load(DATASET, DATA_DIR, train_limit=256, test_split='test[:1000]')
 
 
 def _steps(config, n):
@@ -46,8 +49,8 @@ def test_the_online_probe_changes_nothing_in_the_encoder_and_projector_updates(d
 
 def test_the_online_probe_evaluator_scores_the_probe_head_on_test_features(dataset):
   task, _, state, _ = _steps(tiny_config(train_limit=256), 2)
-  ctx = evaluate.EvalContext(task.infer, state.variables, task.inputs, 500)
-  got = evaluate.OnlineLinearEvaluator('online_linear', tiny_config().evals.online_linear)(ctx)['online_linear_top1']
+  ctx = evals.EvalContext(task.infer, state.variables, task.inputs, 500)
+  got = evals.OnlineLinearEvaluator('online_linear', tiny_config().evals.online_linear)(ctx)['online_linear_top1']
   head = jax.tree.map(np.asarray, state.params['online_probe'])
   logits = np.asarray(ctx.outputs('test')['features']) @ head['kernel'] + head['bias']
   assert abs(got - np.mean(logits.argmax(1) == dataset.test.labels)) < 1e-6
@@ -55,23 +58,23 @@ def test_the_online_probe_evaluator_scores_the_probe_head_on_test_features(datas
 
 def test_evaluators_come_from_the_config_each_with_its_own_sub_config(capsys):
   config = tiny_config(**{'evals.knn.k': 7, 'evals.linear.every_epochs': -1})
-  made = evaluate.make_evaluators(config.evals, {'labels'})
+  made = evals.make_evaluators(config.evals, {'labels'})
   assert [e.name for e in made if not e.skipped] == ['knn', 'knn20']  # online_linear needs the probe; linear is off
   assert [e.name for e in made if e.skipped] == ['online_linear']  # its figures are null in results.json
   assert made[0].k == 7 and made[0].every_epochs == 1 and made[1].k == 20 and made[1].every_epochs == 10
   # Without a type, the name is the type.
   from ml_collections import ConfigDict
-  untyped = evaluate.make_evaluators(ConfigDict({'knn': {'every_epochs': 2, 'k': 5, 'temperature': 0.1}}), {'labels'})
-  assert isinstance(untyped[0], evaluate.KnnEvaluator) and untyped[0].k == 5
+  untyped = evals.make_evaluators(ConfigDict({'knn': {'every_epochs': 2, 'k': 5, 'temperature': 0.1}}), {'labels'})
+  assert isinstance(untyped[0], evals.KnnEvaluator) and untyped[0].k == 5
   assert 'notice: evaluator online_linear is skipped: the run has no probe' in capsys.readouterr().out
 
 
 def test_several_instances_of_one_evaluator_type_each_report_under_their_name():
   from ml_collections import ConfigDict
   from simclr_jax.config_base import evaluator_config
-  evals = ConfigDict({'knn': evaluator_config('knn', 1, k=200, temperature=0.1),
-                      'knn20': evaluator_config('knn', 1, k=20, temperature=0.1)})
-  made = evaluate.make_evaluators(evals, {'labels'})
+  two = ConfigDict({'knn': evaluator_config('knn', 1, k=200, temperature=0.1),
+                    'knn20': evaluator_config('knn', 1, k=20, temperature=0.1)})
+  made = evals.make_evaluators(two, {'labels'})
   rng = np.random.default_rng(0)
 
   class Ctx:
@@ -84,7 +87,7 @@ def test_several_instances_of_one_evaluator_type_each_report_under_their_name():
   for e in made:
     scalars.update(e(Ctx()))
   assert set(scalars) == {'knn_top1', 'knn20_top1'} and [e.label for e in made] == ['kNN (k=200)', 'kNN (k=20)']
-  info = evaluate.describe(made)
+  info = evals.describe(made)
   assert info['knn20_top1'] == {'protocol': 'knn', 'label': 'kNN (k=20)'}
 
 
@@ -129,7 +132,7 @@ def _umask():
 
 @pytest.mark.slow
 def test_pictures_of_a_run_are_written(pretrained_workdir, tmp_path):
-  from simclr_jax.pictures import pictures_of_run
+  from simclr_jax.report.pictures import pictures_of_run
   paths = pictures_of_run(str(pretrained_workdir), str(tmp_path), max_points=300)
   for key in ('embedding_map', 'retrieval'):
     with open(paths[key], 'rb') as f:

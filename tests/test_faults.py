@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from conftest import DATA_DIR, DATASET, ROOT, cli_args, error_line, run_cli, tiny_config
-from simclr_jax import checkpoint, datasets, input_pipeline, workdir as workdir_lib
-from simclr_jax.errors import CheckpointError, ConfigError
+from simclr_jax.train import checkpoint
+from simclr_jax.data import pipeline, sources
+from simclr_jax.stages import workdir as workdir_lib
+from simclr_jax.core.errors import CheckpointError, ConfigError
 
 HOLD_LOCK = textwrap.dedent('''
     import sys, time
@@ -174,7 +176,7 @@ def test_a_second_sigint_during_a_long_save_exits_at_once():
 
 def test_a_cache_that_does_not_match_its_source_is_rebuilt_with_a_notice(tmp_path, monkeypatch, capsys):
   monkeypatch.setenv('SIMCLR_JAX_CACHE', str(tmp_path / 'cache'))
-  good = datasets.load(DATASET, DATA_DIR, train_limit=100, test_split='test[:300]')
+  good = sources.load(DATASET, DATA_DIR, train_limit=100, test_split='test[:300]')
   test_cache = next(p for p in (tmp_path / 'cache').rglob('test[[]:300[]]-0.npz'))
   with np.load(test_cache) as f:
     fingerprint = f['fingerprint']
@@ -183,27 +185,27 @@ def test_a_cache_that_does_not_match_its_source_is_rebuilt_with_a_notice(tmp_pat
       (good.test.images, np.full(300, 12, np.int32), 'labels outside [-1, 10)')):
     np.savez(test_cache, images=images, labels=labels, fingerprint=fingerprint)
     capsys.readouterr()
-    again = datasets.load(DATASET, DATA_DIR, train_limit=100, test_split='test[:300]')
+    again = sources.load(DATASET, DATA_DIR, train_limit=100, test_split='test[:300]')
     out = capsys.readouterr().out
     assert 'does not match' in out and why in out, out
     np.testing.assert_array_equal(again.test.images, good.test.images)
     np.testing.assert_array_equal(again.test.labels, good.test.labels)
   np.savez(test_cache, images=good.test.images, labels=good.test.labels, fingerprint=np.asarray('{}'))
-  datasets.load(DATASET, DATA_DIR, train_limit=100, test_split='test[:300]')
+  sources.load(DATASET, DATA_DIR, train_limit=100, test_split='test[:300]')
   assert 'made from other source files' in capsys.readouterr().out
 
 
 def test_notices_for_a_train_limit_above_the_split_and_a_set_smaller_than_a_batch(capsys):
-  ds = datasets.load(DATASET, DATA_DIR, train_limit=60000, test_split='')
+  ds = sources.load(DATASET, DATA_DIR, train_limit=60000, test_split='')
   assert len(ds.train.images) == 50000
   assert 'notice: train_limit=60000 is above the 50,000 training images' in capsys.readouterr().out
-  from simclr_jax import parallel
-  small = datasets.in_memory('small', ds.train.subset(slice(0, 40)), num_classes=10)
-  inputs, _ = input_pipeline.make_inputs(small, None, 'device', parallel.make_mesh(), batch_size=64, seed=0)
+  from simclr_jax.core import parallel
+  small = sources.in_memory('small', ds.train.subset(slice(0, 40)), num_classes=10)
+  inputs, _ = pipeline.make_inputs(small, None, 'device', parallel.make_mesh(), batch_size=64, seed=0)
   assert inputs.steps_per_epoch == 1
   assert 'notice: the training set has 40 images, fewer than batch_size=64' in capsys.readouterr().out
-  one = datasets.in_memory('one', ds.train.subset(slice(0, 1)), num_classes=10)
-  input_pipeline.make_inputs(one, None, 'device', parallel.make_mesh(), batch_size=64, seed=0)
+  one = sources.in_memory('one', ds.train.subset(slice(0, 1)), num_classes=10)
+  pipeline.make_inputs(one, None, 'device', parallel.make_mesh(), batch_size=64, seed=0)
   assert 'the training set has 1 image, fewer' in capsys.readouterr().out
 
 
@@ -367,7 +369,7 @@ def test_a_signal_during_the_final_evaluation_stops_at_once_and_loses_nothing(tm
 
 
 def test_the_compilation_cache_folder_follows_jax_and_the_user_cache():
-  from simclr_jax import compile_cache
+  from simclr_jax.train import compile_cache
   assert compile_cache.cache_dir({}) == os.path.join(os.path.expanduser('~'), '.cache', 'simclr_jax', 'xla')
   assert compile_cache.cache_dir({'XDG_CACHE_HOME': '/x'}) == '/x/simclr_jax/xla'
   assert compile_cache.cache_dir({'SIMCLR_JAX_CACHE': '/c', 'XDG_CACHE_HOME': '/x'}) == '/c/xla'

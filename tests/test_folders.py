@@ -10,15 +10,18 @@ import pytest
 from PIL import Image
 
 from conftest import DATA_DIR, DATASET, error_line, run_cli, tiny_config
-from simclr_jax import datasets, images, input_pipeline, methods, models, parallel, stage, workdir as workdir_lib
-from simclr_jax.errors import ConfigError, DataError
+from simclr_jax import methods, models
+from simclr_jax.data import images, pipeline, sources
+from simclr_jax.core import parallel
+from simclr_jax.stages import runner, workdir as workdir_lib
+from simclr_jax.core.errors import ConfigError, DataError
 
 FORMATS = ('.jpg', '.png', '.webp', '.bmp')
 
 
 @pytest.fixture(scope='module')
 def source():
-  return datasets.load(DATASET, DATA_DIR, train_limit=600, test_split='')
+  return sources.load(DATASET, DATA_DIR, train_limit=600, test_split='')
 
 
 def _write(path, pixels, k):
@@ -113,7 +116,7 @@ def test_folder_images_are_resized_as_torchvision_resize_and_centercrop_do(tmp_p
 def test_a_labelled_folder_loads_with_classes_a_fixed_split_and_nothing_written_into_it(tmp_path, source, capsys):
   root = make_folder(tmp_path / 'pets', source, 200)
   before = _snapshot(root)
-  ds = datasets.load(f'folder:{root}', image_size=32, test_fraction=0.2, max_bad_fraction=0.05)
+  ds = sources.load(f'folder:{root}', image_size=32, test_fraction=0.2, max_bad_fraction=0.05)
   assert _snapshot(root) == before
   assert ds.num_classes == 10 and ds.class_names[0] == 'airplane'
   assert len(ds.train.images) + len(ds.test.images) == 201  # the corrupt file: black, unlabelled
@@ -124,7 +127,7 @@ def test_a_labelled_folder_loads_with_classes_a_fixed_split_and_nothing_written_
   assert 'cannot be read; each is replaced by a black image without a label' in out and 'cat/broken0.jpg' in out
   assert 'notice: 1 files in' in out and 'notes.txt' in out
   assert 'upscaled' in out
-  again = datasets.load(f'folder:{root}', image_size=32, test_fraction=0.2, max_bad_fraction=0.05)
+  again = sources.load(f'folder:{root}', image_size=32, test_fraction=0.2, max_bad_fraction=0.05)
   np.testing.assert_array_equal(again.test.labels, ds.test.labels)  # the same split every time
   by_hand = images.decode(str(root / 'airplane' / sorted(os.listdir(root / 'airplane'))[0]), 32)[0]
   assert any(np.array_equal(by_hand, x) for x in np.concatenate([ds.train.images, ds.test.images]))
@@ -133,11 +136,11 @@ def test_a_labelled_folder_loads_with_classes_a_fixed_split_and_nothing_written_
 def test_the_cache_is_read_on_a_second_load_and_read_again_after_a_file_changes(tmp_path, source, capsys, monkeypatch):
   monkeypatch.setenv('SIMCLR_JAX_CACHE', str(tmp_path / 'cache'))
   root = make_folder(tmp_path / 'pics', source, 120, labelled=False, corrupt=0)
-  first = datasets.load(f'folder:{root}', image_size=32)
+  first = sources.load(f'folder:{root}', image_size=32)
   calls = []
   original = images.decode_all
   monkeypatch.setattr(images, 'decode_all', lambda *a, **k: calls.append(1) or original(*a, **k))
-  second = datasets.load(f'folder:{root}', image_size=32)
+  second = sources.load(f'folder:{root}', image_size=32)
   assert not calls and first.num_classes == 0 and second.test is None
   np.testing.assert_array_equal(first.train.images, second.train.images)
   assert np.all(second.train.labels == -1)
@@ -145,14 +148,14 @@ def test_the_cache_is_read_on_a_second_load_and_read_again_after_a_file_changes(
   Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / victim, format=Image.open(root / victim).format)
   os.utime(root / victim, ns=(1, 1))  # a new modification time
   capsys.readouterr()
-  third = datasets.load(f'folder:{root}', image_size=32)
+  third = sources.load(f'folder:{root}', image_size=32)
   assert calls and 'notice: cache' in capsys.readouterr().out
   assert not np.array_equal(third.train.images, second.train.images)
 
 
 def test_split_folders_and_stems(tmp_path, source):
   root = make_folder(tmp_path / 'split', source, 100, splits=True, corrupt=0)
-  ds = datasets.load(f'folder:{root}', image_size=96)
+  ds = sources.load(f'folder:{root}', image_size=96)
   assert len(ds.test.images) == 20 and ds.train.images.shape[1:] == (96, 96, 3)
   assert models.resolve_stem('auto', 96) == 'imagenet' and models.resolve_stem('auto', 64) == 'cifar'
   import jax
@@ -163,12 +166,12 @@ def test_split_folders_and_stems(tmp_path, source):
 
 
 def test_a_tfds_split_string_slices_the_split():
-  sliced = datasets.load(DATASET, DATA_DIR, train_split='train[:10%]', test_split='test[:1000]')
-  full = datasets.load(DATASET, DATA_DIR, test_split='')
+  sliced = sources.load(DATASET, DATA_DIR, train_split='train[:10%]', test_split='test[:1000]')
+  full = sources.load(DATASET, DATA_DIR, test_split='')
   assert len(sliced.train.images) == 5000 and len(sliced.test.images) == 1000
   np.testing.assert_array_equal(sliced.train.images, full.train.images[:5000])
   with pytest.raises(DataError, match=r"has no split 'validation'"):
-    datasets.load(DATASET, DATA_DIR, train_split='validation')
+    sources.load(DATASET, DATA_DIR, train_split='validation')
 
 
 @pytest.mark.parametrize('make,fragment', [
@@ -183,7 +186,7 @@ def test_bad_folders_get_one_line_naming_the_path_and_the_fix(tmp_path, make, fr
   root = tmp_path / 'data'
   make(root)
   with pytest.raises(DataError, match=re.escape(fragment)) as e:
-    datasets.load(f'folder:{root}', image_size=32)
+    sources.load(f'folder:{root}', image_size=32)
   assert str(root) in str(e.value) and '\n' not in str(e.value) and ': ' in str(e.value)
 
 
@@ -191,7 +194,7 @@ def test_a_file_or_an_unreadable_folder_as_the_root_gets_one_line(tmp_path, monk
   root = tmp_path / 'data'
   root.write_bytes(b'x')
   with pytest.raises(DataError, match=re.escape(f"dataset folder '{root}' is a file, not a folder")):
-    datasets.load(f'folder:{root}', image_size=32)
+    sources.load(f'folder:{root}', image_size=32)
   root.unlink()
   (root / 'cat').mkdir(parents=True)
   scandir = os.scandir
@@ -202,7 +205,7 @@ def test_a_file_or_an_unreadable_folder_as_the_root_gets_one_line(tmp_path, monk
     return scandir(path)
   monkeypatch.setattr(os, 'scandir', denied)
   with pytest.raises(DataError) as e:
-    datasets.load(f'folder:{root}', image_size=32)
+    sources.load(f'folder:{root}', image_size=32)
   assert str(e.value) == (f'dataset folder {root} (Permission denied) cannot be read: fix its permissions, '
                           'or point --config.dataset=folder:PATH at another folder'), str(e.value)
 
@@ -211,21 +214,21 @@ def test_too_many_unreadable_images_stop_naming_the_first(tmp_path, source):
   root = make_folder(tmp_path / 'bad', source, 100, splits=True, corrupt=3)
   with pytest.raises(DataError, match=r'3 of the 83 images of folder:.* \(train\) cannot be read, more than '
                                       r'max_bad_fraction=0.01 \(train/cat/broken0.jpg: '):
-    datasets.load(f'folder:{root}', image_size=32)
-  datasets.load(f'folder:{root}', image_size=32, max_bad_fraction=0.1)
+    sources.load(f'folder:{root}', image_size=32)
+  sources.load(f'folder:{root}', image_size=32, max_bad_fraction=0.1)
 
 
 def test_a_dataset_too_large_for_the_device_and_a_classifier_on_unlabelled_images(tmp_path, source):
-  nbytes = datasets.get(DATASET, DATA_DIR).nbytes(1000)  # 11,000 images of 32 x 32 x 3 bytes
+  nbytes = sources.get(DATASET, DATA_DIR).nbytes(1000)  # 11,000 images of 32 x 32 x 3 bytes
   with pytest.raises(DataError, match=r'takes 0.03 GiB as uint8 arrays on every device, more than 40% of '
                                       r'its 0.0 GiB .*lower --config.image_size or --config.train_limit'):
-    input_pipeline.choose_placement('device', nbytes, memory=2**20, names=DATASET)
-  assert input_pipeline.choose_placement('device', nbytes, memory=2**30, names=DATASET) == 'device'
+    pipeline.choose_placement('device', nbytes, memory=2**20, names=DATASET)
+  assert pipeline.choose_placement('device', nbytes, memory=2**30, names=DATASET) == 'device'
   root = make_folder(tmp_path / 'loose', source, 30, labelled=False, corrupt=0)
   config = tiny_config('finetune', dataset=f'folder:{root}', image_size=32, init_from='x')
   with pytest.raises(DataError, match='a classifier stage needs labels, but 30 of its 30 training '
                                       'images have no label'):
-    stage.prepare_data(config, str(tmp_path / 'w'), parallel.make_mesh(), require_labels=True)
+    runner.prepare_data(config, str(tmp_path / 'w'), parallel.make_mesh(), require_labels=True)
 
 
 @pytest.mark.slow
@@ -242,8 +245,8 @@ def test_a_labelled_folder_pretrains_then_finetunes_through_the_cli(tmp_path, so
   assert json.loads((tmp_path / 'fine' / 'results.json').read_text())['test_top1'] is not None
   # Pictures of a folder run: its image size and data come from its config; the output folder is
   # checked before any work.
-  from simclr_jax.errors import UserError
-  from simclr_jax.pictures import pictures_of_run
+  from simclr_jax.core.errors import UserError
+  from simclr_jax.report.pictures import pictures_of_run
   made = pictures_of_run(str(tmp_path / 'pre'), str(tmp_path / 'pics'), max_points=60)
   for path in made.values():
     assert open(path, 'rb').read(4) == b'\x89PNG' and os.path.dirname(path) == str(tmp_path / 'pics')
@@ -270,7 +273,7 @@ def test_an_unlabelled_folder_pretrains_with_the_monitor_on_eval_dataset(tmp_pat
 def test_dangling_links_and_unreadable_folders_count_as_unreadable_never_silently(tmp_path, source, monkeypatch, capsys):
   root = make_folder(tmp_path / 'pets', source, 60, corrupt=0)
   os.symlink(tmp_path / 'gone.jpg', root / 'cat' / 'dangling.jpg')  # a link to nothing
-  ds = datasets.load(f'folder:{root}', image_size=32, max_bad_fraction=0.1)
+  ds = sources.load(f'folder:{root}', image_size=32, max_bad_fraction=0.1)
   out = capsys.readouterr().out
   assert 'cat/dangling.jpg' in out and 'cannot be read; each is replaced by a black image' in out
   assert np.sum(np.concatenate([ds.train.labels, ds.test.labels]) == -1) == 1
@@ -282,7 +285,7 @@ def test_dangling_links_and_unreadable_folders_count_as_unreadable_never_silentl
       raise PermissionError(13, 'Permission denied', unreadable)
     return scandir(path)
   monkeypatch.setattr(os, 'scandir', denied)
-  fewer = datasets.load(f'folder:{root}', image_size=32, max_bad_fraction=0.1)
+  fewer = sources.load(f'folder:{root}', image_size=32, max_bad_fraction=0.1)
   out = capsys.readouterr().out
   assert f'notice: 1 folders of {root} cannot be read and their images are left out ({unreadable} (Permission denied))' in out
   dogs = sum(1 for k in range(60) if source.train.labels[k] == 5)
@@ -295,11 +298,11 @@ def test_a_folder_of_unreadable_images_and_a_test_fraction_that_leaves_no_traini
   for k in range(5):
     (root / f'{k}.jpg').write_bytes(b'not an image')
   with pytest.raises(DataError, match=r'none of the 5 images of folder:.* can be read') as e:
-    datasets.load(f'folder:{root}', image_size=32, max_bad_fraction=1.0)
+    sources.load(f'folder:{root}', image_size=32, max_bad_fraction=1.0)
   assert '\n' not in str(e.value)
   pets = make_folder(tmp_path / 'pets', source, 300, corrupt=0)
   with pytest.raises(DataError, match=r'test_fraction=0.99 leaves no training image in .*: lower --config.test_fraction'):
-    datasets.get(f'folder:{pets}', image_size=32, test_fraction=0.99)
+    sources.get(f'folder:{pets}', image_size=32, test_fraction=0.99)
 
 
 def _fake_checkpoint(workdir, step, data):
@@ -325,17 +328,17 @@ def test_epochs_below_what_was_trained_are_counted_in_the_checkpoints_steps_per_
 def test_a_folder_changed_since_the_checkpoint_is_refused_naming_the_change(tmp_path, source, capsys):
   root = make_folder(tmp_path / 'pets', source, 120, corrupt=0)
   name = f'folder:{root}'
-  before = datasets.get(name, image_size=32)
+  before = sources.get(name, image_size=32)
   workdir = tmp_path / 'run'
   workdir.mkdir()
   _fake_checkpoint(workdir, 8, {'dataset': before.identity})
   workdir_lib.write_manifest(str(workdir), {'dataset': before})
-  workdir_lib.check_data(str(workdir), {'dataset': datasets.get(name, image_size=32)})  # unchanged: fine
+  workdir_lib.check_data(str(workdir), {'dataset': sources.get(name, image_size=32)})  # unchanged: fine
   victim = sorted((root / 'cat').iterdir())[0]
   os.utime(victim, ns=(1, 1))  # modified
   Image.fromarray(source.train.images[500]).save(root / 'cat' / 'new.png')  # added
   os.remove(sorted((root / 'dog').iterdir())[0])  # removed
-  after = datasets.get(name, image_size=32)
+  after = sources.get(name, image_size=32)
   with pytest.raises(ConfigError) as e:
     workdir_lib.check_data(str(workdir), {'dataset': after})
   message = str(e.value)

@@ -4,7 +4,7 @@ import numpy as np
 import optax
 import pytest
 
-from simclr_jax.losses import nt_xent
+from simclr_jax.models.losses import nt_xent
 
 
 def numpy_nt_xent(z, temperature):

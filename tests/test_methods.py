@@ -13,8 +13,9 @@ import pytest
 
 import oracles
 from conftest import MECHANICS, ROOT, device_env, tiny_config
-from simclr_jax import methods, pretrain, stage
-from simclr_jax.losses import distillation_loss, nt_xent
+from simclr_jax import methods
+from simclr_jax.stages import pretrain, runner
+from simclr_jax.models.losses import distillation_loss, nt_xent
 
 METHODS = list(methods.NAMES)
 
@@ -131,7 +132,7 @@ def test_the_simsiam_predictor_keeps_the_peak_learning_rate_while_the_rest_follo
   params = {k: {'w': jnp.ones((2, 3))} for k in ('encoder', 'projector', 'predictor')}
   grads = jax.tree.map(jnp.ones_like, params)
   for constant in ((), ('predictor',)):
-    opt = stage.optimizer(config, 10 * config.epochs, 10)
+    opt = runner.optimizer(config, 10 * config.epochs, 10)
     tx, schedule = pretrain.make_tx(opt, config.online_probe_learning_rate, constant), opt.schedule
     opt_state = tx.init(params)
     for step in range(40):

@@ -5,6 +5,7 @@ import pytest
 
 from conftest import tiny_config
 from simclr_jax import methods, models
+from simclr_jax.models import resnet
 
 
 def _init(module, shape=(2, 32, 32, 3)):
@@ -60,11 +61,11 @@ def test_strided_convolutions_pad_one_pixel_on_each_side_as_torchvision_does():
   (torchvision) the top-left output sums the 2x2 corner; Flax's 'SAME' would pad 0 before and 1
   after and sum a 3x3 block."""
   x = jnp.arange(16, dtype=jnp.float32).reshape(1, 4, 4, 1)
-  conv = models.nn.Conv(1, (3, 3), (2, 2), padding=models._pad(3), use_bias=False)
+  conv = resnet.nn.Conv(1, (3, 3), (2, 2), padding=resnet._pad(3), use_bias=False)
   y = conv.apply({'params': {'kernel': jnp.ones((3, 3, 1, 1))}}, x)
   assert y.shape == (1, 2, 2, 1) and float(y[0, 0, 0, 0]) == 0 + 1 + 4 + 5
   assert float(y[0, 1, 1, 0]) == sum(x[0, r, c, 0] for r in (1, 2, 3) for c in (1, 2, 3))
-  assert models._pad(7) == ((3, 3), (3, 3)) and models._pad(1) == ((0, 0), (0, 0))
+  assert resnet._pad(7) == ((3, 3), (3, 3)) and resnet._pad(1) == ((0, 0), (0, 0))
 
 
 def test_simclr_v2_head_and_the_first_head_layers_of_a_classifier():

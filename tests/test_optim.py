@@ -4,7 +4,7 @@ import numpy as np
 import optax
 import pytest
 
-from simclr_jax import optim
+from simclr_jax.train import optim
 
 
 def test_learning_rate_scaling():

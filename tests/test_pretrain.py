@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import final_params, pretrain_task, run_cli, tiny_config, train_in_process
-from simclr_jax import checkpoint, evaluate, train_loop
-from simclr_jax.errors import Preempted
+from simclr_jax.train import checkpoint
+from simclr_jax import evals
+from simclr_jax.train import loop
+from simclr_jax.core.errors import Preempted
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +96,7 @@ def test_progress_is_logged_every_n_seconds_and_its_rate_leaves_out_the_compile(
   """log_every_seconds logs between the log_every_steps steps (here every step), and the first
   line's images/s counts the training only: a 4-second pause just before the compile would
   bring a one-step window of 64 images below 16 img/s if it were counted."""
-  from simclr_jax import train_loop as loop_module
+  from simclr_jax.train import loop as loop_module
   log = loop_module.log
 
   def slow_log(message):
@@ -121,9 +123,9 @@ def test_pretraining_learns_features_that_beat_initialisation(tmp_path):
                        **{'evals.knn.every_epochs': 4, 'evals.linear.every_epochs': -1,
                           'evals.online_linear.every_epochs': -1})
   task, settings = pretrain_task(config)
-  knn = evaluate.KnnEvaluator('knn', config.evals.knn)
-  before = knn(evaluate.EvalContext(task.infer, task.state.variables, task.inputs, 1000))
-  after = train_loop.run(task, str(tmp_path), settings)
+  knn = evals.KnnEvaluator('knn', config.evals.knn)
+  before = knn(evals.EvalContext(task.infer, task.state.variables, task.inputs, 1000))
+  after = loop.run(task, str(tmp_path), settings)
   assert after['knn_top1'] > before['knn_top1'] + 0.02, (before, after)
 
 

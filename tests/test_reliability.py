@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import cli_args, error_line, ROOT, run_cli, shared_run
-from simclr_jax import checkpoint
+from simclr_jax.train import checkpoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

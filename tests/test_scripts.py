@@ -62,15 +62,15 @@ def test_show_augmentations_writes_a_png(tmp_path):
 
 
 def test_the_report_table_names_each_figure_and_puts_the_pretraining_monitors_where_they_belong():
-  from simclr_jax import report
+  from simclr_jax.report import comparison
   pre = {'knn_top1': 0.32, 'linear_top1': 0.38, 'protocols': {'knn_top1': 'knn', 'linear_top1': 'features'},
          'labels': {'knn_top1': 'kNN (k=200)', 'linear_top1': 'linear probe on frozen features'}}
   runs = {('finetune', 0.1): {'test_top1': 0.195, 'best_test_top1': 0.2, 'history': [{}]},
           ('linear_features', 0.01): {'test_top1': 0.212, 'history': []}}
-  with_all = report.markdown_table(runs, pre, [1.0, 0.1, 0.01])
+  with_all = comparison.markdown_table(runs, pre, [1.0, 0.1, 0.01])
   assert '| kNN (k=200) (pretraining) | knn | 32.0 | - | - |' in with_all
   assert '| finetune (SimCLR encoder) | trained | - | 19.5 (best 20.0) | - |' in with_all
-  without = report.markdown_table(runs, pre, [0.1, 0.01])  # no column for all the labels
+  without = comparison.markdown_table(runs, pre, [0.1, 0.01])  # no column for all the labels
   assert '(pretraining)' not in without and '| linear probe | features | - | 21.2 |' in without
   assert without.endswith("The pretraining run's monitors (all the labels): kNN (k=200) (knn) 32.0, "
                           'linear probe on frozen features (features) 38.0.')
@@ -80,7 +80,7 @@ def test_the_report_links_each_picture_once_and_tells_train_from_test_at_one_epo
   """Two methods, each with its pictures (the first method's also given as the report's own), one
   epoch: each picture linked once, the epoch count in words, and the one-epoch plot's train and
   test points drawn with markers a legend tells apart."""
-  from simclr_jax import report
+  from simclr_jax.report import comparison
   pics = {m: {'embedding_map': str(tmp_path / (f'pictures_{m}' if m != 'simclr' else '') / 'embedding_map.png'),
               'retrieval': str(tmp_path / (f'pictures_{m}' if m != 'simclr' else '') / 'retrieval.png')}
           for m in ('simclr', 'byol')}
@@ -88,7 +88,7 @@ def test_the_report_links_each_picture_once_and_tells_train_from_test_at_one_epo
   runs = {('supervised', 1.0): {'test_top1': 0.25, 'best_test_top1': 0.25, 'history': history, 'epochs': 1},
           ('finetune', 1.0): {'test_top1': 0.3, 'best_test_top1': 0.3, 'history': history, 'epochs': 1}}
   pre = {'epochs': 1, 'train_seconds': 3.0}
-  text = report.write_report(str(tmp_path), runs, pre, [1.0], 'h', pics['simclr'], {},
+  text = comparison.write_report(str(tmp_path), runs, pre, [1.0], 'h', pics['simclr'], {},
                              methods={m: (pre, None, pics[m]) for m in pics})
   for m in pics:
     for path in pics[m].values():
@@ -98,7 +98,7 @@ def test_the_report_links_each_picture_once_and_tells_train_from_test_at_one_epo
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots()
-  lines = {l.get_label(): l for l in report.draw_curves(ax, runs, 1.0)}
+  lines = {l.get_label(): l for l in comparison.draw_curves(ax, runs, 1.0)}
   plt.close(fig)
   for method in ('supervised (from scratch)', 'finetune (SimCLR encoder)'):
     test, train = lines[f'{method} test'], lines[f'{method} train']

@@ -14,8 +14,8 @@ import pytest
 
 from conftest import (DATA_DIR, DATASET, ROOT, cli_args, device_env, final_params, make_inputs, run_cli, tiny_config,
                       train_in_process)
-from simclr_jax import datasets, input_pipeline
-from simclr_jax.errors import DataError, Preempted
+from simclr_jax.data import pipeline, sources
+from simclr_jax.core.errors import DataError, Preempted
 
 
 def _inputs(placement, **fields):
@@ -39,13 +39,13 @@ def test_both_paths_give_the_same_images_at_each_step():
 
 
 def test_placement_auto_streams_what_does_not_fit_and_says_why(capsys):
-  source = datasets.get(DATASET, DATA_DIR)  # 60,000 images of 32 x 32 x 3 bytes: 0.17 GiB
-  assert input_pipeline.choose_placement('auto', source.nbytes(), memory=2**28) == 'stream'
+  source = sources.get(DATASET, DATA_DIR)  # 60,000 images of 32 x 32 x 3 bytes: 0.17 GiB
+  assert pipeline.choose_placement('auto', source.nbytes(), memory=2**28) == 'stream'
   assert ("data placement stream (config.data_placement=auto): the uint8 splits take 0.17 GiB, 40% of "
           "one device's 0.2 GiB is 0.10 GiB") in capsys.readouterr().out
   assert source.nbytes(10000) == 20000 * 32 * 32 * 3  # a train_limit counts
-  assert input_pipeline.choose_placement('auto', source.nbytes(), memory=2**30) == 'device'
-  assert input_pipeline.choose_placement('stream', source.nbytes(), memory=2**32) == 'stream'
+  assert pipeline.choose_placement('auto', source.nbytes(), memory=2**30) == 'device'
+  assert pipeline.choose_placement('stream', source.nbytes(), memory=2**32) == 'stream'
 
 
 @pytest.mark.slow
@@ -173,7 +173,7 @@ def test_the_threads_of_a_worker_open_a_tfds_split_one_at_a_time(monkeypatch):
   and once. A stand-in for tensorflow_datasets counts the threads inside it."""
   import threading
   import types
-  from simclr_jax import records as records_lib
+  from simclr_jax.data import records as records_lib
   inside, calls, most = [0], [0], [0]
   lock = threading.Lock()
 
@@ -218,7 +218,7 @@ def test_a_worker_killed_while_the_reader_waits_forever_stops_the_wait_with_one_
                                                          daemon=True) for i in range(2)]
   for w in workers:
     w.start()
-  inputs = object.__new__(input_pipeline.StreamInputs)
+  inputs = object.__new__(pipeline.StreamInputs)
   inputs._iterator, inputs._worker_processes = Blocked(), set()
   assert inputs._next(iter([{'image': 1}])) == {'image': 1}  # a step that sees the workers alive
   workers[0].kill()
@@ -231,7 +231,7 @@ def test_a_worker_killed_while_the_reader_waits_forever_stops_the_wait_with_one_
       raised.append(str(e))
   waiting = threading.Thread(target=wait, daemon=True)
   waiting.start()
-  waiting.join(3 * input_pipeline._WORKER_CHECK_SECONDS + input_pipeline._GRACE_SECONDS + 5)
+  waiting.join(3 * pipeline._WORKER_CHECK_SECONDS + pipeline._GRACE_SECONDS + 5)
   assert not waiting.is_alive(), 'the wait did not notice the dead worker'
   assert len(raised) == 1 and raised[0].startswith('the input pipeline stopped (a reading worker exited with code -9)')
   assert raised[0].endswith('rerun the same command to resume')
@@ -246,7 +246,7 @@ def test_both_paths_train_on_the_same_images_of_a_folder_with_a_broken_one_and_s
   from PIL import Image
   root = tmp_path / 'pics'
   root.mkdir()
-  source = datasets.load(DATASET, DATA_DIR, train_limit=99, test_split='')
+  source = sources.load(DATASET, DATA_DIR, train_limit=99, test_split='')
   for k, pixels in enumerate(source.train.images):
     Image.fromarray(pixels).save(root / f'{k:03d}.png')
   (root / '050.jpg').write_bytes(b'not a jpeg')  # readable name, unreadable content

@@ -5,7 +5,9 @@ import pytest
 
 import simclr_jax
 from conftest import DATA_DIR, DATASET
-from simclr_jax import datasets, models
+from simclr_jax import models
+from simclr_jax.models import resnet
+from simclr_jax.data import sources
 
 torch = pytest.importorskip('torch', reason='torch is part of the test extra: pip install -e .[test]')
 
@@ -35,7 +37,7 @@ def assert_torch_parity(workdir, tmp_path, head_layer=None):
   model = resnet(layers, width=int(round(64 * spec['width'])), bottleneck=block == 'bottleneck',
                  cifar_stem=spec['stem'] == 'cifar')
   model.load_state_dict(load_file(path), strict=True)  # every name and shape, nothing left over
-  images = datasets.load(DATASET, DATA_DIR, train_split='train[:200]', test_split='').train.images
+  images = sources.load(DATASET, DATA_DIR, train_split='train[:200]', test_split='').train.images
   ours = encoder.embed(images)
   theirs = _torch_features(model, images, encoder.mean, encoder.std)
   assert np.abs(ours - theirs).max() < 1e-4 * max(1.0, np.abs(ours).max()), np.abs(ours - theirs).max()
@@ -58,9 +60,9 @@ def test_strided_convolutions_differ_from_flax_same_padding_and_match_torch():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
   kernel = rng.normal(size=(3, 3, 3, 4)).astype(np.float32)
-  conv = models.nn.Conv(4, (3, 3), (2, 2), padding=models._pad(3), use_bias=False)
+  conv = resnet.nn.Conv(4, (3, 3), (2, 2), padding=resnet._pad(3), use_bias=False)
   ours = np.asarray(conv.apply({'params': {'kernel': jnp.asarray(kernel)}}, jnp.asarray(x)))
-  same = np.asarray(models.nn.Conv(4, (3, 3), (2, 2), padding='SAME', use_bias=False).apply(
+  same = np.asarray(resnet.nn.Conv(4, (3, 3), (2, 2), padding='SAME', use_bias=False).apply(
       {'params': {'kernel': jnp.asarray(kernel)}}, jnp.asarray(x)))
   t = torch.nn.functional.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2),
                                  torch.from_numpy(kernel).permute(3, 2, 0, 1), stride=2, padding=1)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from simclr_jax import models
-from simclr_jax.errors import ConfigError
+from simclr_jax.core.errors import ConfigError
 
 
 def fail(field: str, value, fix: str):

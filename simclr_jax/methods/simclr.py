@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from simclr_jax import models
-from simclr_jax.losses import nt_xent
+from simclr_jax.models.losses import nt_xent
 from simclr_jax.methods.base import Method, fail
 
 

@@ -6,7 +6,7 @@ and supervised (from random weights).
 finetune and linear_eval start from init_from's encoder and, with finetune_from_head_layer = K
 > 0, the first K layers of its projector (SimCLR v2's fine-tuning from inside the head).
 linear_eval has two protocols: 'features' (the default) embeds the splits once without
-augmentation and fits a logistic regression on the frozen features (simclr_jax.linear_probe),
+augmentation and fits a logistic regression on the frozen features (simclr_jax.evals.linear_probe),
 in seconds; 'augmented' trains a linear head on the frozen encoder with the classifier
 augmentation for config.epochs, as the SimCLR paper's linear evaluation does.
 """
@@ -20,11 +20,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from simclr_jax import augment, checkpoint, config_base, interrupts, models, optim, parallel, stage, train_loop
-from simclr_jax.errors import CheckpointError
-from simclr_jax.evaluate import EvalContext, TYPES, make_evaluators
-from simclr_jax.losses import classification_loss, top1
-from simclr_jax.metrics import write_results
+from simclr_jax import config_base, models
+from simclr_jax.data import augment
+from simclr_jax.train import checkpoint
+from simclr_jax.core import interrupts
+from simclr_jax.train import optim
+from simclr_jax.core import parallel
+from simclr_jax.stages import runner
+from simclr_jax.train import loop
+from simclr_jax.core.errors import CheckpointError
+from simclr_jax.evals import EvalContext, TYPES, make_evaluators
+from simclr_jax.models.losses import classification_loss, top1
+from simclr_jax.train.metric_writer import write_results
 
 ENCODER_FIELDS = ('model', 'width', 'stem')
 
@@ -88,18 +95,18 @@ def build_model(config, image_shape, num_classes: int):
   return model, variables, models.encoder_spec(encoder, image_shape, projector, head_layer)
 
 
-def build_task(config, mesh, inputs, eval_inputs, total_steps: int) -> train_loop.Task:
+def build_task(config, mesh, inputs, eval_inputs, total_steps: int) -> loop.Task:
   """The classifier, its optimiser for a run of total_steps, the state and the compiled step."""
   model, variables, spec = build_model(config, inputs.image_shape, inputs.num_classes)
   aug = augment.settings_from_config(config.augment)
-  opt = stage.optimizer(config, total_steps, inputs.steps_per_epoch)
+  opt = runner.optimizer(config, total_steps, inputs.steps_per_epoch)
   body = 'frozen' if config.stage == 'linear_eval' else 'model'
   tx = opt.build(lambda learning_rate, _: optim.partition(
       {'model': opt.make(learning_rate), 'frozen': optax.set_to_zero()},
       {'encoder': body, 'projector': body, 'head': 'model'}))
-  state = train_loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed)
+  state = loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed)
   state = jax.device_put(state, parallel.replicated(mesh))
-  step_fn = train_loop.make_train_step(
+  step_fn = loop.make_train_step(
       classifier_loss_fn(model), functools.partial(augment.classifier_views, settings=aug), tx,
       inject_nan_at_step=config.inject_nan_at_step)
   notes = {'stage': config.stage, 'label_fraction': config.label_fraction,
@@ -108,7 +115,7 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int) -> train_loo
   if config.stage == 'linear_eval':
     notes['protocol'] = 'augmented'
   evaluators = make_evaluators(config.evals, {'labels'})
-  return train_loop.Task(
+  return loop.Task(
       state=state, step_fn=step_fn, inputs=inputs, evaluators=evaluators,
       infer=augment.inference(functools.partial(model.apply, train=False), aug),
       summarize=functools.partial(summarize, evaluators=evaluators), schedule=opt.schedule, notes=notes,
@@ -121,14 +128,14 @@ def summarize(record: dict, facts: dict, evaluators=()) -> dict:
   evals = [r for r in record['evals'] if 'test_top1' in r]
   best = max(evals, key=lambda r: r['test_top1']) if evals else {}
   last = evals[-1] if evals else {}
-  return {**facts, **stage.evaluator_figures(record, evaluators), 'test_top1': last.get('test_top1'),
+  return {**facts, **runner.evaluator_figures(record, evaluators), 'test_top1': last.get('test_top1'),
           'best_test_top1': best.get('test_top1'), 'best_epoch': best.get('epoch'),
           'train_top1': last.get('train_top1'),
           'history': [{k: r.get(k) for k in ('epoch', 'train_top1', 'train_loss', 'test_top1', 'test_loss')}
                       for r in evals]}
 
 
-def linear_probe_on_features(probe_settings, eval_batch_size: int, workdir: str, task: train_loop.Task) -> dict:
+def linear_probe_on_features(probe_settings, eval_batch_size: int, workdir: str, task: loop.Task) -> dict:
   """linear_eval with protocol 'features' (probe_settings: config.evals.linear): embed once, fit
   the probe, write results.json."""
   t0 = time.time()
@@ -152,7 +159,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (or, for linear_eval on features, fits) the classifier stage; writes results.json."""
   starts = {'init_from': config.init_from} if config.stage in config_base.DOWNSTREAM else {}
   features = config.stage == 'linear_eval' and config.protocol == 'features'
-  return stage.train_and_evaluate(
+  return runner.train_and_evaluate(
       config, workdir, build_task, starts, label_fraction=config.label_fraction, require_labels=True,
       finish=functools.partial(linear_probe_on_features, config.evals.linear, config.eval_batch_size, workdir)
       if features else None,

@@ -20,17 +20,22 @@ import jax
 import numpy as np
 import optax
 
-from simclr_jax import (checkpoint, datasets, input_pipeline, models, optim, parallel, train_loop,
-                        workdir as workdir_lib)
-from simclr_jax.errors import DataError
-from simclr_jax.metrics import log, plural
+from simclr_jax import models
+from simclr_jax.train import checkpoint
+from simclr_jax.data import pipeline, sources
+from simclr_jax.train import optim
+from simclr_jax.core import parallel
+from simclr_jax.train import loop
+from simclr_jax.stages import workdir as workdir_lib
+from simclr_jax.core.errors import DataError
+from simclr_jax.core.log import log, plural
 
 
 @dataclasses.dataclass
 class Data:
-  source: datasets.Source
-  eval_source: datasets.Source | None
-  inputs: object                  # input_pipeline.DeviceInputs or StreamInputs
+  source: sources.Source
+  eval_source: sources.Source | None
+  inputs: object                  # pipeline.DeviceInputs or StreamInputs
   eval_inputs: object
 
   @property
@@ -56,7 +61,7 @@ def log_model(spec: dict, requested_stem: str, inputs) -> None:
       f'{plural(inputs.steps_per_epoch, "step")} per epoch')
 
 
-def _check_labelled(source: datasets.Source, rows, field: str, value: str) -> None:
+def _check_labelled(source: sources.Source, rows, field: str, value: str) -> None:
   problems = []
   labels = source.labels('train') if source.labelled else np.full(source.size('train'), -1)
   labels = labels if rows is None else labels[rows]
@@ -76,36 +81,36 @@ def prepare_data(config, workdir: str, mesh, *, label_fraction: float = 1.0, req
   train_limit images; with keep_unlabelled, every image, those outside the fraction without a
   label) and eval_dataset, described, checked against the checkpoint's record of its data, then
   placed as config.data_placement says."""
-  source = datasets.get(config.dataset, config.data_dir, image_size=config.image_size,
+  source = sources.get(config.dataset, config.data_dir, image_size=config.image_size,
                         train_split=config.train_split, test_split=config.test_split,
                         test_fraction=config.test_fraction)
   eval_source = None
   if config.eval_dataset:
-    eval_source = datasets.get(config.eval_dataset, config.data_dir, image_size=source.image_size,
+    eval_source = sources.get(config.eval_dataset, config.data_dir, image_size=source.image_size,
                                test_fraction=config.test_fraction)
     _check_labelled(eval_source, None, 'eval_dataset', config.eval_dataset)
   data = Data(source, eval_source, None, None)
   workdir_lib.check_data(workdir, data.sources, config.allow_data_change)
   if keep_unlabelled:
-    rows = datasets.select_rows(source, config.train_limit)
+    rows = sources.select_rows(source, config.train_limit)
     if source.labelled and label_fraction < 1.0:
-      source = data.source = datasets.keep_labels(source, datasets.select_rows(
+      source = data.source = sources.keep_labels(source, sources.select_rows(
           source, config.train_limit, label_fraction, config.label_seed))
   else:
-    rows = datasets.select_rows(source, config.train_limit, label_fraction, config.label_seed)
+    rows = sources.select_rows(source, config.train_limit, label_fraction, config.label_seed)
   if require_labels:
     _check_labelled(source, rows, 'dataset', config.dataset)
-  data.inputs, data.eval_inputs = input_pipeline.make_inputs(
+  data.inputs, data.eval_inputs = pipeline.make_inputs(
       source, rows, config.data_placement, mesh, config.batch_size, config.seed, eval_source=eval_source,
       workers=config.input_workers, max_bad_fraction=config.max_bad_fraction, small_set_notice=small_set_notice)
   workdir_lib.write_manifest(workdir, data.sources)
   return data
 
 
-def loop_settings(config, steps_per_epoch: int, meta: dict) -> train_loop.LoopSettings:
+def loop_settings(config, steps_per_epoch: int, meta: dict) -> loop.LoopSettings:
   """The loop's settings from the config; meta is saved with each checkpoint (the config is
   added here). Its total_steps is what the stage's task and optimiser are built for."""
-  return train_loop.LoopSettings(
+  return loop.LoopSettings(
       epochs=config.epochs, steps_per_epoch=steps_per_epoch,
       eval_batch_size=config.eval_batch_size, log_every_steps=config.log_every_steps,
       log_every_seconds=config.log_every_seconds, checkpoint_every_epochs=config.checkpoint_every_epochs,
@@ -142,7 +147,7 @@ def optimizer(config, total_steps: int, steps_per_epoch: int) -> Optimizer:
 def evaluator_figures(record: dict, evaluators) -> dict:
   """For results.json: each evaluator's latest figures ('<name>_<metric>'), '<name>_history'
   ([[epoch, top1], ...]), and 'protocols' and 'labels' of the figures that have a value."""
-  from simclr_jax.evaluate import describe
+  from simclr_jax.evals import describe
   out = {}
   for e in evaluators:
     for metric in e.metrics:
@@ -164,7 +169,7 @@ def train_and_evaluate(config, workdir: str, build_task, checkpoints: dict | Non
   results.json, which is then all that marks it finished)."""
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
-  done = train_loop.finished_results(workdir, config.epochs) if finish is None else kept_results(workdir)
+  done = loop.finished_results(workdir, config.epochs) if finish is None else kept_results(workdir)
   if done is not None:
     return done
   for role, path in (checkpoints or {}).items():
@@ -175,7 +180,7 @@ def train_and_evaluate(config, workdir: str, build_task, checkpoints: dict | Non
   task = build_task(config, mesh, data.inputs, data.eval_inputs, settings.total_steps)
   log_model(task.meta['model'], config.stem, data.inputs)
   workdir_lib.mark_started(workdir)  # from here a failure keeps what the run wrote
-  return finish(task) if finish is not None else train_loop.run(task, workdir, settings)
+  return finish(task) if finish is not None else loop.run(task, workdir, settings)
 
 
 def kept_results(workdir: str) -> dict | None:

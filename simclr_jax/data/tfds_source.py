@@ -14,8 +14,8 @@ import os
 
 import numpy as np
 
-from simclr_jax import decode_cache, images as images_lib, records as records_lib
-from simclr_jax.errors import DataError, first_line, summary
+from simclr_jax.data import decode_cache, images as images_lib, records as records_lib
+from simclr_jax.core.errors import DataError, first_line, summary
 
 
 def _tfds():

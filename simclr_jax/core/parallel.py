@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from simclr_jax.errors import ConfigError
+from simclr_jax.core.errors import ConfigError
 
 
 def make_mesh(devices=None) -> Mesh:

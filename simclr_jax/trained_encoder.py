@@ -30,8 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simclr_jax import augment, checkpoint, interrupts, models
-from simclr_jax.errors import UserError
+from simclr_jax import models
+from simclr_jax.data import augment
+from simclr_jax.train import checkpoint
+from simclr_jax.core import interrupts
+from simclr_jax.core.errors import UserError
 
 FORMAT = 'simclr_jax.encoder/2'
 LAYOUTS = ('flax', 'torchvision')

@@ -1,10 +1,8 @@
-"""Scalars to workdir/metrics.jsonl and TensorBoard event files, plus the progress line.
+"""A run's scalars in workdir/metrics.jsonl and TensorBoard event files, and its results.json.
 
     writer = MetricWriter(workdir)
     writer.write('train', step, {'loss': 1.2})
     write_results(workdir, {'knn_top1': 0.9})
-    log('notice: ...')   # one line to stdout from process 0
-    plural(1, 'epoch')   # '1 epoch'
 
 Resuming appends: rows for steps already in the file are not written again.
 """
@@ -13,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 import jax
+
+from simclr_jax.core.log import log
 
 
 def _summary_writer(logdir: str):
@@ -95,30 +94,3 @@ def write_results(workdir: str, results: dict) -> dict:
     os.replace(path + '.tmp', path)
   log(f'results: {json.dumps(results)}')
   return results
-
-
-def log(message: str) -> None:
-  """One line to stdout from process 0. Characters the terminal cannot show (a file name that is
-  not UTF-8) are escaped, never an error."""
-  if jax.process_index() != 0:
-    return
-  line = f'{time.strftime("%H:%M:%S")} {message}\n'
-  stream = sys.stdout
-  encoding = getattr(stream, 'encoding', None) or 'utf-8'
-  try:
-    stream.write(line.encode(encoding, 'backslashreplace').decode(encoding))
-    stream.flush()
-  except (OSError, ValueError):  # a closed or broken stdout: logs are not worth a crash
-    pass
-
-
-def plural(n: int, word: str, words: str = '') -> str:
-  """'1 epoch', '2 epochs' (words: an irregular plural)."""
-  return f'{n:,} {word if n == 1 else (words or word + "s")}'
-
-
-def format_eta(seconds: float) -> str:
-  seconds = int(max(0, seconds))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f'{h}:{m:02d}:{s:02d}'

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from simclr_jax.metrics import log
+from simclr_jax.core.log import log
 
 # Warmup longer than this share of the run is shortened to it (a short run just works).
 MAX_WARMUP_SHARE = 0.25

@@ -18,9 +18,9 @@ from typing import Callable
 
 import numpy as np
 
-from simclr_jax import folders
-from simclr_jax.errors import DataError
-from simclr_jax.metrics import log, plural
+from simclr_jax.data import folders
+from simclr_jax.core.errors import DataError
+from simclr_jax.core.log import log, plural
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Dataset:
 @dataclasses.dataclass(frozen=True, eq=False)
 class Source:
   """A dataset known without decoding it. records: role ('train', 'test') -> random access to
-  its records (simclr_jax.records), None for a missing test split; identity: role -> {'count',
+  its records (simclr_jax.data.records), None for a missing test split; identity: role -> {'count',
   'hash'} of what the split is made of (files, sizes, modification times; a TFDS version and
   split), which a checkpoint remembers; manifest: role -> one line per file, to name changes."""
   name: str
@@ -119,7 +119,7 @@ def get(spec: str, data_dir: str = '', *, image_size: int = 0, train_split: str 
                       '--config.image_size (for example 32, 96 or 224)')
     fields = folders.describe(spec, image_size, test_fraction)
   else:
-    from simclr_jax import tfds_source
+    from simclr_jax.data import tfds_source
     fields = tfds_source.describe(spec, data_dir, image_size, {'train': train_split, 'test': test_split})
   fields['_decode'], fields['_labels'] = fields.pop('decode'), fields.pop('labels')
   return Source(**fields)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 
-from simclr_jax.metrics import plural
-from simclr_jax.pictures import save_figure
+from simclr_jax.core.log import plural
+from simclr_jax.report.pictures import save_figure
 
 # method -> (label in the report, protocol of its figure)
 METHODS = {

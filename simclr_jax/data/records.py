@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 
-from simclr_jax import images
+from simclr_jax.data import images
 
 
 def epoch_indices(seed: int, epoch: int, num_examples: int, length: int) -> np.ndarray:

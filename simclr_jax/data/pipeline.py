@@ -7,7 +7,7 @@
     for chunk, valid, labels in inputs.chunks('test', 1000):  # unaugmented uint8, sharded, in order
       ...
 
-- device: both splits decoded once (datasets.Source.decode), held as uint8 on every device; each
+- device: both splits decoded once (sources.Source.decode), held as uint8 on every device; each
   step's batch is gathered there by index (a small compiled gather, so the training step is the
   same program for any dataset size). The fastest path, for data that fits.
 - stream: grain worker processes read and decode each process's share of every batch (its rows
@@ -31,10 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simclr_jax import datasets, interrupts, parallel
-from simclr_jax.errors import DataError, summary
-from simclr_jax.metrics import log, plural
-from simclr_jax.records import ChunkPlan, Decode, TrainPlan, epoch_indices
+from simclr_jax.data import sources
+from simclr_jax.core import interrupts, parallel
+from simclr_jax.core.errors import DataError, summary
+from simclr_jax.core.log import log, plural
+from simclr_jax.data.records import ChunkPlan, Decode, TrainPlan, epoch_indices
 
 # The datasets held on every device may take at most this share of one device's memory; the rest
 # is for the model, its activations and the optimiser. data_placement=auto streams beyond it.
@@ -50,7 +51,7 @@ class _Inputs:
   """What both paths share: the training split's records in use (`rows`, None for all), the order
   of each epoch's images fixed by (seed, epoch), and the evaluation splits' metadata."""
 
-  def __init__(self, source: datasets.Source, rows, mesh, batch_size: int, seed: int):
+  def __init__(self, source: sources.Source, rows, mesh, batch_size: int, seed: int):
     self.source, self.rows, self.mesh, self.batch_size, self.seed = source, rows, mesh, batch_size, seed
     self.num_examples = source.size('train') if rows is None else len(rows)
     if not self.num_examples:
@@ -281,7 +282,7 @@ class StreamInputs(_Inputs):
     """The device path's notice (or error) for the unreadable images found so far, once each."""
     bad = list(self.bad.values())
     try:
-      datasets.check_bad(f'{self.source.name} (train)', bad, self.num_examples, self.max_bad_fraction)
+      sources.check_bad(f'{self.source.name} (train)', bad, self.num_examples, self.max_bad_fraction)
     except DataError:
       self.close()
       raise
@@ -309,7 +310,7 @@ class StreamInputs(_Inputs):
 
 def _reason(records, index: int) -> str:
   """Why a record's image cannot be decoded (read again here, as the device path reports it)."""
-  from simclr_jax import images
+  from simclr_jax.data import images
   try:
     images.decode(records[index][0])
   except Exception as e:
@@ -353,8 +354,8 @@ def choose_placement(requested: str, need: int, memory: int | None = None, names
   return placement
 
 
-def make_inputs(source: datasets.Source, rows, placement: str, mesh, batch_size: int, seed: int, *,
-                eval_source: datasets.Source | None = None, workers: int = 0,
+def make_inputs(source: sources.Source, rows, placement: str, mesh, batch_size: int, seed: int, *,
+                eval_source: sources.Source | None = None, workers: int = 0,
                 max_bad_fraction: float = 0.01, small_set_notice: bool = True):
   """(training inputs, evaluation inputs) on the path `placement` (config.data_placement)
   chooses: the source's training records `rows` (None: all) and its test split, and eval_source

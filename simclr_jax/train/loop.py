@@ -28,11 +28,14 @@ import numpy as np
 import optax
 from flax import struct
 
-from simclr_jax import checkpoint, compile_cache, interrupts, optim
-from simclr_jax.errors import NonFiniteError, Preempted
-from simclr_jax.evaluate import EvalContext
-from simclr_jax.metrics import MetricWriter, format_eta, log, plural, write_results
-from simclr_jax.periodic import itstime
+from simclr_jax.train import checkpoint, compile_cache
+from simclr_jax.core import interrupts
+from simclr_jax.train import optim
+from simclr_jax.core.errors import NonFiniteError, Preempted
+from simclr_jax.evals import EvalContext
+from simclr_jax.core.log import format_eta, log, plural
+from simclr_jax.train.metric_writer import MetricWriter, write_results
+from simclr_jax.core.periodic import itstime
 
 
 class TrainState(struct.PyTreeNode):
@@ -109,8 +112,8 @@ class Task:
   """What the loop needs from a stage."""
   state: TrainState                 # initial state (replicated on the mesh)
   step_fn: Callable                 # from make_train_step
-  inputs: Any                       # an input path of simclr_jax.input_pipeline
-  evaluators: list                  # simclr_jax.evaluate evaluators, each with every_epochs
+  inputs: Any                       # an input path of simclr_jax.data.pipeline
+  evaluators: list                  # simclr_jax.evals evaluators, each with every_epochs
   infer: Callable                   # (variables, uint8 images) -> dict of outputs, eval mode
   summarize: Callable[[dict, dict], dict]  # (record, run facts) -> results.json
   schedule: Callable | None = None  # step -> learning rate, for the logs
@@ -226,7 +229,7 @@ class Run:
 
   def compile(self, step_fn, example):
     """The AOT-compiled step, with a line before and after that says whether it came from the
-    persistent compilation cache (simclr_jax.compile_cache); each start of the run is recorded
+    persistent compilation cache (simclr_jax.train.compile_cache); each start of the run is recorded
     (the compile's time is not counted in the first window's images/s)."""
     with interrupts.phase('compiling the training step'), self.immediate():
       log('compiling the training step')

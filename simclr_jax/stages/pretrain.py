@@ -13,11 +13,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from simclr_jax import augment, methods, models, optim, parallel, stage, train_loop
-from simclr_jax.evaluate import make_evaluators
-from simclr_jax.losses import classification_loss, top1
+from simclr_jax import methods, models
+from simclr_jax.data import augment
+from simclr_jax.train import optim
+from simclr_jax.core import parallel
+from simclr_jax.stages import runner
+from simclr_jax.train import loop
+from simclr_jax.evals import make_evaluators
+from simclr_jax.models.losses import classification_loss, top1
 from simclr_jax.methods.base import apply_views
-from simclr_jax.metrics import log
+from simclr_jax.core.log import log
 
 
 def pretrain_loss_fn(model, method):
@@ -39,8 +44,8 @@ def pretrain_loss_fn(model, method):
   return loss_fn
 
 
-def make_tx(opt: stage.Optimizer, probe_learning_rate: float, constant_lr: tuple = ()):
-  """The stage's optimiser (stage.optimizer) for the model, Adam for the online probe. The
+def make_tx(opt: runner.Optimizer, probe_learning_rate: float, constant_lr: tuple = ()):
+  """The stage's optimiser (runner.optimizer) for the model, Adam for the online probe. The
   parameter groups named in constant_lr (a method's Method.constant_lr_groups()) keep the peak
   learning rate throughout, without warmup or decay."""
   groups = {'encoder': 'model', 'projector': 'model', 'predictor': 'model', 'online_probe': 'probe',
@@ -92,9 +97,9 @@ def _monitor_images(inputs, batch: int):
     return chunk[:valid] if valid == chunk.shape[0] else chunk
 
 
-def build_task(config, mesh, inputs, eval_inputs, total_steps: int, make_views=None) -> train_loop.Task:
+def build_task(config, mesh, inputs, eval_inputs, total_steps: int, make_views=None) -> loop.Task:
   """Model, optimiser, initial state, compiled step, monitor and evaluators for pretraining
-  (total_steps: the run's length, stage.loop_settings' total_steps). eval_inputs (None: inputs)
+  (total_steps: the run's length, runner.loop_settings' total_steps). eval_inputs (None: inputs)
   holds the labelled splits of the monitors; make_views(key, images_uint8) replaces the method's
   views (the benchmark's ablation)."""
   eval_inputs = eval_inputs or inputs
@@ -104,21 +109,21 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int, make_views=N
   model = method.make_model(encoder, inputs.num_classes if probe else 0)
   first = augment.settings_from_config(config.augment)
   second = augment.settings_from_config(config.augment, config.view2)
-  opt = stage.optimizer(config, total_steps, inputs.steps_per_epoch)
+  opt = runner.optimizer(config, total_steps, inputs.steps_per_epoch)
   tx = make_tx(opt, config.online_probe_learning_rate, method.constant_lr_groups())
   variables = models.init_variables(model, config.seed, inputs.image_shape)
-  state = train_loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed,
+  state = loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed,
                                        method.init_state(variables))
   state = jax.device_put(state, parallel.replicated(mesh))
   views = make_views or functools.partial(augment.pair_views, first=first, second=second)
   loss_fn = pretrain_loss_fn(model, method)
-  step_fn = train_loop.make_train_step(loss_fn, views, tx, method.update, config.inject_nan_at_step)
+  step_fn = loop.make_train_step(loss_fn, views, tx, method.update, config.inject_nan_at_step)
   available = {'labels'} if eval_inputs.labelled_test else set()
   if probe and eval_inputs.labelled_test and eval_inputs.num_classes == inputs.num_classes:
     available.add('probe')
   evaluators = make_evaluators(config.evals, available)
   monitor = collapse_monitor(model, first, _monitor_images(inputs, inputs.batch_size), model.projector.dims[-1])
-  return train_loop.Task(
+  return loop.Task(
       state=state, step_fn=step_fn, inputs=inputs, evaluators=evaluators,
       infer=augment.inference(functools.partial(model.apply, train=False), first),
       summarize=functools.partial(summarize, evaluators=evaluators), schedule=opt.schedule,
@@ -131,9 +136,9 @@ def summarize(record: dict, facts: dict, evaluators=()) -> dict:
   """results.json of a pretraining run, from the checkpoint's record."""
   train = record['train'] or {}
   return {**facts, 'final_loss': train.get('loss'), 'embedding_std': train.get('embedding_std'),
-          'embedding_rank': train.get('embedding_rank'), **stage.evaluator_figures(record, evaluators)}
+          'embedding_rank': train.get('embedding_rank'), **runner.evaluator_figures(record, evaluators)}
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Pretrains to config.epochs (resuming from workdir) and writes workdir/results.json."""
-  return stage.train_and_evaluate(config, workdir, build_task)
+  return runner.train_and_evaluate(config, workdir, build_task)

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from simclr_jax import interrupts
+from simclr_jax.core import interrupts
 
 
 def save_figure(fig, path: str, dpi: int = 110) -> None:
@@ -132,9 +132,10 @@ def pictures_of_run(workdir: str, out_dir: str = '', dataset: str = '', data_dir
   given), on the run's labelled data (its dataset, or its eval_dataset when that is unlabelled),
   read as the run read it (image size, splits, train_limit): {'embedding_map': path,
   'retrieval': path}. The output folder is checked before any work."""
-  from simclr_jax import checkpoint, datasets
-  from simclr_jax.encoder import load_encoder
-  from simclr_jax.errors import UserError
+  from simclr_jax.train import checkpoint
+  from simclr_jax.data import sources
+  from simclr_jax.trained_encoder import load_encoder
+  from simclr_jax.core.errors import UserError
   config = {}
   if os.path.isdir(workdir):
     config = checkpoint.read_meta(checkpoint.find_checkpoint(workdir, 'workdir'), 'workdir')['config']
@@ -155,7 +156,7 @@ def pictures_of_run(workdir: str, out_dir: str = '', dataset: str = '', data_dir
   own = name == config.get('dataset')
   interrupts.set_resume_hint('rerun the same command to make the pictures')
   with interrupts.phase('loading the data for the pictures'):
-    ds = datasets.load(name, config.get('data_dir', '') if data_dir is None else data_dir,
+    ds = sources.load(name, config.get('data_dir', '') if data_dir is None else data_dir,
                        config.get('train_limit', 0) if own else 0,
                        image_size=image_size or encoder.image_shape[0],
                        train_split=config.get('train_split', 'train') if own else 'train',

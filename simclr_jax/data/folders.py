@@ -21,10 +21,10 @@ import os
 
 import numpy as np
 
-from simclr_jax import images
-from simclr_jax.errors import DataError
-from simclr_jax.images import IMAGE_EXTENSIONS, is_image_file
-from simclr_jax.metrics import log
+from simclr_jax.data import images
+from simclr_jax.core.errors import DataError
+from simclr_jax.data.images import IMAGE_EXTENSIONS, is_image_file
+from simclr_jax.core.log import log
 
 PREFIX = 'folder:'
 SPLIT_NAMES = ('train', 'test')
@@ -195,7 +195,7 @@ def _stat(path: str) -> str:
 def describe(name: str, image_size: int, test_fraction: float) -> dict:
   """Source fields (datasets.Source) of folder:PATH: its layout and its files' metadata, nothing
   decoded."""
-  from simclr_jax import decode_cache, records as records_lib
+  from simclr_jax.data import decode_cache, records as records_lib
   root = folder_path(name)
   layout = scan(root)
   if layout.unreadable:

@@ -15,8 +15,8 @@ import os
 
 import numpy as np
 
-from simclr_jax import interrupts
-from simclr_jax.metrics import log
+from simclr_jax.core import interrupts
+from simclr_jax.core.log import log
 
 
 def cache_root(environ=os.environ) -> str:

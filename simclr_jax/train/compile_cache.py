@@ -7,7 +7,7 @@ shapes, loads its compiled programs instead of compiling them again.
     cached = compile_cache.hits() > before   # this program came from the cache
 
 The folder is JAX's own setting, $JAX_COMPILATION_CACHE_DIR, else the user cache's xla/
-(simclr_jax.decode_cache.cache_root: $SIMCLR_JAX_CACHE, $XDG_CACHE_HOME/simclr_jax or
+(simclr_jax.data.decode_cache.cache_root: $SIMCLR_JAX_CACHE, $XDG_CACHE_HOME/simclr_jax or
 ~/.cache/simclr_jax); JAX_ENABLE_COMPILATION_CACHE=false turns it off. JAX writes an entry from
 process 0 only, under a name of its own (a hash of the program and the compile options), once; a
 process that finds an entry it cannot read compiles the program itself. The folder keeps every
@@ -28,7 +28,7 @@ def cache_dir(environ=os.environ) -> str | None:
     return None
   if environ.get('JAX_COMPILATION_CACHE_DIR'):
     return environ['JAX_COMPILATION_CACHE_DIR']
-  from simclr_jax.decode_cache import cache_root
+  from simclr_jax.data.decode_cache import cache_root
   return os.path.join(cache_root(environ), 'xla')
 
 

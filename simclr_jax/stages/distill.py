@@ -21,10 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simclr_jax import augment, checkpoint, classify, models, parallel, stage, train_loop
-from simclr_jax.errors import CheckpointError, DataError
-from simclr_jax.evaluate import make_evaluators
-from simclr_jax.losses import classification_loss, distillation_loss, top1
+from simclr_jax import models
+from simclr_jax.data import augment
+from simclr_jax.train import checkpoint
+from simclr_jax.stages import classify
+from simclr_jax.core import parallel
+from simclr_jax.stages import runner
+from simclr_jax.train import loop
+from simclr_jax.core.errors import CheckpointError, DataError
+from simclr_jax.evals import make_evaluators
+from simclr_jax.models.losses import classification_loss, distillation_loss, top1
 
 
 def load_teacher(path: str, image_shape, mean, std):
@@ -67,7 +73,7 @@ def distill_loss_fn(model, teacher, temperature: float, label_weight: float):
   return loss_fn
 
 
-def build_task(config, mesh, inputs, eval_inputs, total_steps: int) -> train_loop.Task:
+def build_task(config, mesh, inputs, eval_inputs, total_steps: int) -> loop.Task:
   """The student, its optimiser for a run of total_steps and the teacher's variables in the
   state; eval_inputs (None: inputs) holds the labelled test split."""
   eval_inputs = eval_inputs or inputs
@@ -78,13 +84,13 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int) -> train_loo
       raise DataError(f'teacher_from {config.teacher_from!r} has {teacher.num_classes} classes, {what} '
                       f'has {n}: distil on data with the teacher\'s classes')
   model, variables, spec = classify.build_model(config, inputs.image_shape, teacher.num_classes)
-  opt = stage.optimizer(config, total_steps, inputs.steps_per_epoch)
+  opt = runner.optimizer(config, total_steps, inputs.steps_per_epoch)
   tx = opt.build(lambda learning_rate, _: opt.make(learning_rate))
-  state = train_loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed,
+  state = loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed,
                                        {'teacher': teacher_vars})
   state = jax.device_put(state, parallel.replicated(mesh))
   loss_fn = distill_loss_fn(model, teacher, config.distill_temperature, config.distill_label_weight)
-  step_fn = train_loop.make_train_step(loss_fn, functools.partial(augment.classifier_views, settings=aug), tx,
+  step_fn = loop.make_train_step(loss_fn, functools.partial(augment.classifier_views, settings=aug), tx,
                                        inject_nan_at_step=config.inject_nan_at_step)
   evaluators = make_evaluators(config.evals, {'labels'} if eval_inputs.labelled_test else set())
   labelled = int(np.sum(inputs.train_labels() >= 0)) if inputs.num_classes else 0
@@ -94,7 +100,7 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int) -> train_loo
                        'from': 'init_from' if config.init_from else 'scratch'},
            'distill_temperature': config.distill_temperature, 'distill_label_weight': config.distill_label_weight,
            'labelled_examples': labelled, 'train_examples': inputs.num_examples}
-  return train_loop.Task(
+  return loop.Task(
       state=state, step_fn=step_fn, inputs=inputs, evaluators=evaluators,
       infer=augment.inference(functools.partial(model.apply, train=False), aug),
       summarize=functools.partial(classify.summarize, evaluators=evaluators), schedule=opt.schedule, notes=notes,
@@ -104,5 +110,5 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int) -> train_loo
 def train_and_evaluate(config, workdir: str) -> dict:
   """Distils config.teacher_from into the student on every training image; writes results.json."""
   starts = {'teacher_from': config.teacher_from, **({'init_from': config.init_from} if config.init_from else {})}
-  return stage.train_and_evaluate(config, workdir, build_task, starts, label_fraction=config.label_fraction,
+  return runner.train_and_evaluate(config, workdir, build_task, starts, label_fraction=config.label_fraction,
                                   keep_unlabelled=True)

@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simclr_jax.linear_probe import fit_linear_probe
-from simclr_jax.losses import classification_loss, top1
-from simclr_jax.metrics import log
+from simclr_jax.evals.linear_probe import fit_linear_probe
+from simclr_jax.models.losses import classification_loss, top1
+from simclr_jax.core.log import log
 
 
 class EvalContext:
@@ -140,7 +140,7 @@ class OnlineLinearEvaluator(Evaluator):
 
 
 class LinearEvaluator(Evaluator):
-  """The offline linear probe on frozen, unaugmented features (simclr_jax.linear_probe)."""
+  """The offline linear probe on frozen, unaugmented features (simclr_jax.evals.linear_probe)."""
   type, protocol = 'linear', 'features'
   metrics = ('top1', 'weight_decay')
   label = 'linear probe on frozen features'

@@ -27,8 +27,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from simclr_jax.errors import CheckpointError, summary
-from simclr_jax.metrics import log
+from simclr_jax.core.errors import CheckpointError, summary
+from simclr_jax.core.log import log
 from simclr_jax.models import FORMAT_VERSION
 
 # The layout of a saved training state beyond its model: 2 since the optimiser's state holds its
@@ -223,7 +223,7 @@ def _folder_bytes(path: str) -> int:
 
 def _warn_if_space_is_short(folder: str) -> None:
   """A notice when the free space is less than twice the newest checkpoint's size."""
-  from simclr_jax.metrics import log
+  from simclr_jax.core.log import log
   steps = list_steps(folder)
   if not steps:
     return

@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 
-from simclr_jax.errors import Preempted
+from simclr_jax.core.errors import Preempted
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -28,9 +28,12 @@ import os
 import socket
 import time
 
-from simclr_jax import checkpoint, config_base, folders, optim
-from simclr_jax.errors import ConfigError
-from simclr_jax.metrics import log, plural
+from simclr_jax import config_base
+from simclr_jax.train import checkpoint
+from simclr_jax.data import folders
+from simclr_jax.train import optim
+from simclr_jax.core.errors import ConfigError
+from simclr_jax.core.log import log, plural
 
 LOCK_NAME = '.lock'
 _held = {}  # path -> open file descriptor: the lock lasts as long as this process
