@@ -74,17 +74,17 @@ def make_config(args, batch_size: int, dtype: str):
 
 
 def time_dataset_load(args) -> dict:
-  from simclr_jax.data import sources
+  from simclr_jax.data import registry
   with tempfile.TemporaryDirectory() as cache:
     old = os.environ.get('SIMCLR_JAX_CACHE')
     os.environ['SIMCLR_JAX_CACHE'] = cache
     try:
       t0 = time.perf_counter()
-      sources.load(args.dataset, args.data_dir, args.train_limit, train_split=args.train_split,
+      registry.load(args.dataset, args.data_dir, args.train_limit, train_split=args.train_split,
                     test_split=args.test_split)
       cold = time.perf_counter() - t0
       t0 = time.perf_counter()
-      sources.load(args.dataset, args.data_dir, args.train_limit, train_split=args.train_split,
+      registry.load(args.dataset, args.data_dir, args.train_limit, train_split=args.train_split,
                     test_split=args.test_split)
       warm = time.perf_counter() - t0
     finally:
@@ -102,7 +102,7 @@ def time_step(args, config, mesh, inputs, augment_views: bool = True) -> dict:
   make_views = None
   if not augment_views:  # the same step with the views replaced by the normalised images, twice
     aug = augment.settings_from_config(config.augment)
-    make_views = lambda key, x: jax.numpy.repeat(augment.eval_view(x, aug), 2, axis=0)
+    make_views = lambda key, x: {'global': jax.numpy.stack([augment.eval_view(x, aug)] * 2)}
   total = runner.loop_settings(config, inputs.steps_per_epoch, {}).total_steps
   task = pretrain.build_task(config, mesh, inputs, None, total, make_views=make_views)
   step_fn, feed = inputs.bind(task.step_fn), _feed(inputs)  # each batch gathered as in training
@@ -192,16 +192,16 @@ def time_stream_step(args, config, mesh, source, rows, workers: int) -> dict:
 
 
 def time_streaming(args, mesh, first_config) -> dict:
-  from simclr_jax.data import pipeline, sources
+  from simclr_jax.data import pipeline, registry, sources
   workers = args.stream_workers or pipeline.default_workers()
-  source = sources.get(args.dataset, args.data_dir, train_split=args.train_split, test_split=args.test_split)
+  source = registry.get(args.dataset, args.data_dir, train_split=args.train_split, test_split=args.test_split)
   rows = sources.select_rows(source, args.train_limit)
   out = {'pipeline': [], 'step': None}
   batch = first_config.batch_size
   for w in sorted({1, workers}):
     out['pipeline'].append(time_pipeline(source, rows, mesh, batch, w, args.pipeline_batches))
   if args.folder:
-    folder = sources.get(f'folder:{args.folder}', image_size=args.folder_size)
+    folder = registry.get(f'folder:{args.folder}', image_size=args.folder_size)
     for w in sorted({1, workers}):
       out['pipeline'].append(time_pipeline(folder, None, mesh, batch, w, args.pipeline_batches))
   out['step'] = time_stream_step(args, first_config, mesh, source, rows, workers)
@@ -229,14 +229,14 @@ def run_reference(args) -> dict:
 def main(argv=None) -> int:
   args = parse_args(argv)
   import jax
-  from simclr_jax.data import pipeline, sources
+  from simclr_jax.data import pipeline, registry, sources
   from simclr_jax.core import parallel
   mesh = parallel.make_mesh()
   result = {'device': jax.devices()[0].device_kind, 'devices': len(jax.devices()), 'jax': jax.__version__,
             'date': time.strftime('%Y-%m-%d'), 'argv': sys.argv[1:], 'dataset': args.dataset,
             'model': args.model, 'width': args.width, 'steps': []}
   result.update(time_dataset_load(args))
-  source = sources.get(args.dataset, args.data_dir, train_split=args.train_split, test_split=args.test_split)
+  source = registry.get(args.dataset, args.data_dir, train_split=args.train_split, test_split=args.test_split)
   rows = sources.select_rows(source, args.train_limit)
   knn_done = False
   for dtype in args.dtypes.split(','):

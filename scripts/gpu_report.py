@@ -157,7 +157,7 @@ def _kernels(compiled) -> int:
 def costs(limit, args) -> dict:
   import jax
   import jax.numpy as jnp
-  from simclr_jax.data import augment, pipeline
+  from simclr_jax.data import augment, pipeline, views as views_lib
   from simclr_jax.stages import pretrain, runner
   batch = 64 if args.tiny else 1024
   config = _config(args, batch)
@@ -166,7 +166,8 @@ def costs(limit, args) -> dict:
   images = jax.ShapeDtypeStruct((batch, 32, 32, 3), jnp.uint8)
   views = jax.ShapeDtypeStruct((2 * batch, 32, 32, 3), jnp.float32)
   out = {'batch_size': batch, 'dtype': config.dtype, 'width': config.width}
-  out['augmentation'] = _cost(jax.jit(lambda k, x: augment.simclr_views(k, x, aug)).lower(key, images).compile())
+  out['augmentation'] = _cost(jax.jit(lambda k, x: views_lib.make_views(k, x, views_lib.two_views(aug))).lower(
+      key, images).compile())
   jitter = lambda k, x: jax.vmap(lambda kk, xx: augment.color_jitter(kk, xx, aug.brightness, aug.contrast,
                                                                      aug.saturation, aug.hue))(
       jax.random.split(k, 2 * batch), x)
@@ -188,8 +189,9 @@ def costs(limit, args) -> dict:
   variables = jax.eval_shape(lambda: model.init(key, jnp.zeros((2, 32, 32, 3)), train=False))
   labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
   fwd_bwd = lambda p, s, v, y: jax.value_and_grad(lambda q: loss_fn(q, s, {}, v, y, 0)[0])(p)
+  groups = {'global': jax.ShapeDtypeStruct((2, batch, 32, 32, 3), jnp.float32)}  # the two views, as the step holds them
   out['model_forward_backward'] = _cost(jax.jit(fwd_bwd).lower(
-      variables['params'], variables['batch_stats'], views, labels).compile())
+      variables['params'], variables['batch_stats'], groups, labels).compile())
   step = inputs.bind(task.step_fn)
   compiled = step.lower(task.state, *next(inputs.batches(0, 1))[1]).compile()
   out['step'] = _cost(compiled)
@@ -249,14 +251,14 @@ def breakdown(limit, args) -> dict:
   import jax
   import jax.numpy as jnp
   import optax
-  from simclr_jax.data import augment, pipeline, sources
-  from simclr_jax.models import losses
+  from simclr_jax.data import augment, pipeline, registry, sources, views as views_lib
+  from simclr_jax.methods.simclr import nt_xent
   from simclr_jax.core import parallel
   from simclr_jax.stages import pretrain, runner
   batch = 64 if args.tiny else 1024
   calls = 3 if args.tiny else 20
   config = _config(args, batch)
-  source = sources.get(args.dataset, args.data_dir, train_split='train[:512]' if args.tiny else 'train')
+  source = registry.get(args.dataset, args.data_dir, train_split='train[:512]' if args.tiny else 'train')
   rows = sources.select_rows(source, max(batch * 4, 4096 if not args.tiny else 256))
   mesh = parallel.make_mesh()
   inputs = pipeline.DeviceInputs(source, rows, mesh, batch, 0)
@@ -269,13 +271,13 @@ def breakdown(limit, args) -> dict:
   x = jnp.asarray(dataset.images[:batch])
   y = jnp.asarray(dataset.labels[:batch])
   key = jax.random.PRNGKey(0)
-  views_fn = jax.jit(lambda k, im: augment.simclr_views(k, im, aug))
-  views = views_fn(key, x)
-  fwd = jax.jit(lambda p, s, v: model.apply({'params': p, 'batch_stats': s}, v, train=True,
-                                            mutable=['batch_stats'])[0]['projection'])
+  views_fn = jax.jit(lambda k, im: views_lib.make_views(k, im, views_lib.two_views(aug)))
+  views = views_fn(key, x)  # {'global': [2, B, 32, 32, 3]}: SimCLR runs both as one batch
+  fwd = jax.jit(lambda p, s, v: model.apply({'params': p, 'batch_stats': s}, v['global'].reshape((-1,) + v['global'].shape[2:]),
+                                            train=True, mutable=['batch_stats'])[0]['projection'])
   fwd_bwd = jax.jit(lambda p, s, v, t: jax.value_and_grad(lambda q: loss_fn(q, s, {}, v, t, 0)[0])(p))
   z = fwd(state.params, state.batch_stats, views)
-  ntxent = jax.jit(jax.value_and_grad(lambda q: losses.nt_xent(q, config.temperature)))
+  ntxent = jax.jit(jax.value_and_grad(lambda q: nt_xent(q[:batch], q[batch:], config.temperature)))
   _, grads = fwd_bwd(state.params, state.batch_stats, views, y)
   tx = pretrain.make_tx(runner.optimizer(config, total, inputs.steps_per_epoch), config.online_probe_learning_rate)
   update = jax.jit(lambda g, o, p: (lambda u_o: (optax.apply_updates(p, u_o[0]), u_o[1]))(tx.update(g, o, p)))
@@ -297,7 +299,7 @@ def breakdown(limit, args) -> dict:
 
   def loop(n):  # what train_loop.run does around each step: the batch gather and the metric sums
     nonlocal state
-    from simclr_jax.train.loop import accumulate
+    from simclr_jax.train.window import accumulate
     sums = epoch_sums = None
     for _, args in inputs.batches(0, n):
       state, metrics = step(state, *args)

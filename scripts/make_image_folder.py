@@ -27,8 +27,8 @@ def main(argv=None) -> int:
   p.add_argument('--unlabelled', action='store_true')
   args = p.parse_args(argv)
   from PIL import Image
-  from simclr_jax.data import sources
-  ds = sources.load(args.dataset, args.data_dir, train_split=args.split, test_split='')
+  from simclr_jax.data import registry
+  ds = registry.load(args.dataset, args.data_dir, train_split=args.split, test_split='')
   names = ds.class_names or tuple(str(c) for c in range(ds.num_classes))
   for k, (pixels, label) in enumerate(zip(ds.train.images, ds.train.labels)):
     folder = args.out if args.unlabelled or label < 0 else os.path.join(args.out, names[label])

@@ -17,10 +17,10 @@ from simclr_jax.data.augment import AugmentSettings
 STAGES = ('pretrain', 'finetune', 'linear_eval', 'supervised', 'distill')
 DOWNSTREAM = ('finetune', 'linear_eval')   # stages that start from a pretraining run (init_from)
 
-# Fields that fix the model or the data: a workdir refuses to resume with other values.
+# Fields that fix the model or the data: a workdir refuses to resume with other values (with the
+# method's own, which its module declares: run_defining_fields).
 RUN_DEFINING_FIELDS = ('stage', 'method', 'dataset', 'train_limit', 'model', 'width', 'dtype', 'batch_size',
-                       'optimizer', 'lars_trust_ratio', 'lars_clip', 'lars_lr_in_momentum', 'projection_dims',
-                       'predictor_dims', 'projector_norm', 'seed',
+                       'optimizer', 'lars_trust_ratio', 'lars_clip', 'lars_lr_in_momentum', 'seed',
                        'label_fraction', 'label_seed', 'init_from', 'protocol', 'image_size', 'stem',
                        'train_split', 'test_fraction', 'finetune_from_head_layer', 'teacher_from',
                        'distill_temperature', 'distill_label_weight')
@@ -43,8 +43,17 @@ def evaluator_config(type: str, every_epochs: int = 0, **fields) -> ml_collectio
 
 
 def method_fields(method: str) -> dict:
+  """The fields a method adds to a pretraining config, with their defaults (its module's FIELDS)."""
   from simclr_jax import methods
-  return {'projection_dims': (2048, 128), **methods.get(method).FIELDS}
+  return methods.get(method).defaults()
+
+
+def run_defining_fields(config: dict) -> tuple:
+  """The fields that define the run of a config (as a dict: a checkpoint's record of it), the
+  method's own included."""
+  from simclr_jax import methods
+  own = methods.get(config['method']).run_defining() if config.get('method') in methods.NAMES else ()
+  return RUN_DEFINING_FIELDS + own
 
 
 def base_config(stage: str, method: str = 'simclr') -> ml_collections.ConfigDict:

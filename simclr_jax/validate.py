@@ -8,6 +8,7 @@ import math
 import os
 
 from simclr_jax import config_base, methods
+from simclr_jax.data import registry
 from simclr_jax.core.errors import ConfigError
 from simclr_jax.models import ARCHITECTURES, DTYPE_CHOICES, STEMS
 from simclr_jax.train.optim import TRUST_RATIOS
@@ -88,9 +89,9 @@ def validate_config(config) -> None:
     _fail('label_fraction', config.label_fraction, 'use a fraction in (0, 1]')
   if not isinstance(config.dataset, str) or not config.dataset:
     _fail('dataset', config.dataset, 'name a TFDS dataset such as cifar10, or folder:PATH')
-  if config.dataset.startswith('folder:') and not config.image_size:
-    _fail('image_size', config.image_size, f'{config.dataset} is resized on load: set '
-          '--config.image_size, for example 32, 96 or 224')
+  problem = registry.check(config.dataset, config.image_size)
+  if problem:
+    _fail('image_size', config.image_size, problem)
   if not 0 < config.test_fraction < 1:
     _fail('test_fraction', config.test_fraction, 'use a fraction in (0, 1), such as 0.1')
   if not 0 <= config.max_bad_fraction <= 1:

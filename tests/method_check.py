@@ -1,4 +1,4 @@
-"""Run by test_methods.py in a subprocess with 4 CPU devices, for one method:
+"""Run by tests/methods/test_methods.py in a subprocess with 4 CPU devices, for one method:
 
     python tests/method_check.py TESTS_DIR WORKDIR METHOD
 
@@ -20,8 +20,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, sys.argv[1])
-from conftest import build, final_params, make_inputs, train_in_process  # noqa: E402
-from test_methods import small_config  # noqa: E402
+from conftest import build, final_params, make_inputs, small_config, train_in_process  # noqa: E402
 from simclr_jax.core import parallel  # noqa: E402
 from simclr_jax.stages import pretrain  # noqa: E402
 from simclr_jax.core.errors import Preempted  # noqa: E402

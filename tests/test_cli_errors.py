@@ -15,7 +15,7 @@ from conftest import DATA_DIR, DATASET, ROOT, error_line, run_cli, tiny_config
 from simclr_jax import validate
 from simclr_jax.train import checkpoint
 from simclr_jax.stages import classify
-from simclr_jax.data import sources
+from simclr_jax.data import registry
 from simclr_jax.core import parallel
 from simclr_jax.stages import workdir as workdir_lib
 from simclr_jax.core.errors import CheckpointError, ConfigError, DataError
@@ -136,7 +136,7 @@ def test_values_refused_before_anything_runs(field, value, fragment):
     ('pretrain_v2', 'finetune_from_head_layer', 5, 'config.finetune_from_head_layer=5 is invalid: the projector has 3 '
      'layers (projection_dims=(512, 512, 128)), of which 2 hidden: use a value from 0 to 2'),
     ('byol', 'final_tau', 1.5, 'config.final_tau=1.5 is invalid: use a decay in [0, 1]'),
-    ('byol', 'base_tau', -0.1, 'config.base_tau=-0.1 is invalid: use 0 <= base_tau <= final_tau'),
+    ('byol', 'base_tau', -0.1, 'config.base_tau=-0.1 is invalid: use a decay in [0, 1]'),
     ('mocov3', 'base_tau', 0.999, 'config.base_tau=0.999 is invalid: use 0 <= base_tau <= final_tau (final_tau=0.99)'),
 ])
 def test_method_fields_name_the_field_the_user_set(config, field, value, fragment):
@@ -164,16 +164,16 @@ def test_batch_size_not_divisible_by_device_count():
 
 def test_unknown_dataset_missing_data_dir_and_no_network(tmp_path, monkeypatch):
   with pytest.raises(DataError) as e:
-    sources.get('no_such_set', DATA_DIR)
+    registry.get('no_such_set', DATA_DIR)
   _one_line(e, "unknown dataset 'no_such_set'")
   with pytest.raises(DataError) as e:
-    sources.get(DATASET, str(tmp_path / 'nowhere'))
+    registry.get(DATASET, str(tmp_path / 'nowhere'))
   _one_line(e, 'data_dir', 'does not exist')
   from simclr_jax.data import tfds_source
   monkeypatch.setattr(tfds_source, '_network_available', lambda *a, **k: False)
   (tmp_path / 'empty').mkdir()
   with pytest.raises(DataError) as e:
-    sources.get('cifar10', str(tmp_path / 'empty'))
+    registry.get('cifar10', str(tmp_path / 'empty'))
   _one_line(e, "dataset 'cifar10' is not prepared", 'tfds build cifar10', 'data_dir',
             '--config.dataset=cifar10_jpeg --config.data_dir=../shared/data/tfds')
 

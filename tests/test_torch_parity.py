@@ -7,7 +7,7 @@ import simclr_jax
 from conftest import DATA_DIR, DATASET
 from simclr_jax import models
 from simclr_jax.models import resnet
-from simclr_jax.data import sources
+from simclr_jax.data import registry
 
 torch = pytest.importorskip('torch', reason='torch is part of the test extra: pip install -e .[test]')
 
@@ -37,7 +37,7 @@ def assert_torch_parity(workdir, tmp_path, head_layer=None):
   model = resnet(layers, width=int(round(64 * spec['width'])), bottleneck=block == 'bottleneck',
                  cifar_stem=spec['stem'] == 'cifar')
   model.load_state_dict(load_file(path), strict=True)  # every name and shape, nothing left over
-  images = sources.load(DATASET, DATA_DIR, train_split='train[:200]', test_split='').train.images
+  images = registry.load(DATASET, DATA_DIR, train_split='train[:200]', test_split='').train.images
   ours = encoder.embed(images)
   theirs = _torch_features(model, images, encoder.mean, encoder.std)
   assert np.abs(ours - theirs).max() < 1e-4 * max(1.0, np.abs(ours).max()), np.abs(ours - theirs).max()

@@ -1,11 +1,10 @@
 """Image augmentation on the accelerator: pure per-image functions of (key, image), batched with vmap.
 
-    views = pair_views(key, images_uint8, first, second)          # [2B, H, W, 3] float32, rows 2k/2k+1
-    views = simclr_views(key, images_uint8, AugmentSettings())    # both views with the same settings
+    x = simclr_view(key, image_uint8, AugmentSettings(), out_size=(16, 16))   # one view of one image
     x = classifier_views(key, images_uint8, AugmentSettings())    # [B, H, W, 3] float32
 
 AugmentSettings' defaults are the project's defaults (config_base.augment_config reads them); the
-two views of a pair may have different settings (asymmetric views: BYOL's solarisation on one).
+views a method trains on are data.views' (each crop with its own settings and size).
 """
 from __future__ import annotations
 
@@ -89,11 +88,12 @@ def resized_crop(image: jax.Array, y0, x0, h, w, out_size: tuple[int, int]) -> j
   return jnp.einsum('ay,yxc,bx->abc', wy, image, wx, precision=jax.lax.Precision.HIGHEST)
 
 
-def random_resized_crop(key: jax.Array, image: jax.Array, scale, ratio) -> jax.Array:
-  """Crops a random box and resizes it (bilinear) back to the input size; image is [H, W, C] float."""
+def random_resized_crop(key: jax.Array, image: jax.Array, scale, ratio, out_size=None) -> jax.Array:
+  """Crops a random box and resizes it (bilinear) to out_size (default: the input's size); image is
+  [H, W, C] float."""
   height, width = image.shape[:2]
   y0, x0, h, w = crop_box(key, height, width, scale, ratio)
-  return resized_crop(image, y0, x0, h, w, (height, width))
+  return resized_crop(image, y0, x0, h, w, out_size or (height, width))
 
 
 def _gray3(image):
@@ -143,11 +143,12 @@ def solarize(image: jax.Array, threshold: float = 0.5) -> jax.Array:
   return jnp.where(image >= threshold, 1.0 - image, image)
 
 
-def simclr_view(key: jax.Array, image: jax.Array, settings: AugmentSettings) -> jax.Array:
-  """One view of a uint8 [H, W, 3] image, normalised float32: random resized crop, flip, colour
-  jitter, greyscale, blur and solarisation, each with its probability."""
+def simclr_view(key: jax.Array, image: jax.Array, settings: AugmentSettings, out_size=None) -> jax.Array:
+  """One view of a uint8 [H, W, 3] image at out_size (default: the image's size), normalised
+  float32: random resized crop, flip, colour jitter, greyscale, blur and solarisation, each with
+  its probability."""
   k_crop, k_flip, k_jit, k_jit_p, k_gray, k_blur, k_blur_p, k_sol = jax.random.split(key, 8)
-  x = random_resized_crop(k_crop, to_unit(image), settings.crop_scale, settings.crop_ratio)
+  x = random_resized_crop(k_crop, to_unit(image), settings.crop_scale, settings.crop_ratio, out_size)
   x = jnp.where(jax.random.uniform(k_flip) < settings.flip_prob, x[:, ::-1], x)
   if settings.jitter_prob > 0:
     jittered = color_jitter(k_jit, x, settings.brightness, settings.contrast, settings.saturation, settings.hue)
@@ -155,28 +156,12 @@ def simclr_view(key: jax.Array, image: jax.Array, settings: AugmentSettings) -> 
   x = jnp.where(jax.random.uniform(k_gray) < settings.grayscale_prob, _gray3(x), x)
   if settings.blur_prob > 0:
     sigma = jax.random.uniform(k_blur, minval=settings.blur_sigma[0], maxval=settings.blur_sigma[1])
-    kernel = max(3, int(0.1 * image.shape[0]) | 1)
+    kernel = max(3, int(0.1 * x.shape[0]) | 1)  # a tenth of the view's side, odd
     x = jnp.where(jax.random.uniform(k_blur_p) < settings.blur_prob,
                   pix.gaussian_blur(x, sigma, kernel), x)
   if settings.solarize_prob > 0:
     x = jnp.where(jax.random.uniform(k_sol) < settings.solarize_prob, solarize(x), x)
   return normalize(x, settings)
-
-
-def pair_views(key: jax.Array, images: jax.Array, first: AugmentSettings,
-               second: AugmentSettings | None = None) -> jax.Array:
-  """Two views per image of a uint8 [B, H, W, 3] batch: [2B, H, W, 3], rows 2k (with `first`)
-  and 2k+1 (with `second`, default the same) from image k."""
-  second = first if second is None else second
-  keys = jax.random.split(key, (images.shape[0], 2))
-  pair = lambda k, x: jnp.stack([simclr_view(k[0], x, first), simclr_view(k[1], x, second)])
-  views = jax.vmap(pair)(keys, images)
-  return views.reshape((-1,) + images.shape[1:])
-
-
-def simclr_views(key: jax.Array, images: jax.Array, settings: AugmentSettings) -> jax.Array:
-  """pair_views with the same settings for both views."""
-  return pair_views(key, images, settings)
 
 
 def classifier_view(key: jax.Array, image: jax.Array, settings: AugmentSettings) -> jax.Array:

@@ -1,8 +1,8 @@
-"""A folder of images as a data source: --config.dataset=folder:PATH (datasets.get's backend).
+"""A folder of images as a data source: --config.dataset=folder:PATH (data.registry's 'folder:').
 
     layout = scan('/data/pets')          # splits -> [(relative path, label)], class names
     splits = layout.assign(test_fraction=0.1)
-    fields = describe('folder:/data/pets', image_size=96, test_fraction=0.1)
+    source = describe('folder:/data/pets', image_size=96, test_fraction=0.1)   # a sources.Source
 
 Layouts (class names sorted, as torchvision's ImageFolder does):
     PATH/<class>/*.jpg              labelled; split into train and test by test_fraction (fixed seed)
@@ -21,21 +21,23 @@ import os
 
 import numpy as np
 
-from simclr_jax.data import images
 from simclr_jax.core.errors import DataError
+from simclr_jax.data import decode_cache, images, sources
 from simclr_jax.data.images import IMAGE_EXTENSIONS, is_image_file
 from simclr_jax.core.log import log
 
 PREFIX = 'folder:'
+NEEDS_IMAGE_SIZE = True  # images of any size, resized on load
 SPLIT_NAMES = ('train', 'test')
-
-
-def is_folder_dataset(name: str) -> bool:
-  return isinstance(name, str) and name.startswith(PREFIX)
 
 
 def folder_path(name: str) -> str:
   return os.path.abspath(os.path.expanduser(name[len(PREFIX):]))
+
+
+def local_folder(name: str) -> str:
+  """The folder a run never writes into."""
+  return folder_path(name)
 
 
 @dataclasses.dataclass
@@ -192,10 +194,11 @@ def _stat(path: str) -> str:
     return '-1 -1'
 
 
-def describe(name: str, image_size: int, test_fraction: float) -> dict:
-  """Source fields (datasets.Source) of folder:PATH: its layout and its files' metadata, nothing
-  decoded."""
-  from simclr_jax.data import decode_cache, records as records_lib
+def describe(name: str, *, image_size: int, test_fraction: float = 0.1, data_dir: str = '',
+             splits: dict | None = None) -> 'sources.Source':
+  """The Source of folder:PATH: its layout and its files' metadata, nothing decoded (data_dir and
+  split strings do not apply to a folder; its splits are its layout's)."""
+  from simclr_jax.data import records as records_lib
   root = folder_path(name)
   layout = scan(root)
   if layout.unreadable:
@@ -220,22 +223,32 @@ def describe(name: str, image_size: int, test_fraction: float) -> dict:
     digest = hashlib.sha1('\n'.join(manifest[role]).encode('utf-8', 'surrogateescape')).hexdigest()
     identity[role] = {'count': len(entries), 'hash': digest}
 
-  def decode(role: str) -> dict:
-    entries = parts[role]
+  return sources.Source(name, num_classes, layout.class_names, image_size, records, identity, manifest,
+                        FolderReader(name, root, parts, identity, image_size, num_classes))
+
+
+class FolderReader:
+  """Decodes a folder's split once (in parallel) into the user cache, keyed by its contents."""
+
+  def __init__(self, name: str, root: str, parts: dict, identity: dict, image_size: int, num_classes: int):
+    self.name, self.root, self.parts, self.identity = name, root, parts, identity
+    self.image_size, self.num_classes = image_size, num_classes
+
+  def decode(self, role: str) -> dict:
+    entries, root = self.parts[role], self.root
 
     def build():
-      decoded = images.decode_all([os.path.join(root, rel) for rel, _ in entries], image_size)
+      decoded = images.decode_all([os.path.join(root, rel) for rel, _ in entries], self.image_size)
       labels = np.asarray([label for _, label in entries], np.int32)
       labels[[i for i, _ in decoded.bad]] = -1
       return {'images': decoded.images, 'labels': labels,
               'report': {'bad': [(entries[i][0], reason) for i, reason in decoded.bad],
                          'upscaled': decoded.upscaled}}
 
-    path = decode_cache.cache_file('folders', cache_key(root), f'{role}-{image_size}.npz')
-    fingerprint = json.dumps({'identity': identity[role], 'image_size': image_size})
-    return decode_cache.cached(path, fingerprint, f'{name} ({role})', build, len(entries), image_size,
-                               num_classes)
+    path = decode_cache.cache_file('folders', cache_key(root), f'{role}-{self.image_size}.npz')
+    fingerprint = json.dumps({'identity': self.identity[role], 'image_size': self.image_size})
+    return decode_cache.cached(path, fingerprint, f'{self.name} ({role})', build, len(entries), self.image_size,
+                               self.num_classes)
 
-  return dict(name=name, num_classes=num_classes, class_names=layout.class_names, image_size=image_size,
-              records=records, identity=identity, manifest=manifest, decode=decode,
-              labels=lambda role: records[role].labels())
+  def labels(self, role: str) -> np.ndarray:
+    return np.asarray([label for _, label in self.parts[role]], np.int32)

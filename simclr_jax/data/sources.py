@@ -1,12 +1,12 @@
-"""One lookup for every data source: TFDS image-classification datasets and folders of images,
-described once without decoding (sizes, labels, image size, identity) and decoded on demand
-through the user cache.
+"""What every data source gives (data.registry looks them up): a Source, a dataset described once
+without decoding (sizes, labels, image size, identity), whose Reader decodes a split on demand
+through the user cache and whose Records give random access to it; and the subsets a run uses.
 
-    source = get('cifar10', data_dir='', image_size=0)       # or 'folder:/data/pets', image_size=96
+    source = registry.get('cifar10', data_dir='', image_size=0)   # a Source
     source.image_size, source.num_classes, source.size('train')
     split = source.decode('train')                           # Split: uint8 images, int32 labels
     rows = select_rows(source, train_limit=1000, label_fraction=0.1, label_seed=0)
-    ds = load('cifar10_jpeg', data_dir, train_limit=512)     # both splits decoded (scripts, tests)
+    source = in_memory('toy', Split(images, labels))         # arrays already in memory
 
 An unreadable image of a folder is kept as a black image without a label (-1), on the device
 path as on the streamed one, so both train on the same images; losses and accuracies skip it.
@@ -14,11 +14,10 @@ path as on the streamed one, so both train on the same images; losses and accura
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Protocol
 
 import numpy as np
 
-from simclr_jax.data import folders
 from simclr_jax.core.errors import DataError
 from simclr_jax.core.log import log, plural
 
@@ -42,6 +41,24 @@ class Dataset:
   class_names: tuple = ()
 
 
+class Records(Protocol):
+  """Random access to the records of a split, as the streamed path's workers read them
+  (data.records: TfdsRecords, FolderRecords): (what decodes to the image, label) by index."""
+  def __len__(self) -> int: ...
+  def __getitem__(self, index: int) -> tuple: ...
+  def get_many(self, indices) -> list: ...
+  def describe(self, index: int) -> str: ...
+  def labels(self, workers: int = 0) -> np.ndarray: ...
+
+
+class Reader(Protocol):
+  """A source's decoding of a whole split: decode(role) -> {'images': uint8 [N, H, W, 3], 'labels':
+  int32 [N], 'report': {'bad': [(name, reason)], 'upscaled': n}} (cached), labels(role) -> every
+  label without decoding."""
+  def decode(self, role: str) -> dict: ...
+  def labels(self, role: str) -> np.ndarray: ...
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Source:
   """A dataset known without decoding it. records: role ('train', 'test') -> random access to
@@ -52,11 +69,10 @@ class Source:
   num_classes: int                # 0: no labels
   class_names: tuple
   image_size: int                 # the side of the decoded (and resized) square images
-  records: dict
+  records: dict                   # role -> Records, or None
   identity: dict
   manifest: dict
-  _decode: Callable = dataclasses.field(repr=False)
-  _labels: Callable = dataclasses.field(repr=False)
+  reader: Reader = dataclasses.field(repr=False)
 
   def has(self, role: str) -> bool:
     return self.records.get(role) is not None
@@ -66,7 +82,7 @@ class Source:
 
   def labels(self, role: str) -> np.ndarray:
     """Every label of a split (-1: none), without decoding an image."""
-    return self._labels(role)
+    return self.reader.labels(role)
 
   @property
   def labelled(self) -> bool:
@@ -81,7 +97,7 @@ class Source:
     """The split as uint8 arrays (cached), an unreadable image black and unlabelled; a notice
     names the unreadable and the upscaled images, or a DataError when the unreadable ones are
     more than max_bad_fraction of the split."""
-    out = self._decode(role)
+    out = self.reader.decode(role)
     report = out.get('report', {})
     check_bad(f'{self.name} ({role})', [tuple(b) for b in report.get('bad', [])], len(out['labels']),
               max_bad_fraction)
@@ -106,23 +122,6 @@ def check_bad(name: str, bad: list, total: int, max_bad_fraction: float, new: in
                     '--config.max_bad_fraction')
   log(f'notice: {len(bad)} of the {plural(total, "image")} of {name} cannot be read; each is replaced by '
       f'a black image without a label ({first})')
-
-
-def get(spec: str, data_dir: str = '', *, image_size: int = 0, train_split: str = 'train',
-        test_split: str = 'test', test_fraction: float = 0.1) -> Source:
-  """The Source a dataset name (TFDS) or folder:PATH names, reading only metadata and file names.
-  image_size > 0 resizes on load (required for folders); the splits are TFDS split strings
-  (test_split '' for none); a labelled folder without train/ and test/ holds test_fraction out."""
-  if folders.is_folder_dataset(spec):
-    if not image_size:
-      raise DataError(f'image_size=0: the images of {spec} are resized on load; set '
-                      '--config.image_size (for example 32, 96 or 224)')
-    fields = folders.describe(spec, image_size, test_fraction)
-  else:
-    from simclr_jax.data import tfds_source
-    fields = tfds_source.describe(spec, data_dir, image_size, {'train': train_split, 'test': test_split})
-  fields['_decode'], fields['_labels'] = fields.pop('decode'), fields.pop('labels')
-  return Source(**fields)
 
 
 def limited_count(train_limit: int, available: int, name: str) -> int:
@@ -197,29 +196,24 @@ def keep_labels(source: Source, labelled_rows) -> Source:
     return source
   labels = np.full(source.size('train'), -1, np.int32)
   labels[labelled_rows] = source.labels('train')[labelled_rows]
-
-  def decode(role):
-    out = source._decode(role)
-    return {**out, 'labels': np.where(labels >= 0, out['labels'], -1)} if role == 'train' else out
-
   records = dict(source.records)
   if not isinstance(records['train'], _ArrayRecords):
     records['train'] = Relabelled(records['train'], labels)
-  return dataclasses.replace(source, records=records, _decode=decode,
-                             _labels=lambda role: labels if role == 'train' else source.labels(role))
+  return dataclasses.replace(source, records=records, reader=RelabelledReader(source.reader, labels))
 
 
-def load(spec: str, data_dir: str = '', train_limit: int = 0, *, max_bad_fraction: float = 0.01,
-         **describe) -> Dataset:
-  """Both splits of get(spec, data_dir, **describe) decoded, the training split cut to its first
-  train_limit images (0: all)."""
-  source = get(spec, data_dir, **describe)
-  train = source.decode('train', max_bad_fraction)
-  count = limited_count(train_limit, len(train.labels), spec)
-  if count < len(train.labels):
-    train = train.subset(slice(0, count))
-  test = source.decode('test', max_bad_fraction) if source.has('test') else None
-  return Dataset(spec, source.num_classes, train, test, source.class_names)
+class RelabelledReader:
+  """A Reader whose training split has other labels (keep_labels)."""
+
+  def __init__(self, reader: Reader, train_labels: np.ndarray):
+    self.reader, self.train_labels = reader, train_labels
+
+  def decode(self, role: str) -> dict:
+    out = self.reader.decode(role)
+    return {**out, 'labels': np.where(self.train_labels >= 0, out['labels'], -1)} if role == 'train' else out
+
+  def labels(self, role: str) -> np.ndarray:
+    return self.train_labels if role == 'train' else self.reader.labels(role)
 
 
 class _ArrayRecords:
@@ -239,6 +233,17 @@ def in_memory(name: str, train: Split, test: Split | None = None, num_classes: i
   identity = {role: None if s is None else {'count': len(s.labels), 'hash': ''} for role, s in splits.items()}
   return Source(name, num_classes, class_names, int(train.images.shape[1]),
                 {role: None if s is None else _ArrayRecords(len(s.labels)) for role, s in splits.items()},
-                identity, {role: None for role in splits},
-                lambda role: {'images': splits[role].images, 'labels': splits[role].labels},
-                lambda role: splits[role].labels)
+                identity, {role: None for role in splits}, ArrayReader(splits))
+
+
+class ArrayReader:
+  """The Reader of splits already in memory ({role: Split})."""
+
+  def __init__(self, splits: dict):
+    self.splits = splits
+
+  def decode(self, role: str) -> dict:
+    return {'images': self.splits[role].images, 'labels': self.splits[role].labels}
+
+  def labels(self, role: str) -> np.ndarray:
+    return self.splits[role].labels

@@ -1,6 +1,6 @@
-"""TFDS image-classification datasets as a data source (datasets.get's backend for TFDS names).
+"""TFDS image-classification datasets as a data source (data.registry's source of plain names).
 
-    fields = describe('cifar10', data_dir='', image_size=0, splits={'train': 'train', 'test': 'test'})
+    source = describe('cifar10', data_dir='', image_size=0, splits={'train': 'train', 'test': 'test'})
 
 Reading needs no TensorFlow when the data is prepared in array_record format (tfds.data_source);
 only downloading and preparing does.
@@ -14,8 +14,17 @@ import os
 
 import numpy as np
 
-from simclr_jax.data import decode_cache, images as images_lib, records as records_lib
+from simclr_jax.data import decode_cache, images as images_lib, records as records_lib, sources
 from simclr_jax.core.errors import DataError, first_line, summary
+
+
+PREFIX = ''                # a TFDS name: anything no other source claims
+NEEDS_IMAGE_SIZE = False   # a TFDS image dataset has one size
+
+
+def local_folder(name: str) -> None:
+  """TFDS data lives under data_dir (kept apart through config.data_dir)."""
+  return None
 
 
 def _tfds():
@@ -124,9 +133,10 @@ def _files(builder) -> list:
   return sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(folder) if e.is_file())
 
 
-def describe(name: str, data_dir: str, image_size: int, splits: dict) -> dict:
-  """Source fields (datasets.Source) of a TFDS dataset, reading only its metadata; splits maps
-  'train' and 'test' to TFDS split strings ('' for none)."""
+def describe(name: str, *, data_dir: str = '', image_size: int = 0, splits: dict, test_fraction: float = 0.1
+             ) -> sources.Source:
+  """The Source of a TFDS dataset, reading only its metadata; splits maps 'train' and 'test' to
+  TFDS split strings ('' for none); test_fraction does not apply (TFDS splits are given)."""
   builder = get_builder(name, data_dir, image_size)
   label = builder.info.features['label']
   size = image_size or int(builder.info.features['image'].shape[0])
@@ -143,18 +153,26 @@ def describe(name: str, data_dir: str, image_size: int, splits: dict) -> dict:
   num_classes = int(label.num_classes)
   key = hashlib.sha1(os.path.abspath(str(builder.data_dir)).encode()).hexdigest()[:12]
 
-  def decode(role: str) -> dict:
-    split, count = splits[role], identity[role]['count']
-    path = decode_cache.cache_file(builder.name, str(builder.version), key, f'{split}-{image_size}.npz')
-    fingerprint = json.dumps({'identity': identity[role], 'image_size': image_size})
-    return decode_cache.cached(path, fingerprint, f'{name}/{split}', lambda: _read_split(builder, split, image_size),
-                               count, size, num_classes)
+  return sources.Source(name, num_classes, tuple(label.names), size, records, identity, manifest,
+                        TfdsReader(builder, name, splits, identity, image_size, size, num_classes, records, key))
 
-  def labels(role: str) -> np.ndarray:
-    return _labels(builder, records[role], identity[role], num_classes, key)
 
-  return dict(name=name, num_classes=num_classes, class_names=tuple(label.names), image_size=size,
-              records=records, identity=identity, manifest=manifest, decode=decode, labels=labels)
+class TfdsReader:
+  """Decodes a TFDS split once into the user cache (beside it, every label, read once)."""
+
+  def __init__(self, builder, name, splits, identity, image_size, size, num_classes, records, key):
+    self.builder, self.name, self.splits, self.identity = builder, name, splits, identity
+    self.image_size, self.size, self.num_classes, self.records, self.key = image_size, size, num_classes, records, key
+
+  def decode(self, role: str) -> dict:
+    split, count, builder = self.splits[role], self.identity[role]['count'], self.builder
+    path = decode_cache.cache_file(builder.name, str(builder.version), self.key, f'{split}-{self.image_size}.npz')
+    fingerprint = json.dumps({'identity': self.identity[role], 'image_size': self.image_size})
+    return decode_cache.cached(path, fingerprint, f'{self.name}/{split}',
+                               lambda: _read_split(builder, split, self.image_size), count, self.size, self.num_classes)
+
+  def labels(self, role: str) -> np.ndarray:
+    return _labels(self.builder, self.records[role], self.identity[role], self.num_classes, self.key)
 
 
 def _hash(lines: list) -> str:

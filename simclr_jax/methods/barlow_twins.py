@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from simclr_jax import models
-from simclr_jax.methods.base import Method, fail, pairs
+from simclr_jax.methods.base import Field, Method, positive
 
 
 def standardize(z, eps: float = 1e-5):
@@ -25,21 +25,14 @@ def cross_correlation_loss(z1, z2, lambd: float):
 
 class BarlowTwins(Method):
   NAME = 'barlow_twins'
-  FIELDS = {'lambd': 0.0051, 'loss_scale': 0.1}
-
-  @classmethod
-  def validate(cls, config) -> None:
-    super().validate(config)
-    for key in ('lambd', 'loss_scale'):
-      if not config[key] > 0:
-        fail(key, config[key], 'it must be greater than 0')
+  FIELDS = {**Method.FIELDS, 'lambd': Field(0.0051, positive), 'loss_scale': Field(0.1, positive)}
 
   def projector(self, dtype):
     """Linear-BN-ReLU layers, the last a plain Linear (the paper's projector)."""
     return models.MLPHead(tuple(self.config['projection_dims']), norm=True, dtype=dtype)
 
   def loss(self, model, out, state, views, step):
-    z1, z2 = pairs(out['projection'])
+    z1, z2 = out['global']['projection']
     loss, on, off = cross_correlation_loss(z1, z2, self.config['lambd'])
     return self.config['loss_scale'] * loss, state, {'on_diagonal': on, 'off_diagonal': off}
 

@@ -1,37 +1,74 @@
-"""What a self-supervised method is: its model, its loss, any state beyond params and optimiser,
-an update hook run inside the compiled step and the config fields it adds. Its pair of views is
-config.augment and config.view2 (the second view's differences, for asymmetric views).
+"""What a self-supervised method is, declared in one module: its config fields with their checks,
+the views it trains on, its model, its loss, its parameter groups, any state beyond params and
+optimiser and an update hook run inside the compiled step.
 
     method = methods.get('byol')(config, total_steps)   # reads only its own fields
+    spec = method.views(first, second)                   # data.views groups: {'global': 2 x 32 px}
     model = method.make_model(encoder, probe_classes=10)
     state = method.init_state(variables)                 # e.g. the EMA target network
-    out, stats = apply_views(model, variables, views, method.PER_VIEW_BATCHNORM)  # the online outputs
+    out, stats = apply_views(model, variables, views, method.PER_VIEW_BATCHNORM)  # {group: {output: [n, B, ...]}}
     loss, state, metrics = method.loss(model, out, state, views, step)
     state = method.update(state, params, step)           # after the optimiser step (EMA)
-    method.constant_lr_groups()                          # e.g. ('predictor',): no decay
+    method.param_groups()                                # {'predictor': Group(constant_lr=True)}
 
-A subclass sets NAME and FIELDS (the config fields it adds, with defaults; configs/<NAME>.py sets
-its recipe) and overrides what differs from the defaults here: a Dense-ReLU-Dense projector, no
-predictor, no state, no update.
+A subclass sets NAME and FIELDS (name -> Field: its default, its check, whether it defines a run;
+configs/<NAME>.py sets its recipe) and overrides what differs from the defaults here: two
+same-size views, a Dense-ReLU-Dense projector, no predictor, no state, no update. The views reach
+the loss as a dict of stacked groups (data.views), and so do the model's outputs.
 """
 from __future__ import annotations
 
 import math
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from simclr_jax import models
 from simclr_jax.core.errors import ConfigError
+from simclr_jax.data import views as views_lib
 
 
 def fail(field: str, value, fix: str):
   raise ConfigError(f'config.{field}={value!r} is invalid: {fix}')
 
 
-def pairs(x):
-  """(rows of the first views, rows of the second views) of a [2B, ...] array."""
-  return x[0::2], x[1::2]
+# Checks of one field's value: '' when it is fine, else what to do.
+def positive(value) -> str:
+  return '' if value > 0 else 'it must be greater than 0'
+
+
+def non_negative(value) -> str:
+  return '' if value >= 0 else 'it must be 0 or more'
+
+
+def unit_interval(value) -> str:
+  return '' if 0 <= value <= 1 else 'use a value in [0, 1]'
+
+
+def layer_sizes(value) -> str:
+  return '' if len(value) >= 1 and min(value) >= 1 else 'use positive layer sizes such as (2048, 128)'
+
+
+def scale_range(value) -> str:
+  ok = len(value) == 2 and 0 < value[0] <= value[1] <= 1
+  return '' if ok else 'use (min, max) with 0 < min <= max <= 1, shares of the image area'
+
+
+class Field(NamedTuple):
+  """A config field a method adds: its default, a check of its value (value -> '' or the fix), and
+  whether it defines a run (a workdir resumes only with the value it was trained with)."""
+  default: Any
+  check: Callable | None = None
+  defines_run: bool = False
+
+
+class Group(NamedTuple):
+  """How the optimiser treats a parameter group (a top-level module of the model: 'predictor'):
+  at the peak learning rate throughout (no warmup or decay), and/or left alone for the first
+  frozen_steps steps (its updates and optimiser state held, as DINO holds its last layer)."""
+  constant_lr: bool = False
+  frozen_steps: int = 0
 
 
 def l2_normalize(x, eps: float = 1e-12):
@@ -39,56 +76,78 @@ def l2_normalize(x, eps: float = 1e-12):
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
-def interleave(a, b):
-  """[B, ...] and [B, ...] -> [2B, ...] with rows 2k from a and 2k+1 from b (pairs' inverse)."""
-  return jnp.stack([a, b], axis=1).reshape((-1,) + a.shape[1:])
+def apply_views(model, variables: dict, views: dict, per_view: bool, **kwargs):
+  """({group: {output: [n, B, ...]}}, updated batch_stats) of the model in training mode on each
+  group of views ({group: [n, B, H, W, 3]}). A group goes through the model in one call, so
+  BatchNorm normalises its n views together; with per_view each view goes on its own (its own
+  statistics, the running averages updated once per view, as separate forward calls do in
+  PyTorch). Groups and views go in order, threading the running averages through."""
+  out = {}
+  for name, x in views.items():
+    n, b = x.shape[:2]
+    # One call: the images' views image by image (rows k * n + i), as the two-view step always held them.
+    parts = [x[i] for i in range(n)] if per_view else [jnp.swapaxes(x, 0, 1).reshape((b * n,) + x.shape[2:])]
+    outs = []
+    for part in parts:
+      y, updated = model.apply(variables, part, train=True, mutable=['batch_stats'], **kwargs)
+      variables = {**variables, 'batch_stats': updated['batch_stats']}
+      outs.append(y)
+    if per_view:
+      out[name] = jax.tree.map(lambda *a: jnp.stack(a), *outs)
+    else:
+      out[name] = jax.tree.map(lambda a: jnp.swapaxes(a.reshape((b, n) + a.shape[1:]), 0, 1), outs[0])
+  return out, variables['batch_stats']
 
 
-def apply_views(model, variables: dict, views, per_view: bool, **kwargs):
-  """(outputs, updated batch_stats) of the model in training mode on the views [2B, ...]. With
-  per_view, each view's half goes through the model on its own, so BatchNorm normalises each by
-  its own statistics and updates its running averages twice, as two forward calls do in PyTorch;
-  the outputs are interleaved back into rows 2k and 2k+1."""
-  if not per_view:
-    out, updated = model.apply(variables, views, train=True, mutable=['batch_stats'], **kwargs)
-    return out, updated['batch_stats']
-  first, second = pairs(views)
-  out_a, updated = model.apply(variables, first, train=True, mutable=['batch_stats'], **kwargs)
-  out_b, updated = model.apply({**variables, 'batch_stats': updated['batch_stats']}, second, train=True,
-                               mutable=['batch_stats'], **kwargs)
-  return jax.tree.map(interleave, out_a, out_b), updated['batch_stats']
-
-
-def check_dims(config, field: str) -> None:
-  dims = config[field]
-  if len(dims) < 1 or min(dims) < 1:
-    fail(field, tuple(dims), 'use positive layer sizes such as (2048, 128)')
+def probe_view(out: dict):
+  """The outputs the online probe reads: the first view of the first group."""
+  return jax.tree.map(lambda a: a[0], next(iter(out.values())))
 
 
 class Method:
   NAME = ''
-  FIELDS: dict = {}
+  FIELDS: dict = {'projection_dims': Field((2048, 128), layer_sizes, defines_run=True)}
   # Each view through the network on its own (BatchNorm statistics per view), as the authors' code
   # of MoCo v3, BYOL, SimSiam, Barlow Twins and VICReg and solo-learn do; SimCLR's reference runs
   # both views as one batch.
   PER_VIEW_BATCHNORM = True
 
   def __init__(self, config, total_steps: int = 1):
-    self.config = {k: config[k] for k in ('projection_dims', 'finetune_from_head_layer', *self.FIELDS)}
+    self.config = {k: config[k] for k in ('finetune_from_head_layer', *self.FIELDS)}
     self.total_steps = max(1, total_steps)
 
   @classmethod
+  def defaults(cls) -> dict:
+    """The method's fields and their defaults (config_base adds them to a pretraining config)."""
+    return {name: field.default for name, field in cls.FIELDS.items()}
+
+  @classmethod
+  def run_defining(cls) -> tuple:
+    """The method's fields that define a run (workdir's resume check)."""
+    return tuple(name for name, field in cls.FIELDS.items() if field.defines_run)
+
+  @classmethod
   def validate(cls, config) -> None:
-    """ConfigError for a bad value of the method's fields (before anything runs)."""
-    check_dims(config, 'projection_dims')
-    for field, default in cls.FIELDS.items():
-      if isinstance(default, tuple):
-        check_dims(config, field)
+    """ConfigError for a bad value of the method's fields (before anything runs): each field's
+    check, then the checks across fields (cross_check)."""
+    for name, field in cls.FIELDS.items():
+      problem = field.check(config[name]) if field.check else ''
+      if problem:
+        fail(name, tuple(config[name]) if isinstance(config[name], (list, tuple)) else config[name], problem)
+    cls.cross_check(config)
+
+  @classmethod
+  def cross_check(cls, config) -> None:
     hidden = len(config.projection_dims) - 1
     if config.finetune_from_head_layer > hidden:
       fail('finetune_from_head_layer', config.finetune_from_head_layer,
            f'the projector has {len(config.projection_dims)} layers (projection_dims='
            f'{tuple(config.projection_dims)}), of which {hidden} hidden: use a value from 0 to {hidden}')
+
+  # The views.
+  def views(self, first, second) -> tuple:
+    """The data.views spec, from the config's first and second view settings (augment, view2)."""
+    return views_lib.two_views(first, second)
 
   # The model.
   def projector(self, dtype) -> models.MLPHead:
@@ -104,9 +163,9 @@ class Method:
                                 feature_layer=self.config['finetune_from_head_layer'])
 
   # The optimiser.
-  def constant_lr_groups(self) -> tuple:
-    """Parameter groups ('predictor', ...) trained at the peak learning rate throughout."""
-    return ()
+  def param_groups(self) -> dict:
+    """{top-level module: Group} for the modules the optimiser treats apart (the rest: as configured)."""
+    return {}
 
   # State beyond params and optimiser, and its update inside the compiled step.
   def init_state(self, variables: dict) -> dict:
@@ -115,10 +174,14 @@ class Method:
   def update(self, state: dict, params, step) -> dict:
     return state
 
-  def loss(self, model, out: dict, state: dict, views, step):
-    """(loss, state, metrics) from the online model's outputs on the views (rows 2k and 2k+1 are
-    the two views of image k)."""
+  def loss(self, model, out: dict, state: dict, views: dict, step):
+    """(loss, state, metrics) from the online model's outputs on the views ({group: {output:
+    [n, B, ...]}}: out['global']['projection'][1] is every image's second view's projection)."""
     raise NotImplementedError
+
+
+def unit_or_less(value) -> str:
+  return '' if 0 <= value <= 1 else 'use a decay in [0, 1] (1.0: the target stops moving at the end)'
 
 
 class MomentumMethod(Method):
@@ -127,15 +190,13 @@ class MomentumMethod(Method):
   tau = final - (final - base) * (cos(pi * k / K) + 1) / 2, and after the optimiser step the
   target's parameters become tau * target + (1 - tau) * online. Its BatchNorm statistics come from
   its own forward passes in training mode, as in BYOL's and solo-learn's code."""
-  FIELDS = {'base_tau': 0.99, 'final_tau': 1.0}
+  FIELDS = {**Method.FIELDS, 'base_tau': Field(0.99, unit_or_less), 'final_tau': Field(1.0, unit_or_less)}
   TARGET = ('encoder', 'projector')
 
   @classmethod
-  def validate(cls, config) -> None:
-    super().validate(config)
-    if not 0 <= config.final_tau <= 1:
-      fail('final_tau', config.final_tau, 'use a decay in [0, 1] (1.0: the target stops moving at the end)')
-    if not 0 <= config.base_tau <= config.final_tau:
+  def cross_check(cls, config) -> None:
+    super().cross_check(config)
+    if not config.base_tau <= config.final_tau:
       fail('base_tau', config.base_tau, f'use 0 <= base_tau <= final_tau (final_tau={config.final_tau})')
 
   def init_state(self, variables: dict) -> dict:
@@ -154,10 +215,10 @@ class MomentumMethod(Method):
     averaged = jax.tree.map(lambda t, o: tau * t + (1 - tau) * o, state['target']['params'], online)
     return {**state, 'target': {**state['target'], 'params': averaged}}
 
-  def target_projections(self, model, state: dict, views):
-    """(stop-gradient target projections of the views, state with the target's new BatchNorm
+  def target_projections(self, model, state: dict, views: dict):
+    """({group: stop-gradient target projections [n, B, D]}, state with the target's new BatchNorm
     statistics)."""
     target = state['target']
     out, stats = apply_views(model, target, views, self.PER_VIEW_BATCHNORM, target=True)
     state = {**state, 'target': {**target, 'batch_stats': stats}}
-    return jax.lax.stop_gradient(out['projection']), state
+    return {name: jax.lax.stop_gradient(o['projection']) for name, o in out.items()}, state

@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from simclr_jax import models
-from simclr_jax.methods.base import MomentumMethod, l2_normalize, pairs
+from simclr_jax.methods.base import Field, MomentumMethod, l2_normalize, layer_sizes
 
 
 def regression(p, t):
@@ -17,7 +17,7 @@ def regression(p, t):
 
 class BYOL(MomentumMethod):
   NAME = 'byol'
-  FIELDS = {**MomentumMethod.FIELDS, 'predictor_dims': (4096, 256)}
+  FIELDS = {**MomentumMethod.FIELDS, 'predictor_dims': Field((4096, 256), layer_sizes, defines_run=True)}
 
   def projector(self, dtype):
     """Linear-BN-ReLU-Linear (the paper's MLP)."""
@@ -28,8 +28,8 @@ class BYOL(MomentumMethod):
 
   def loss(self, model, out, state, views, step):
     targets, state = self.target_projections(model, state, views)
-    p1, p2 = pairs(out['prediction'])
-    t1, t2 = pairs(targets)
+    p1, p2 = out['global']['prediction']
+    t1, t2 = targets['global']
     return regression(p1, t2) + regression(p2, t1), state, {'tau': self.tau(step)}
 
 

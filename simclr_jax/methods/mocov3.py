@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from simclr_jax import models
-from simclr_jax.methods.base import MomentumMethod, fail, l2_normalize, pairs
+from simclr_jax.methods.base import Field, MomentumMethod, l2_normalize, layer_sizes, positive
 
 
 def contrastive(q, k, temperature: float):
@@ -22,13 +22,8 @@ def contrastive(q, k, temperature: float):
 
 class MoCoV3(MomentumMethod):
   NAME = 'mocov3'
-  FIELDS = {**MomentumMethod.FIELDS, 'temperature': 0.2, 'predictor_dims': (4096, 256)}
-
-  @classmethod
-  def validate(cls, config) -> None:
-    super().validate(config)
-    if not config.temperature > 0:
-      fail('temperature', config.temperature, 'it must be greater than 0')
+  FIELDS = {**MomentumMethod.FIELDS, 'temperature': Field(0.2, positive),
+            'predictor_dims': Field((4096, 256), layer_sizes, defines_run=True)}
 
   def projector(self, dtype):
     """Linear-BN-ReLU-Linear-BN without affine (solo-learn's and the authors' ResNet head)."""
@@ -39,8 +34,8 @@ class MoCoV3(MomentumMethod):
 
   def loss(self, model, out, state, views, step):
     keys, state = self.target_projections(model, state, views)
-    q1, q2 = pairs(out['prediction'])
-    k1, k2 = pairs(keys)
+    q1, q2 = out['global']['prediction']
+    k1, k2 = keys['global']
     t = self.config['temperature']
     return contrastive(q1, k2, t) + contrastive(q2, k1, t), state, {'tau': self.tau(step)}
 

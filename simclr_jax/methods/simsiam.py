@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from simclr_jax import models
-from simclr_jax.methods.base import Method, l2_normalize, pairs
+from simclr_jax.methods.base import Field, Group, Method, l2_normalize, layer_sizes
 
 
 def negative_cosine(p, z):
@@ -18,7 +18,8 @@ def negative_cosine(p, z):
 
 class SimSiam(Method):
   NAME = 'simsiam'
-  FIELDS = {'predictor_dims': (512, 2048), 'predictor_constant_lr': True}
+  FIELDS = {**Method.FIELDS, 'predictor_dims': Field((512, 2048), layer_sizes, defines_run=True),
+            'predictor_constant_lr': Field(True)}
 
   def projector(self, dtype):
     """Three Linear-BN layers, ReLU between them, the last BN without affine (the paper's
@@ -29,14 +30,14 @@ class SimSiam(Method):
     """Linear-BN-ReLU-Linear: the 2048-512-2048 bottleneck."""
     return models.MLPHead(tuple(self.config['predictor_dims']), norm=True, dtype=dtype)
 
-  def constant_lr_groups(self) -> tuple:
+  def param_groups(self) -> dict:
     """The predictor at a constant learning rate (the paper's section 4.4: better than decaying
     it; solo-learn's static_lr)."""
-    return ('predictor',) if self.config['predictor_constant_lr'] else ()
+    return {'predictor': Group(constant_lr=True)} if self.config['predictor_constant_lr'] else {}
 
   def loss(self, model, out, state, views, step):
-    p1, p2 = pairs(out['prediction'])
-    z1, z2 = pairs(out['projection'])
+    p1, p2 = out['global']['prediction']
+    z1, z2 = out['global']['projection']
     return 0.5 * negative_cosine(p1, z2) + 0.5 * negative_cosine(p2, z1), state, {}
 
 

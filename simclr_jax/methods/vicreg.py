@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from simclr_jax import models
-from simclr_jax.methods.base import Method, fail, pairs
+from simclr_jax.methods.base import Field, Method, non_negative
 
 
 def variance(z, eps: float = 1e-4):
@@ -26,21 +26,15 @@ def covariance(z):
 
 class VICReg(Method):
   NAME = 'vicreg'
-  FIELDS = {'sim_weight': 25.0, 'var_weight': 25.0, 'cov_weight': 1.0}
-
-  @classmethod
-  def validate(cls, config) -> None:
-    super().validate(config)
-    for key in cls.FIELDS:
-      if config[key] < 0:
-        fail(key, config[key], 'it must be 0 or more')
+  FIELDS = {**Method.FIELDS, 'sim_weight': Field(25.0, non_negative), 'var_weight': Field(25.0, non_negative),
+            'cov_weight': Field(1.0, non_negative)}
 
   def projector(self, dtype):
     """Linear-BN-ReLU layers, the last a plain Linear (the paper's expander)."""
     return models.MLPHead(tuple(self.config['projection_dims']), norm=True, dtype=dtype)
 
   def loss(self, model, out, state, views, step):
-    z1, z2 = (z.astype(jnp.float32) for z in pairs(out['projection']))
+    z1, z2 = (z.astype(jnp.float32) for z in out['global']['projection'])
     inv = jnp.mean((z1 - z2) ** 2)
     var = variance(z1) + variance(z2)
     cov = covariance(z1) + covariance(z2)

@@ -133,7 +133,7 @@ def pictures_of_run(workdir: str, out_dir: str = '', dataset: str = '', data_dir
   read as the run read it (image size, splits, train_limit): {'embedding_map': path,
   'retrieval': path}. The output folder is checked before any work."""
   from simclr_jax.train import checkpoint
-  from simclr_jax.data import sources
+  from simclr_jax.data import registry
   from simclr_jax.trained_encoder import load_encoder
   from simclr_jax.core.errors import UserError
   config = {}
@@ -156,7 +156,7 @@ def pictures_of_run(workdir: str, out_dir: str = '', dataset: str = '', data_dir
   own = name == config.get('dataset')
   interrupts.set_resume_hint('rerun the same command to make the pictures')
   with interrupts.phase('loading the data for the pictures'):
-    ds = sources.load(name, config.get('data_dir', '') if data_dir is None else data_dir,
+    ds = registry.load(name, config.get('data_dir', '') if data_dir is None else data_dir,
                        config.get('train_limit', 0) if own else 0,
                        image_size=image_size or encoder.image_shape[0],
                        train_split=config.get('train_split', 'train') if own else 'train',

@@ -28,6 +28,7 @@ from simclr_jax.train import optim
 from simclr_jax.core import parallel
 from simclr_jax.stages import runner
 from simclr_jax.train import loop
+from simclr_jax.train.step import TrainState, make_train_step
 from simclr_jax.core.errors import CheckpointError
 from simclr_jax.evals import EvalContext, TYPES, make_evaluators
 from simclr_jax.models.losses import classification_loss, top1
@@ -104,9 +105,9 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int) -> loop.Task
   tx = opt.build(lambda learning_rate, _: optim.partition(
       {'model': opt.make(learning_rate), 'frozen': optax.set_to_zero()},
       {'encoder': body, 'projector': body, 'head': 'model'}))
-  state = loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed)
+  state = TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed)
   state = jax.device_put(state, parallel.replicated(mesh))
-  step_fn = loop.make_train_step(
+  step_fn = make_train_step(
       classifier_loss_fn(model), functools.partial(augment.classifier_views, settings=aug), tx,
       inject_nan_at_step=config.inject_nan_at_step)
   notes = {'stage': config.stage, 'label_fraction': config.label_fraction,

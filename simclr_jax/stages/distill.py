@@ -28,6 +28,7 @@ from simclr_jax.stages import classify
 from simclr_jax.core import parallel
 from simclr_jax.stages import runner
 from simclr_jax.train import loop
+from simclr_jax.train.step import TrainState, make_train_step
 from simclr_jax.core.errors import CheckpointError, DataError
 from simclr_jax.evals import make_evaluators
 from simclr_jax.models.losses import classification_loss, distillation_loss, top1
@@ -86,11 +87,11 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int) -> loop.Task
   model, variables, spec = classify.build_model(config, inputs.image_shape, teacher.num_classes)
   opt = runner.optimizer(config, total_steps, inputs.steps_per_epoch)
   tx = opt.build(lambda learning_rate, _: opt.make(learning_rate))
-  state = loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed,
+  state = TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed,
                                        {'teacher': teacher_vars})
   state = jax.device_put(state, parallel.replicated(mesh))
   loss_fn = distill_loss_fn(model, teacher, config.distill_temperature, config.distill_label_weight)
-  step_fn = loop.make_train_step(loss_fn, functools.partial(augment.classifier_views, settings=aug), tx,
+  step_fn = make_train_step(loss_fn, functools.partial(augment.classifier_views, settings=aug), tx,
                                        inject_nan_at_step=config.inject_nan_at_step)
   evaluators = make_evaluators(config.evals, {'labels'} if eval_inputs.labelled_test else set())
   labelled = int(np.sum(inputs.train_labels() >= 0)) if inputs.num_classes else 0

@@ -1,5 +1,5 @@
-"""Self-supervised pretraining with the method config.method names (simclr_jax.methods): two
-augmented views per image, the method's model, loss, state and update hook in one compiled step,
+"""Self-supervised pretraining with the method config.method names (simclr_jax.methods): the
+views it declares, made on the accelerator, its model, loss, state and update hook in one compiled step,
 an online linear probe, a collapse monitor and the evaluators of config.evals.
 
     results = train_and_evaluate(config, workdir)
@@ -19,24 +19,27 @@ from simclr_jax.train import optim
 from simclr_jax.core import parallel
 from simclr_jax.stages import runner
 from simclr_jax.train import loop
+from simclr_jax.train.step import TrainState, make_train_step
 from simclr_jax.evals import make_evaluators
 from simclr_jax.models.losses import classification_loss, top1
-from simclr_jax.methods.base import apply_views
+from simclr_jax.data import views as views_lib
+from simclr_jax.methods.base import Group, apply_views, probe_view
 from simclr_jax.core.log import log
 
 
 def pretrain_loss_fn(model, method):
-  """The method's loss on the online model's outputs for the views (rows 2k, 2k+1 are image k's;
-  through the model as one batch or one view at a time, as the method says),
-  plus, when the model has the online probe, its cross-entropy on the first views' stop-gradient
-  features (images without a label do not train it)."""
+  """The method's loss on the online model's outputs for the views ({group: [n, B, ...]}, each
+  group through the model in one call or one view at a time, as the method says), plus, when the
+  model has the online probe, its cross-entropy on the stop-gradient features of the first view
+  of the first group (images without a label do not train it)."""
   def loss_fn(params, batch_stats, method_state, views, labels, step):
     out, batch_stats = apply_views(model, {'params': params, 'batch_stats': batch_stats}, views,
                                    method.PER_VIEW_BATCHNORM)
     loss, method_state, extra = method.loss(model, out, method_state, views, step)
     metrics, objective = {'loss': loss, **extra}, loss
-    if 'probe_logits' in out:
-      logits = out['probe_logits'][0::2]
+    first = probe_view(out)
+    if 'probe_logits' in first:
+      logits = first['probe_logits']
       probe_loss = classification_loss(logits, labels)
       objective = objective + probe_loss
       metrics.update(probe_loss=probe_loss, probe_top1=top1(logits, labels))
@@ -44,18 +47,26 @@ def pretrain_loss_fn(model, method):
   return loss_fn
 
 
-def make_tx(opt: runner.Optimizer, probe_learning_rate: float, constant_lr: tuple = ()):
-  """The stage's optimiser (runner.optimizer) for the model, Adam for the online probe. The
-  parameter groups named in constant_lr (a method's Method.constant_lr_groups()) keep the peak
-  learning rate throughout, without warmup or decay."""
-  groups = {'encoder': 'model', 'projector': 'model', 'predictor': 'model', 'online_probe': 'probe',
-            **{name: 'constant' for name in constant_lr}}
+def _group_key(group: Group) -> str:
+  """The name of a parameter group's optimiser in the optimiser state ('constant': SimSiam's
+  predictor, as checkpoints before the groups were declared name it)."""
+  parts = ([f'frozen{group.frozen_steps}'] if group.frozen_steps else []) + (['constant'] if group.constant_lr else [])
+  return '_'.join(parts) or 'model'
+
+
+def make_tx(opt: runner.Optimizer, probe_learning_rate: float, groups: dict | None = None):
+  """The stage's optimiser (runner.optimizer) for the model, Adam for the online probe, and the
+  method's parameter groups ({module: methods.base.Group}, Method.param_groups()) apart: at the
+  peak learning rate throughout (without warmup or decay) and/or frozen for their first steps."""
+  groups = groups or {}
+  labels = {'online_probe': 'probe', **{name: _group_key(g) for name, g in groups.items()}}
 
   def transforms(learning_rate, peak):
     out = {'model': opt.make(learning_rate), 'probe': optax.adam(probe_learning_rate)}
-    if constant_lr:
-      out['constant'] = opt.make(peak)
-    return optim.partition(out, groups)
+    for group in groups.values():
+      tx = opt.make(peak if group.constant_lr else learning_rate)
+      out[_group_key(group)] = optim.frozen_for(group.frozen_steps, tx) if group.frozen_steps else tx
+    return optim.partition(out, labels, default='model')
   return opt.build(transforms)
 
 
@@ -110,14 +121,14 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int, make_views=N
   first = augment.settings_from_config(config.augment)
   second = augment.settings_from_config(config.augment, config.view2)
   opt = runner.optimizer(config, total_steps, inputs.steps_per_epoch)
-  tx = make_tx(opt, config.online_probe_learning_rate, method.constant_lr_groups())
+  tx = make_tx(opt, config.online_probe_learning_rate, method.param_groups())
   variables = models.init_variables(model, config.seed, inputs.image_shape)
-  state = loop.TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed,
+  state = TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed,
                                        method.init_state(variables))
   state = jax.device_put(state, parallel.replicated(mesh))
-  views = make_views or functools.partial(augment.pair_views, first=first, second=second)
+  views = make_views or functools.partial(views_lib.make_views, spec=method.views(first, second))
   loss_fn = pretrain_loss_fn(model, method)
-  step_fn = loop.make_train_step(loss_fn, views, tx, method.update, config.inject_nan_at_step)
+  step_fn = make_train_step(loss_fn, views, tx, method.update, config.inject_nan_at_step)
   available = {'labels'} if eval_inputs.labelled_test else set()
   if probe and eval_inputs.labelled_test and eval_inputs.num_classes == inputs.num_classes:
     available.add('probe')

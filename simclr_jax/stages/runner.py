@@ -22,7 +22,7 @@ import optax
 
 from simclr_jax import models
 from simclr_jax.train import checkpoint
-from simclr_jax.data import pipeline, sources
+from simclr_jax.data import pipeline, registry, sources
 from simclr_jax.train import optim
 from simclr_jax.core import parallel
 from simclr_jax.train import loop
@@ -81,12 +81,12 @@ def prepare_data(config, workdir: str, mesh, *, label_fraction: float = 1.0, req
   train_limit images; with keep_unlabelled, every image, those outside the fraction without a
   label) and eval_dataset, described, checked against the checkpoint's record of its data, then
   placed as config.data_placement says."""
-  source = sources.get(config.dataset, config.data_dir, image_size=config.image_size,
+  source = registry.get(config.dataset, config.data_dir, image_size=config.image_size,
                         train_split=config.train_split, test_split=config.test_split,
                         test_fraction=config.test_fraction)
   eval_source = None
   if config.eval_dataset:
-    eval_source = sources.get(config.eval_dataset, config.data_dir, image_size=source.image_size,
+    eval_source = registry.get(config.eval_dataset, config.data_dir, image_size=source.image_size,
                                test_fraction=config.test_fraction)
     _check_labelled(eval_source, None, 'eval_dataset', config.eval_dataset)
   data = Data(source, eval_source, None, None)

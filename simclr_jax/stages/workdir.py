@@ -30,7 +30,7 @@ import time
 
 from simclr_jax import config_base
 from simclr_jax.train import checkpoint
-from simclr_jax.data import folders
+from simclr_jax.data import registry
 from simclr_jax.train import optim
 from simclr_jax.core.errors import ConfigError
 from simclr_jax.core.log import log, plural
@@ -76,8 +76,8 @@ def _inside(path: str, folder: str) -> bool:
 def check_apart(workdir: str, config) -> None:
   """ConfigError when the workdir lies inside a dataset folder (its files would become data) or
   holds one (a --fresh or a cleanup would move the data)."""
-  places = [(field, folders.folder_path(config[field])) for field in ('dataset', 'eval_dataset')
-            if folders.is_folder_dataset(config[field])]
+  places = [(field, registry.local_folder(config[field])) for field in ('dataset', 'eval_dataset')
+            if registry.local_folder(config[field])]
   if config.data_dir:
     places.append(('data_dir', os.path.abspath(config.data_dir)))
   for field, folder in places:
@@ -195,7 +195,8 @@ def _differs(config, saved: dict) -> list:
   """The run-defining fields whose values differ from the saved config's (a field the saved config
   lacks, added by a later simclr_jax, is not compared)."""
   current = json.loads(config.to_json())
-  return [f'{k}: {saved.get(k)!r} -> {current.get(k)!r}' for k in config_base.RUN_DEFINING_FIELDS
+  fields = dict.fromkeys(config_base.run_defining_fields(saved) + config_base.run_defining_fields(current))
+  return [f'{k}: {saved.get(k)!r} -> {current.get(k)!r}' for k in fields
           if k in saved and saved.get(k) != current.get(k)]
 
 
@@ -236,7 +237,7 @@ def check_data(workdir: str, sources: dict, allow_change: bool = False) -> None:
       if before is None or now is None or before == now:
         continue
       change = describe_change(manifest.get(role, {}).get(split), source.manifest[split], before, now,
-                               header=not folders.is_folder_dataset(source.name))
+                               header=registry.local_folder(source.name) is None)
       message = (f'the {split} split of {source.name} (config.{role}) changed since checkpoint '
                  f'{os.path.basename(step_dir)} ({change})')
       if not allow_change:

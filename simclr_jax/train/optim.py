@@ -154,9 +154,31 @@ def make_optimizer(name: str, schedule, momentum: float, weight_decay: float,
   raise ValueError(f'unknown optimizer {name!r}')
 
 
-def partition(transforms: dict, groups: dict) -> optax.GradientTransformation:
+def partition(transforms: dict, groups: dict, default: str | None = None) -> optax.GradientTransformation:
   """One optimiser per parameter group: groups maps each top-level params key (encoder, head,
-  online_probe, ...) to a key of transforms. Use optax.set_to_zero() for a frozen group."""
+  online_probe, ...) to a key of transforms, and a key it does not name to `default`. Use
+  optax.set_to_zero() for a frozen group."""
   def labels(params):
-    return {k: jax.tree.map(lambda _, g=groups[k]: g, v) for k, v in params.items()}
+    return {k: jax.tree.map(lambda _, g=groups.get(k, default): g, v) for k, v in params.items()}
   return optax.multi_transform(transforms, labels)
+
+
+class FrozenState(NamedTuple):
+  count: jax.Array
+  inner: optax.OptState
+
+
+def frozen_for(steps: int, inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """inner, but for the first `steps` updates no update at all: zeros, and inner's state (its
+  momentum, its step count) held as it was, as PyTorch's optimisers skip a parameter without a
+  gradient (DINO's last layer in its first epoch). From then on inner runs as from its start."""
+  def init(params):
+    return FrozenState(jnp.zeros([], jnp.int32), inner.init(params))
+
+  def update(updates, state, params=None):
+    new_updates, new_inner = inner.update(updates, state.inner, params)
+    frozen = state.count < steps
+    new_updates = jax.tree.map(lambda u: jnp.where(frozen, jnp.zeros_like(u), u), new_updates)
+    new_inner = jax.tree.map(lambda new, old: jnp.where(frozen, old, new), new_inner, state.inner)
+    return new_updates, FrozenState(optax.safe_increment(state.count), new_inner)
+  return optax.GradientTransformation(init, update)

@@ -13,11 +13,11 @@ import pytest
 import oracles
 from conftest import DATA_DIR, DATASET, final_params, run_in_process, tiny_config
 from simclr_jax import validate
-from simclr_jax.data import sources
+from simclr_jax.data import registry, sources
 from simclr_jax.stages import distill
 import simclr_jax
 from simclr_jax.core.errors import CheckpointError, ConfigError, Preempted, UserError
-from test_folders import make_folder
+from image_folders import make_folder
 from test_torch_parity import assert_torch_parity
 
 
@@ -129,7 +129,7 @@ def test_the_v2_workflow_on_cifar10_jpeg_each_stage_resumable(tmp_path):
 
 @pytest.mark.slow
 def test_the_v2_workflow_on_an_unlabelled_folder_with_a_labelled_eval_set(tmp_path):
-  source = sources.load(DATASET, DATA_DIR, train_limit=500, test_split='')
+  source = registry.load(DATASET, DATA_DIR, train_limit=500, test_split='')
   root = make_folder(tmp_path / 'loose', source, 300, labelled=False, corrupt=0)
   labelled = make_folder(tmp_path / 'labelled', source, 200, splits=True, corrupt=0, start=300)
   before = sorted(str(p) for p in tmp_path.rglob('*'))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA_DIR, DATASET
-from simclr_jax.data import decode_cache, sources, tfds_source
+from simclr_jax.data import decode_cache, registry, sources, tfds_source
 from simclr_jax.core.errors import DataError
 
 
@@ -16,12 +16,12 @@ def test_a_source_is_described_without_decoding_and_decodes_uint8_splits(monkeyp
   calls = []
   original = tfds_source._read_split
   monkeypatch.setattr(tfds_source, '_read_split', lambda *a: calls.append(a) or original(*a))
-  source = sources.get(DATASET, DATA_DIR, test_split='test[:1000]')
+  source = registry.get(DATASET, DATA_DIR, test_split='test[:1000]')
   assert (source.size('train'), source.size('test'), source.image_size, source.num_classes) == (50000, 1000, 32, 10)
   assert source.nbytes(512) == (512 + 1000) * 32 * 32 * 3 and source.class_names[0] == 'airplane'
   assert source.identity['train']['count'] == 50000 and source.identity['train']['hash']
   assert not calls  # described from metadata alone
-  ds = sources.load(DATASET, DATA_DIR, train_limit=1000)
+  ds = registry.load(DATASET, DATA_DIR, train_limit=1000)
   assert ds.train.images.shape == (1000, 32, 32, 3) and ds.train.images.dtype == np.uint8
   assert ds.test.images.shape == (10000, 32, 32, 3) and ds.test.labels.dtype == np.int32
   assert ds.num_classes == 10 and set(np.unique(ds.test.labels)) == set(range(10))
@@ -30,11 +30,11 @@ def test_a_source_is_described_without_decoding_and_decodes_uint8_splits(monkeyp
 def test_second_load_comes_from_the_user_cache_not_data_dir(tmp_path, monkeypatch):
   monkeypatch.setenv('SIMCLR_JAX_CACHE', str(tmp_path / 'cache'))
   before = sorted(os.listdir(os.path.join(DATA_DIR, DATASET, '1.0.0')))
-  first = sources.load(DATASET, DATA_DIR, train_split='train[:2000]', test_split='test[:500]')
+  first = registry.load(DATASET, DATA_DIR, train_split='train[:2000]', test_split='test[:500]')
   decoded = []
   original = tfds_source.images_lib.decode_all
   monkeypatch.setattr(tfds_source.images_lib, 'decode_all', lambda *a, **k: decoded.append(1) or original(*a, **k))
-  second = sources.load(DATASET, DATA_DIR, train_split='train[:2000]', test_split='test[:500]')
+  second = registry.load(DATASET, DATA_DIR, train_split='train[:2000]', test_split='test[:500]')
   assert sorted(os.listdir(os.path.join(DATA_DIR, DATASET, '1.0.0'))) == before
   cached = [f for _, _, files in os.walk(tmp_path / 'cache') for f in files]
   assert sorted(cached) == ['test[:500]-0.npz', 'train[:2000]-0.npz']
@@ -54,7 +54,7 @@ def test_balanced_subset_is_balanced_reproducible_and_seeded():
 
 
 def test_select_rows_applies_train_limit_then_the_label_fraction(capsys):
-  source = sources.get(DATASET, DATA_DIR, test_split='')
+  source = registry.get(DATASET, DATA_DIR, test_split='')
   assert sources.select_rows(source) is None
   np.testing.assert_array_equal(sources.select_rows(source, 1000), np.arange(1000))
   rows = sources.select_rows(source, 1000, 0.1, label_seed=0)
@@ -66,13 +66,13 @@ def test_select_rows_applies_train_limit_then_the_label_fraction(capsys):
 
 def test_unknown_dataset_and_missing_data_dir():
   with pytest.raises(DataError, match="unknown dataset 'no_such_set'"):
-    sources.get('no_such_set', DATA_DIR)
+    registry.get('no_such_set', DATA_DIR)
   with pytest.raises(DataError, match='does not exist'):
-    sources.get(DATASET, '/no/such/folder')
+    registry.get(DATASET, '/no/such/folder')
   with pytest.raises(DataError, match=r"has no split 'validation'"):
-    sources.get(DATASET, DATA_DIR, train_split='validation')
+    registry.get(DATASET, DATA_DIR, train_split='validation')
   with pytest.raises(DataError, match=r"split 'train\[:0\]' of dataset 'cifar10_jpeg' holds no images"):
-    sources.get(DATASET, DATA_DIR, train_split='train[:0]')
+    registry.get(DATASET, DATA_DIR, train_split='train[:0]')
 
 
 def _copy_dataset(tmp_path):
@@ -92,14 +92,14 @@ def test_images_that_are_not_hxwx3_uint8_are_refused(tmp_path):
   root, folder = _copy_dataset(tmp_path)
   _edit_features(folder, lambda f: f['image']['image']['shape'].update(dimensions=['32', '32', '1']))
   with pytest.raises(DataError, match='not HxWx3 uint8'):
-    sources.get(DATASET, str(root))
+    registry.get(DATASET, str(root))
 
 
 def test_missing_label_feature_is_refused(tmp_path):
   root, folder = _copy_dataset(tmp_path)
   _edit_features(folder, lambda f: f.pop('label'))
   with pytest.raises(DataError, match='no class-label feature'):
-    sources.get(DATASET, str(root))
+    registry.get(DATASET, str(root))
 
 
 @pytest.mark.parametrize('split', ['train', 'test'])
@@ -109,7 +109,7 @@ def test_truncated_data_file_is_reported(tmp_path, monkeypatch, split):
   record = folder / f'{DATASET}-{split}.array_record-00000-of-00001'
   record.write_bytes(record.read_bytes()[: record.stat().st_size // 2 if split == 'test' else 100_000])
   with pytest.raises(DataError, match=rf"split '{split}'.*corrupt or truncated"):
-    sources.get(DATASET, str(root)).decode(split)
+    registry.get(DATASET, str(root)).decode(split)
 
 
 def test_an_unreadable_dataset_folder_is_one_line(tmp_path, monkeypatch):
@@ -122,7 +122,7 @@ def test_an_unreadable_dataset_folder_is_one_line(tmp_path, monkeypatch):
     raise PermissionError(13, 'Permission denied', str(folder))
   monkeypatch.setattr(tfds, 'builder', denied)
   with pytest.raises(DataError, match=r"cannot read the dataset folder of 'cifar10_jpeg' \(Permission denied"):
-    sources.get(DATASET, str(root))
+    registry.get(DATASET, str(root))
 
 
 def test_a_resume_on_another_tfds_version_is_refused_naming_both(tmp_path, capsys):
@@ -130,7 +130,7 @@ def test_a_resume_on_another_tfds_version_is_refused_naming_both(tmp_path, capsy
   another version (here the run trained on a pretended 0.9.0) names both."""
   from simclr_jax.stages import workdir as workdir_lib
   from simclr_jax.core.errors import ConfigError
-  now = sources.get(DATASET, DATA_DIR, test_split='test[:1000]')
+  now = registry.get(DATASET, DATA_DIR, test_split='test[:1000]')
   old_lines = [now.manifest['train'][0].replace(' 1.0.0 ', ' 0.9.0 ')] + now.manifest['train'][1:]
   meta = tmp_path / 'checkpoints' / '8' / 'meta'
   (tmp_path / 'checkpoints' / '8' / 'state').mkdir(parents=True)

@@ -9,7 +9,7 @@ import pytest
 
 import simclr_jax
 from conftest import DATA_DIR, DATASET, build, make_inputs, tiny_config
-from simclr_jax.data import sources
+from simclr_jax.data import registry
 from simclr_jax import evals
 from simclr_jax.core import parallel
 from simclr_jax.stages import pretrain
@@ -18,7 +18,7 @@ from simclr_jax.evals.linear_probe import fit_linear_probe, standardize
 
 @pytest.fixture(scope='module')
 def dataset():
-  return sources.load(DATASET, DATA_DIR, train_limit=256, test_split='test[:1000]')
+  return registry.load(DATASET, DATA_DIR, train_limit=256, test_split='test[:1000]')
 
 
 def _steps(config, n):

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import DATA_DIR, DATASET, ROOT, cli_args, error_line, run_cli, tiny_config
 from simclr_jax.train import checkpoint
-from simclr_jax.data import pipeline, sources
+from simclr_jax.data import pipeline, registry, sources
 from simclr_jax.stages import workdir as workdir_lib
 from simclr_jax.core.errors import CheckpointError, ConfigError
 
@@ -176,7 +176,7 @@ def test_a_second_sigint_during_a_long_save_exits_at_once():
 
 def test_a_cache_that_does_not_match_its_source_is_rebuilt_with_a_notice(tmp_path, monkeypatch, capsys):
   monkeypatch.setenv('SIMCLR_JAX_CACHE', str(tmp_path / 'cache'))
-  good = sources.load(DATASET, DATA_DIR, train_limit=100, test_split='test[:300]')
+  good = registry.load(DATASET, DATA_DIR, train_limit=100, test_split='test[:300]')
   test_cache = next(p for p in (tmp_path / 'cache').rglob('test[[]:300[]]-0.npz'))
   with np.load(test_cache) as f:
     fingerprint = f['fingerprint']
@@ -185,18 +185,18 @@ def test_a_cache_that_does_not_match_its_source_is_rebuilt_with_a_notice(tmp_pat
       (good.test.images, np.full(300, 12, np.int32), 'labels outside [-1, 10)')):
     np.savez(test_cache, images=images, labels=labels, fingerprint=fingerprint)
     capsys.readouterr()
-    again = sources.load(DATASET, DATA_DIR, train_limit=100, test_split='test[:300]')
+    again = registry.load(DATASET, DATA_DIR, train_limit=100, test_split='test[:300]')
     out = capsys.readouterr().out
     assert 'does not match' in out and why in out, out
     np.testing.assert_array_equal(again.test.images, good.test.images)
     np.testing.assert_array_equal(again.test.labels, good.test.labels)
   np.savez(test_cache, images=good.test.images, labels=good.test.labels, fingerprint=np.asarray('{}'))
-  sources.load(DATASET, DATA_DIR, train_limit=100, test_split='test[:300]')
+  registry.load(DATASET, DATA_DIR, train_limit=100, test_split='test[:300]')
   assert 'made from other source files' in capsys.readouterr().out
 
 
 def test_notices_for_a_train_limit_above_the_split_and_a_set_smaller_than_a_batch(capsys):
-  ds = sources.load(DATASET, DATA_DIR, train_limit=60000, test_split='')
+  ds = registry.load(DATASET, DATA_DIR, train_limit=60000, test_split='')
   assert len(ds.train.images) == 50000
   assert 'notice: train_limit=60000 is above the 50,000 training images' in capsys.readouterr().out
   from simclr_jax.core import parallel

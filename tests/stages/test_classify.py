@@ -11,7 +11,7 @@ import simclr_jax
 from conftest import DATA_DIR, DATASET, build, make_inputs, run_cli, tiny_config
 from simclr_jax.train import checkpoint
 from simclr_jax.stages import classify
-from simclr_jax.data import sources
+from simclr_jax.data import registry
 from simclr_jax.core import parallel
 from simclr_jax.train import loop
 
@@ -105,7 +105,7 @@ def test_label_subset_is_balanced_and_identical_for_finetune_and_supervised(pret
 
 def test_load_encoder_embeds_images_in_user_code(pretrained_workdir):
   encoder = simclr_jax.load_encoder(str(pretrained_workdir))
-  images = sources.load(DATASET, DATA_DIR, train_limit=16, test_split='').train.images
+  images = registry.load(DATASET, DATA_DIR, train_limit=16, test_split='').train.images
   features = encoder.embed(images, batch_size=10)
   assert features.shape == (16, 64) and features.dtype == np.float32
   assert np.all(np.isfinite(features)) and not np.allclose(features[0], features[1])
@@ -117,7 +117,7 @@ def test_load_encoder_and_embed_check_their_inputs(pretrained_workdir, tmp_path)
   with pytest.raises(UserError, match=f"load_encoder path '{tmp_path}/nothing' does not exist"):
     simclr_jax.load_encoder(str(tmp_path / 'nothing'))
   encoder = simclr_jax.load_encoder(str(pretrained_workdir))
-  images = sources.load(DATASET, DATA_DIR, train_limit=4, test_split='').train.images
+  images = registry.load(DATASET, DATA_DIR, train_limit=4, test_split='').train.images
   assert encoder.embed(images[:0]).shape == (0, 64)
   for bad, fragment in ((images / 255.0, 'got float64'),
                         (images.transpose(0, 3, 1, 2), 'got shape (4, 3, 32, 32)'),

@@ -10,52 +10,16 @@ import pytest
 from PIL import Image
 
 from conftest import DATA_DIR, DATASET, error_line, run_cli, tiny_config
+from image_folders import make_folder
 from simclr_jax import methods, models
-from simclr_jax.data import images, pipeline, sources
+from simclr_jax.data import images, pipeline, registry
 from simclr_jax.core import parallel
 from simclr_jax.stages import runner, workdir as workdir_lib
 from simclr_jax.core.errors import ConfigError, DataError
 
-FORMATS = ('.jpg', '.png', '.webp', '.bmp')
-
-
 @pytest.fixture(scope='module')
 def source():
-  return sources.load(DATASET, DATA_DIR, train_limit=600, test_split='')
-
-
-def _write(path, pixels, k):
-  """Image k in a format, mode and size that varies with k: greyscale, RGBA, palette, and sizes
-  above and below 32 px, non-square ones included."""
-  image = Image.fromarray(pixels)
-  if k % 7 == 1:
-    image = image.resize((48, 40))
-  elif k % 7 == 2:
-    image = image.resize((64, 64))
-  elif k % 50 == 3:
-    image = image.resize((24, 24))  # smaller than image_size: upscaled, counted
-  mode = {4: 'L', 5: 'RGBA', 6: 'P'}.get(k % 9)
-  if mode:
-    image = image.convert(mode)
-  ext = FORMATS[k % len(FORMATS)]
-  if ext == '.jpg' and image.mode in ('RGBA', 'P'):
-    ext = '.png'
-  image.save(str(path) + ext)
-
-
-def make_folder(root, source, n, labelled=True, splits=False, corrupt=1, start=0):
-  names = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
-  for k in range(start, start + n):
-    label = int(source.train.labels[k])
-    split = ('test' if k % 5 == 0 else 'train') if splits else ''
-    folder = root / split / (names[label] if labelled else '')
-    folder.mkdir(parents=True, exist_ok=True)
-    _write(folder / f'img{k:05d}', source.train.images[k], k)
-  where = root / ('train' if splits else '') / ('cat' if labelled else '')
-  for c in range(corrupt):
-    (where / f'broken{c}.jpg').write_bytes(b'\xff\xd8\xff\xe0 this is not a JPEG')
-  (root / 'notes.txt').write_text('not an image')
-  return root
+  return registry.load(DATASET, DATA_DIR, train_limit=600, test_split='')
 
 
 def _snapshot(folder):
@@ -116,7 +80,7 @@ def test_folder_images_are_resized_as_torchvision_resize_and_centercrop_do(tmp_p
 def test_a_labelled_folder_loads_with_classes_a_fixed_split_and_nothing_written_into_it(tmp_path, source, capsys):
   root = make_folder(tmp_path / 'pets', source, 200)
   before = _snapshot(root)
-  ds = sources.load(f'folder:{root}', image_size=32, test_fraction=0.2, max_bad_fraction=0.05)
+  ds = registry.load(f'folder:{root}', image_size=32, test_fraction=0.2, max_bad_fraction=0.05)
   assert _snapshot(root) == before
   assert ds.num_classes == 10 and ds.class_names[0] == 'airplane'
   assert len(ds.train.images) + len(ds.test.images) == 201  # the corrupt file: black, unlabelled
@@ -127,7 +91,7 @@ def test_a_labelled_folder_loads_with_classes_a_fixed_split_and_nothing_written_
   assert 'cannot be read; each is replaced by a black image without a label' in out and 'cat/broken0.jpg' in out
   assert 'notice: 1 files in' in out and 'notes.txt' in out
   assert 'upscaled' in out
-  again = sources.load(f'folder:{root}', image_size=32, test_fraction=0.2, max_bad_fraction=0.05)
+  again = registry.load(f'folder:{root}', image_size=32, test_fraction=0.2, max_bad_fraction=0.05)
   np.testing.assert_array_equal(again.test.labels, ds.test.labels)  # the same split every time
   by_hand = images.decode(str(root / 'airplane' / sorted(os.listdir(root / 'airplane'))[0]), 32)[0]
   assert any(np.array_equal(by_hand, x) for x in np.concatenate([ds.train.images, ds.test.images]))
@@ -136,11 +100,11 @@ def test_a_labelled_folder_loads_with_classes_a_fixed_split_and_nothing_written_
 def test_the_cache_is_read_on_a_second_load_and_read_again_after_a_file_changes(tmp_path, source, capsys, monkeypatch):
   monkeypatch.setenv('SIMCLR_JAX_CACHE', str(tmp_path / 'cache'))
   root = make_folder(tmp_path / 'pics', source, 120, labelled=False, corrupt=0)
-  first = sources.load(f'folder:{root}', image_size=32)
+  first = registry.load(f'folder:{root}', image_size=32)
   calls = []
   original = images.decode_all
   monkeypatch.setattr(images, 'decode_all', lambda *a, **k: calls.append(1) or original(*a, **k))
-  second = sources.load(f'folder:{root}', image_size=32)
+  second = registry.load(f'folder:{root}', image_size=32)
   assert not calls and first.num_classes == 0 and second.test is None
   np.testing.assert_array_equal(first.train.images, second.train.images)
   assert np.all(second.train.labels == -1)
@@ -148,14 +112,14 @@ def test_the_cache_is_read_on_a_second_load_and_read_again_after_a_file_changes(
   Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / victim, format=Image.open(root / victim).format)
   os.utime(root / victim, ns=(1, 1))  # a new modification time
   capsys.readouterr()
-  third = sources.load(f'folder:{root}', image_size=32)
+  third = registry.load(f'folder:{root}', image_size=32)
   assert calls and 'notice: cache' in capsys.readouterr().out
   assert not np.array_equal(third.train.images, second.train.images)
 
 
 def test_split_folders_and_stems(tmp_path, source):
   root = make_folder(tmp_path / 'split', source, 100, splits=True, corrupt=0)
-  ds = sources.load(f'folder:{root}', image_size=96)
+  ds = registry.load(f'folder:{root}', image_size=96)
   assert len(ds.test.images) == 20 and ds.train.images.shape[1:] == (96, 96, 3)
   assert models.resolve_stem('auto', 96) == 'imagenet' and models.resolve_stem('auto', 64) == 'cifar'
   import jax
@@ -166,12 +130,12 @@ def test_split_folders_and_stems(tmp_path, source):
 
 
 def test_a_tfds_split_string_slices_the_split():
-  sliced = sources.load(DATASET, DATA_DIR, train_split='train[:10%]', test_split='test[:1000]')
-  full = sources.load(DATASET, DATA_DIR, test_split='')
+  sliced = registry.load(DATASET, DATA_DIR, train_split='train[:10%]', test_split='test[:1000]')
+  full = registry.load(DATASET, DATA_DIR, test_split='')
   assert len(sliced.train.images) == 5000 and len(sliced.test.images) == 1000
   np.testing.assert_array_equal(sliced.train.images, full.train.images[:5000])
   with pytest.raises(DataError, match=r"has no split 'validation'"):
-    sources.load(DATASET, DATA_DIR, train_split='validation')
+    registry.load(DATASET, DATA_DIR, train_split='validation')
 
 
 @pytest.mark.parametrize('make,fragment', [
@@ -186,7 +150,7 @@ def test_bad_folders_get_one_line_naming_the_path_and_the_fix(tmp_path, make, fr
   root = tmp_path / 'data'
   make(root)
   with pytest.raises(DataError, match=re.escape(fragment)) as e:
-    sources.load(f'folder:{root}', image_size=32)
+    registry.load(f'folder:{root}', image_size=32)
   assert str(root) in str(e.value) and '\n' not in str(e.value) and ': ' in str(e.value)
 
 
@@ -194,7 +158,7 @@ def test_a_file_or_an_unreadable_folder_as_the_root_gets_one_line(tmp_path, monk
   root = tmp_path / 'data'
   root.write_bytes(b'x')
   with pytest.raises(DataError, match=re.escape(f"dataset folder '{root}' is a file, not a folder")):
-    sources.load(f'folder:{root}', image_size=32)
+    registry.load(f'folder:{root}', image_size=32)
   root.unlink()
   (root / 'cat').mkdir(parents=True)
   scandir = os.scandir
@@ -205,7 +169,7 @@ def test_a_file_or_an_unreadable_folder_as_the_root_gets_one_line(tmp_path, monk
     return scandir(path)
   monkeypatch.setattr(os, 'scandir', denied)
   with pytest.raises(DataError) as e:
-    sources.load(f'folder:{root}', image_size=32)
+    registry.load(f'folder:{root}', image_size=32)
   assert str(e.value) == (f'dataset folder {root} (Permission denied) cannot be read: fix its permissions, '
                           'or point --config.dataset=folder:PATH at another folder'), str(e.value)
 
@@ -214,12 +178,12 @@ def test_too_many_unreadable_images_stop_naming_the_first(tmp_path, source):
   root = make_folder(tmp_path / 'bad', source, 100, splits=True, corrupt=3)
   with pytest.raises(DataError, match=r'3 of the 83 images of folder:.* \(train\) cannot be read, more than '
                                       r'max_bad_fraction=0.01 \(train/cat/broken0.jpg: '):
-    sources.load(f'folder:{root}', image_size=32)
-  sources.load(f'folder:{root}', image_size=32, max_bad_fraction=0.1)
+    registry.load(f'folder:{root}', image_size=32)
+  registry.load(f'folder:{root}', image_size=32, max_bad_fraction=0.1)
 
 
 def test_a_dataset_too_large_for_the_device_and_a_classifier_on_unlabelled_images(tmp_path, source):
-  nbytes = sources.get(DATASET, DATA_DIR).nbytes(1000)  # 11,000 images of 32 x 32 x 3 bytes
+  nbytes = registry.get(DATASET, DATA_DIR).nbytes(1000)  # 11,000 images of 32 x 32 x 3 bytes
   with pytest.raises(DataError, match=r'takes 0.03 GiB as uint8 arrays on every device, more than 40% of '
                                       r'its 0.0 GiB .*lower --config.image_size or --config.train_limit'):
     pipeline.choose_placement('device', nbytes, memory=2**20, names=DATASET)
@@ -273,7 +237,7 @@ def test_an_unlabelled_folder_pretrains_with_the_monitor_on_eval_dataset(tmp_pat
 def test_dangling_links_and_unreadable_folders_count_as_unreadable_never_silently(tmp_path, source, monkeypatch, capsys):
   root = make_folder(tmp_path / 'pets', source, 60, corrupt=0)
   os.symlink(tmp_path / 'gone.jpg', root / 'cat' / 'dangling.jpg')  # a link to nothing
-  ds = sources.load(f'folder:{root}', image_size=32, max_bad_fraction=0.1)
+  ds = registry.load(f'folder:{root}', image_size=32, max_bad_fraction=0.1)
   out = capsys.readouterr().out
   assert 'cat/dangling.jpg' in out and 'cannot be read; each is replaced by a black image' in out
   assert np.sum(np.concatenate([ds.train.labels, ds.test.labels]) == -1) == 1
@@ -285,7 +249,7 @@ def test_dangling_links_and_unreadable_folders_count_as_unreadable_never_silentl
       raise PermissionError(13, 'Permission denied', unreadable)
     return scandir(path)
   monkeypatch.setattr(os, 'scandir', denied)
-  fewer = sources.load(f'folder:{root}', image_size=32, max_bad_fraction=0.1)
+  fewer = registry.load(f'folder:{root}', image_size=32, max_bad_fraction=0.1)
   out = capsys.readouterr().out
   assert f'notice: 1 folders of {root} cannot be read and their images are left out ({unreadable} (Permission denied))' in out
   dogs = sum(1 for k in range(60) if source.train.labels[k] == 5)
@@ -298,11 +262,11 @@ def test_a_folder_of_unreadable_images_and_a_test_fraction_that_leaves_no_traini
   for k in range(5):
     (root / f'{k}.jpg').write_bytes(b'not an image')
   with pytest.raises(DataError, match=r'none of the 5 images of folder:.* can be read') as e:
-    sources.load(f'folder:{root}', image_size=32, max_bad_fraction=1.0)
+    registry.load(f'folder:{root}', image_size=32, max_bad_fraction=1.0)
   assert '\n' not in str(e.value)
   pets = make_folder(tmp_path / 'pets', source, 300, corrupt=0)
   with pytest.raises(DataError, match=r'test_fraction=0.99 leaves no training image in .*: lower --config.test_fraction'):
-    sources.get(f'folder:{pets}', image_size=32, test_fraction=0.99)
+    registry.get(f'folder:{pets}', image_size=32, test_fraction=0.99)
 
 
 def _fake_checkpoint(workdir, step, data):
@@ -328,17 +292,17 @@ def test_epochs_below_what_was_trained_are_counted_in_the_checkpoints_steps_per_
 def test_a_folder_changed_since_the_checkpoint_is_refused_naming_the_change(tmp_path, source, capsys):
   root = make_folder(tmp_path / 'pets', source, 120, corrupt=0)
   name = f'folder:{root}'
-  before = sources.get(name, image_size=32)
+  before = registry.get(name, image_size=32)
   workdir = tmp_path / 'run'
   workdir.mkdir()
   _fake_checkpoint(workdir, 8, {'dataset': before.identity})
   workdir_lib.write_manifest(str(workdir), {'dataset': before})
-  workdir_lib.check_data(str(workdir), {'dataset': sources.get(name, image_size=32)})  # unchanged: fine
+  workdir_lib.check_data(str(workdir), {'dataset': registry.get(name, image_size=32)})  # unchanged: fine
   victim = sorted((root / 'cat').iterdir())[0]
   os.utime(victim, ns=(1, 1))  # modified
   Image.fromarray(source.train.images[500]).save(root / 'cat' / 'new.png')  # added
   os.remove(sorted((root / 'dog').iterdir())[0])  # removed
-  after = sources.get(name, image_size=32)
+  after = registry.get(name, image_size=32)
   with pytest.raises(ConfigError) as e:
     workdir_lib.check_data(str(workdir), {'dataset': after})
   message = str(e.value)

@@ -1,9 +1,10 @@
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simclr_jax.data import augment
+from simclr_jax.data import augment, views as views_lib
 from simclr_jax.data.augment import AugmentSettings
 
 IDENTITY = AugmentSettings(crop_scale=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0)
@@ -13,7 +14,11 @@ def _images(n=16, seed=0):
   return jnp.asarray(np.random.RandomState(seed).randint(0, 256, (n, 32, 32, 3)), jnp.uint8)
 
 
-views_fn = jax.jit(augment.simclr_views, static_argnums=2)
+@functools.partial(jax.jit, static_argnums=2)
+def views_fn(key, x, settings):
+  """Both views of each image (data.views' two same-size views), as rows 2k and 2k+1."""
+  v = views_lib.make_views(key, x, views_lib.two_views(settings))['global']
+  return jnp.swapaxes(v, 0, 1).reshape((-1,) + v.shape[2:])
 
 
 def test_shapes_and_dtypes():
@@ -69,7 +74,7 @@ def test_flip_rate_matches_probability():
   n = 2000
   x = jnp.tile(_images(1, seed=3), (n, 1, 1, 1))
   params = IDENTITY._replace(flip_prob=0.5)
-  v = np.asarray(jax.jit(augment.simclr_views, static_argnums=2)(jax.random.PRNGKey(5), x, params))
+  v = np.asarray(views_fn(jax.random.PRNGKey(5), x, params))
   base = np.asarray(augment.eval_view(x[:1], params))[0]
   flipped = np.array([np.allclose(view, base[:, ::-1], atol=1e-5) for view in v])
   same = np.array([np.allclose(view, base, atol=1e-5) for view in v])
@@ -136,8 +141,8 @@ def test_resized_crop_matches_torchvision_on_real_images():
   2.13's interpolate on these images: largest difference 1.8e-7); within 1e-4 of the same
   bilinear formula in NumPy, on the outermost ring of pixels too."""
   from conftest import DATA_DIR, DATASET
-  from simclr_jax.data import sources
-  images = sources.load(DATASET, DATA_DIR, train_limit=256, test_split='').train.images.astype(np.float32) / 255
+  from simclr_jax.data import registry
+  images = registry.load(DATASET, DATA_DIR, train_limit=256, test_split='').train.images.astype(np.float32) / 255
   keys = jax.random.split(jax.random.PRNGKey(0), len(images))
   boxes = np.asarray(jax.vmap(lambda k: jnp.stack(augment.crop_box(k, 32, 32, (0.08, 1.0), (3 / 4, 4 / 3))))(keys))
   crop = jax.jit(jax.vmap(lambda im, b: augment.resized_crop(im, b[0], b[1], b[2], b[3], (32, 32))))
@@ -156,3 +161,24 @@ def test_resized_crop_matches_torchvision_on_real_images():
     t = torch.from_numpy(image).permute(2, 0, 1)[None, :, y0:y0 + h, x0:x0 + w]
     ref = F.interpolate(t, size=(32, 32), mode='bilinear', align_corners=False, antialias=True)
     assert np.abs(ref[0].permute(1, 2, 0).numpy() - out).max() < 1e-4
+
+
+def test_a_multi_crop_spec_makes_each_group_at_its_size_with_each_crops_settings_and_key():
+  """2 global views at the images' size and 3 local ones at 16 px, the local ones at full scale
+  without augmentation: every local crop is the whole image resized to 16 px; crop j of image b
+  is made with key split(key, (B, 5))[b, j], whatever group it is in."""
+  x = _images(4, seed=7)
+  local = IDENTITY._replace(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+  spec = (views_lib.Crops('global', 0, (AugmentSettings(), AugmentSettings(solarize_prob=1.0))),
+          views_lib.Crops('local', 16, (local,) * 3))
+  assert views_lib.count(spec) == 5 and views_lib.names(spec) == ('global', 'local')
+  made = jax.jit(views_lib.make_views, static_argnums=2)(jax.random.PRNGKey(3), x, spec)
+  assert made['global'].shape == (2, 4, 32, 32, 3) and made['local'].shape == (3, 4, 16, 16, 3)
+  whole = jax.vmap(lambda im: augment.resized_crop(augment.to_unit(im), 0, 0, 32, 32, (16, 16)))(x)
+  for k in range(3):
+    np.testing.assert_allclose(made['local'][k], augment.normalize(whole, local), atol=1e-5)
+  keys = jax.random.split(jax.random.PRNGKey(3), (4, 5))
+  for b in range(4):
+    for j, (group, k, settings) in enumerate([('global', 0, spec[0].settings[0]), ('global', 1, spec[0].settings[1])]):
+      want = augment.simclr_view(keys[b, j], x[b], settings, (32, 32))
+      np.testing.assert_allclose(made[group][k, b], want, atol=1e-5)

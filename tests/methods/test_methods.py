@@ -15,7 +15,10 @@ import oracles
 from conftest import MECHANICS, ROOT, device_env, tiny_config
 from simclr_jax import methods
 from simclr_jax.stages import pretrain, runner
-from simclr_jax.models.losses import distillation_loss, nt_xent
+from simclr_jax.data.views import Crops
+from simclr_jax.methods.base import Group, Method, l2_normalize
+from simclr_jax.methods.simclr import nt_xent
+from simclr_jax.models.losses import distillation_loss
 
 METHODS = list(methods.NAMES)
 
@@ -37,14 +40,24 @@ def _method(name, **fields):
   return methods.get(name)(tiny_config(name, **fields), total_steps=100)
 
 
+def _views(both):
+  """Interleaved rows (2k, 2k+1: image k's two views) as the step holds them: [2, n, ...]."""
+  return jnp.stack([jnp.asarray(both[0::2], jnp.float32), jnp.asarray(both[1::2], jnp.float32)])
+
+
+def _out(**outputs):
+  """A model's outputs on the two views: {'global': {name: [2, n, d]}} from interleaved rows."""
+  return {'global': {k: _views(v) for k, v in outputs.items()}}
+
+
 @pytest.mark.parametrize('t', [0.5, 0.2])
 def test_simclr_nt_xent_matches_the_paper_and_optax(t):
   z = _pair(_rng())[2].astype(np.float32)
-  ours = float(nt_xent(jnp.asarray(z), t))
+  ours = float(nt_xent(jnp.asarray(z[0::2]), jnp.asarray(z[1::2]), t))
   assert abs(ours - oracles.nt_xent(z, t)) < 1e-5
   import optax
   assert abs(ours - float(optax.ntxent(jnp.asarray(z), jnp.arange(len(z)) // 2, t))) < 1e-5
-  loss, _, _ = _method('simclr', temperature=t).loss(None, {'projection': jnp.asarray(z)}, {}, None, 0)
+  loss, _, _ = _method('simclr', temperature=t).loss(None, _out(projection=z), {}, None, 0)
   assert abs(float(loss) - oracles.nt_xent(z, t)) < 1e-5
 
 
@@ -53,8 +66,8 @@ def test_mocov3_infonce_matches_the_authors_code():
   _, _, q = _pair(rng)
   _, _, k = _pair(rng)
   method = _method('mocov3', temperature=0.2)
-  method.target_projections = lambda model, state, views: (jnp.asarray(k, jnp.float32), state)
-  loss, _, _ = method.loss(None, {'prediction': jnp.asarray(q, jnp.float32)}, {}, None, 0)
+  method.target_projections = lambda model, state, views: ({'global': _views(k)}, state)
+  loss, _, _ = method.loss(None, _out(prediction=q), {}, None, 0)
   want = oracles.infonce_mocov3(q[0::2], q[1::2], k[0::2], k[1::2], 0.2)
   assert abs(float(loss) - want) < 1e-5 * abs(want)
 
@@ -64,8 +77,8 @@ def test_byol_regression_matches_the_paper():
   _, _, p = _pair(rng)
   _, _, t = _pair(rng)
   method = _method('byol')
-  method.target_projections = lambda model, state, views: (jnp.asarray(t, jnp.float32), state)
-  loss, _, metrics = method.loss(None, {'prediction': jnp.asarray(p, jnp.float32)}, {}, None, 30)
+  method.target_projections = lambda model, state, views: ({'global': _views(t)}, state)
+  loss, _, metrics = method.loss(None, _out(prediction=p), {}, None, 30)
   assert abs(float(loss) - oracles.byol(p[0::2], p[1::2], t[0::2], t[1::2])) < 1e-5
   assert abs(float(metrics['tau']) - oracles.byol_tau(30, 100)) < 1e-7
 
@@ -74,8 +87,7 @@ def test_simsiam_negative_cosine_matches_the_paper():
   rng = _rng(3)
   _, _, p = _pair(rng)
   _, _, z = _pair(rng)
-  loss, _, _ = _method('simsiam').loss(None, {'prediction': jnp.asarray(p, jnp.float32),
-                                              'projection': jnp.asarray(z, jnp.float32)}, {}, None, 0)
+  loss, _, _ = _method('simsiam').loss(None, _out(prediction=p, projection=z), {}, None, 0)
   assert abs(float(loss) - oracles.simsiam(p[0::2], p[1::2], z[0::2], z[1::2])) < 1e-6
 
 
@@ -83,16 +95,15 @@ def test_simsiam_gradient_stops_at_the_projection_it_predicts():
   method = _method('simsiam')
   _, _, p = _pair(_rng(4))
   _, _, z = _pair(_rng(5))
-  grad = jax.grad(lambda z: method.loss(None, {'prediction': jnp.asarray(p, jnp.float32), 'projection': z},
-                                        {}, None, 0)[0])(jnp.asarray(z, jnp.float32))
+  grad = jax.grad(lambda z: method.loss(None, {'global': {'prediction': _views(p), 'projection': z}},
+                                        {}, None, 0)[0])(_views(z))
   assert float(jnp.abs(grad).max()) == 0.0
 
 
 @pytest.mark.parametrize('lambd,scale', [(0.0051, 0.1), (0.02, 1.0)])
 def test_barlow_twins_cross_correlation_matches_the_paper(lambd, scale):
   _, _, z = _pair(_rng(6), n=64, d=32)
-  loss, _, _ = _method('barlow_twins', lambd=lambd, loss_scale=scale).loss(
-      None, {'projection': jnp.asarray(z, jnp.float32)}, {}, None, 0)
+  loss, _, _ = _method('barlow_twins', lambd=lambd, loss_scale=scale).loss(None, _out(projection=z), {}, None, 0)
   want = oracles.barlow_twins(z[0::2], z[1::2], lambd, scale)
   assert abs(float(loss) - want) < 1e-4 * abs(want)
 
@@ -102,7 +113,7 @@ def test_vicreg_matches_the_paper(weights):
   z = 0.5 * _pair(_rng(10), n=64, d=32)[2]  # deviations below 1: the variance hinge is active
   sim, var, cov = weights
   loss, _, _ = _method('vicreg', sim_weight=sim, var_weight=var, cov_weight=cov).loss(
-      None, {'projection': jnp.asarray(z, jnp.float32)}, {}, None, 0)
+      None, _out(projection=z), {}, None, 0)
   want = oracles.vicreg(z[0::2], z[1::2], sim, var, cov)
   assert want > 0.01 and abs(float(loss) - want) < 1e-5 * max(1.0, abs(want))
 
@@ -128,10 +139,10 @@ def test_the_simsiam_predictor_keeps_the_peak_learning_rate_while_the_rest_follo
   """The paper's section 4.4: the predictor's learning rate is not decayed (nor warmed up)."""
   config = tiny_config('simsiam', optimizer='sgd', momentum=0.0, weight_decay=0.0, learning_rate=0.4,
                        lr_scaling='none', epochs=4, warmup_epochs=1.0)
-  assert methods.get('simsiam')(config).constant_lr_groups() == ('predictor',)
+  assert methods.get('simsiam')(config).param_groups() == {'predictor': Group(constant_lr=True)}
   params = {k: {'w': jnp.ones((2, 3))} for k in ('encoder', 'projector', 'predictor')}
   grads = jax.tree.map(jnp.ones_like, params)
-  for constant in ((), ('predictor',)):
+  for constant in ({}, {'predictor': Group(constant_lr=True)}):
     opt = runner.optimizer(config, 10 * config.epochs, 10)
     tx, schedule = pretrain.make_tx(opt, config.online_probe_learning_rate, constant), opt.schedule
     opt_state = tx.init(params)
@@ -141,8 +152,8 @@ def test_the_simsiam_predictor_keeps_the_peak_learning_rate_while_the_rest_follo
       assert lr['encoder'] == pytest.approx(float(schedule(step)), abs=1e-7)
       assert lr['projector'] == lr['encoder']
       assert lr['predictor'] == (pytest.approx(0.4) if constant else lr['encoder']), (step, constant)
-  assert methods.get('simsiam')(tiny_config('simsiam', predictor_constant_lr=False)).constant_lr_groups() == ()
-  assert methods.get('byol')(tiny_config('byol')).constant_lr_groups() == ()
+  assert methods.get('simsiam')(tiny_config('simsiam', predictor_constant_lr=False)).param_groups() == {}
+  assert methods.get('byol')(tiny_config('byol')).param_groups() == {}
 
 
 def test_per_view_batchnorm_normalises_each_view_by_its_own_statistics():
@@ -155,17 +166,17 @@ def test_per_view_batchnorm_normalises_each_view_by_its_own_statistics():
   assert method.PER_VIEW_BATCHNORM and not methods.get('simclr').PER_VIEW_BATCHNORM
   model = method.make_model(models.make_encoder('resnet10', 0.125, 'float32', 'cifar'))
   rng = _rng(10)
-  views = np.concatenate([rng.normal(size=(16, 32, 32, 3)), 2 + 3 * rng.normal(size=(16, 32, 32, 3))])
-  views = np.stack([views[:16], views[16:]], axis=1).reshape(32, 32, 32, 3).astype(np.float32)  # rows 2k, 2k+1
+  views = {'global': np.stack([rng.normal(size=(16, 32, 32, 3)), 2 + 3 * rng.normal(size=(16, 32, 32, 3))]
+                              ).astype(np.float32)}  # [2 views, 16 images, ...]: the second view shifted
   variables = models.init_variables(model, 0, (32, 32, 3))
   for per_view in (True, False):
-    out, stats = jax.jit(lambda v, x, p=per_view: apply_views(model, v, x, p))(variables, jnp.asarray(views))
-    z = np.asarray(out['projection'], np.float64)
-    halves = [np.abs(z[k::2].mean(0)).max() for k in (0, 1)]
+    out, stats = jax.jit(lambda v, x, p=per_view: apply_views(model, v, x, p))(variables, views)
+    z = np.asarray(out['global']['projection'], np.float64)  # [2, 16, D]
+    halves = [np.abs(z[k].mean(0)).max() for k in (0, 1)]
     if per_view:
-      assert max(halves) < 1e-4 and abs(z[0::2].var(0).mean() - 1) < 1e-2, halves
+      assert max(halves) < 1e-4 and abs(z[0].var(0).mean() - 1) < 1e-2, halves
     else:
-      assert np.abs(z.mean(0)).max() < 1e-4 and min(halves) > 1e-2, halves
+      assert np.abs(z.reshape(32, -1).mean(0)).max() < 1e-4 and min(halves) > 1e-2, halves
     assert jax.tree.structure(stats) == jax.tree.structure(variables['batch_stats'])
 
 
@@ -183,21 +194,6 @@ def test_distillation_loss_matches_simclr_v2():
   for temperature in (1.0, 2.0):
     got = float(distillation_loss(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32), temperature))
     assert abs(got - oracles.distillation(s, t, temperature)) < 1e-5
-
-
-# Each method's own config at tiny sizes: a narrow ResNet-10 and small heads, 4 steps an epoch,
-# without colour jitter and, but for SimCLR's (the probe on 4 devices), the online probe
-# (conftest.MECHANICS).
-SMALL = {'model': 'resnet10', 'train_limit': 256, 'projection_dims': (64, 32), 'log_every_steps': 2,
-         'evals.knn.every_epochs': -1, 'evals.online_linear.every_epochs': -1, **MECHANICS}
-HEADS = {'simclr': {'online_probe_learning_rate': 1e-3},
-         'mocov3': {'predictor_dims': (64, 32)}, 'byol': {'predictor_dims': (64, 32)},
-         'simsiam': {'projection_dims': (64, 64, 32), 'predictor_dims': (16, 32)},
-         'barlow_twins': {'projection_dims': (64, 64, 64)}, 'vicreg': {'projection_dims': (64, 64, 64)}}
-
-
-def small_config(name, **fields):
-  return tiny_config(name, **{**SMALL, **HEADS.get(name, {}), **fields})
 
 
 @pytest.mark.slow
@@ -231,3 +227,44 @@ def test_each_method_matches_on_four_devices_and_resumes_bit_identically(name, t
   assert r['saved'] == ['batch_stats', 'method_state', 'params'] and r['identical'] and r['leaves'] > 10
   assert r['final_loss'][0] == r['final_loss'][1]
   assert r['embedding'][0] > 0 and r['embedding'][1] > 1
+
+
+class _MultiCropCheck(Method):
+  """A multi-crop method written the way a new method is (module-level class, its views and its
+  loss, nothing else): two 32 px views and two 16 px ones, each small crop's projection pulled
+  towards the mean of the large ones' (stop-gradient), DINO's layout at toy scale."""
+  NAME = 'multicrop_check'
+  PER_VIEW_BATCHNORM = False
+  seen = {}
+
+  def views(self, first, second):
+    small = first._replace(crop_scale=(0.05, 0.4))
+    return (Crops('global', 0, (first, second)), Crops('local', 16, (small, small)))
+
+  def loss(self, model, out, state, views, step):
+    _MultiCropCheck.seen.update({k: v.shape for k, v in views.items()},
+                                **{f'{k}_projection': o['projection'].shape for k, o in out.items()})
+    target = jax.lax.stop_gradient(jnp.mean(out['global']['projection'], axis=0))
+    local = out['local']['projection']
+    return -jnp.mean(jnp.sum(l2_normalize(local) * l2_normalize(target)[None], axis=-1)), state, {}
+
+
+def test_a_multi_crop_method_trains_on_mixed_sizes_in_one_step(monkeypatch):
+  """A method declaring 2 x 32 px + 2 x 16 px crops gets both groups made on the device from one
+  batch, each through the model in one call, and its step trains: the house's multi-crop path."""
+  from conftest import pretrain_task
+  monkeypatch.setattr(methods, 'get', lambda name: _MultiCropCheck)
+  config = tiny_config('pretrain', **{**MECHANICS, 'train_limit': 128, 'evals.knn.every_epochs': -1,
+                                      'projection_dims': (32, 16)})
+  task, settings = pretrain_task(config)
+  step = task.inputs.bind(task.step_fn)
+  before = jax.tree.map(np.asarray, task.state.params)
+  state = task.state
+  for _, args in task.inputs.batches(0, 2):
+    state, metrics = step(state, *args)
+  b = config.batch_size
+  assert _MultiCropCheck.seen == {'global': (2, b, 32, 32, 3), 'local': (2, b, 16, 16, 3),
+                                  'global_projection': (2, b, 16), 'local_projection': (2, b, 16)}
+  assert np.isfinite(float(metrics['loss'])) and -1.0 <= float(metrics['loss']) <= 1.0
+  moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(b) - a).max()), before, state.params)
+  assert max(jax.tree.leaves(moved['encoder'])) > 0  # the encoder trained on both groups' losses

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import (DATA_DIR, DATASET, ROOT, cli_args, device_env, final_params, make_inputs, run_cli, tiny_config,
                       train_in_process)
-from simclr_jax.data import pipeline, sources
+from simclr_jax.data import pipeline, registry
 from simclr_jax.core.errors import DataError, Preempted
 
 
@@ -39,7 +39,7 @@ def test_both_paths_give_the_same_images_at_each_step():
 
 
 def test_placement_auto_streams_what_does_not_fit_and_says_why(capsys):
-  source = sources.get(DATASET, DATA_DIR)  # 60,000 images of 32 x 32 x 3 bytes: 0.17 GiB
+  source = registry.get(DATASET, DATA_DIR)  # 60,000 images of 32 x 32 x 3 bytes: 0.17 GiB
   assert pipeline.choose_placement('auto', source.nbytes(), memory=2**28) == 'stream'
   assert ("data placement stream (config.data_placement=auto): the uint8 splits take 0.17 GiB, 40% of "
           "one device's 0.2 GiB is 0.10 GiB") in capsys.readouterr().out
@@ -246,7 +246,7 @@ def test_both_paths_train_on_the_same_images_of_a_folder_with_a_broken_one_and_s
   from PIL import Image
   root = tmp_path / 'pics'
   root.mkdir()
-  source = sources.load(DATASET, DATA_DIR, train_limit=99, test_split='')
+  source = registry.load(DATASET, DATA_DIR, train_limit=99, test_split='')
   for k, pixels in enumerate(source.train.images):
     Image.fromarray(pixels).save(root / f'{k:03d}.png')
   (root / '050.jpg').write_bytes(b'not a jpeg')  # readable name, unreadable content
