@@ -136,6 +136,7 @@ SMALL = {'model': 'resnet10', 'train_limit': 256, 'projection_dims': (64, 32), '
 HEADS = {'simclr': {'online_probe_learning_rate': 1e-3},
          'mocov3': {'predictor_dims': (64, 32)}, 'byol': {'predictor_dims': (64, 32)},
          'simsiam': {'projection_dims': (64, 64, 32), 'predictor_dims': (16, 32)},
+         'fastsiam': {'projection_dims': (64, 64, 32), 'predictor_dims': (16, 32), 'num_views': 3},
          'barlow_twins': {'projection_dims': (64, 64, 64)}, 'vicreg': {'projection_dims': (64, 64, 64)}}
 
 

@@ -94,6 +94,25 @@ def simsiam(p1, p2, z1, z2):
   return float(0.5 * d(p1, z2) + 0.5 * d(p2, z1))
 
 
+def fastsiam(p, z):
+  """FastSiam loss (Pototzky et al. 2022, section 3: the target of a view is the average of the
+  other views' projections, stop-gradient; the loss SimSiam's negative cosine).
+
+  p, z: lists of N arrays [B, D], prediction and projection of each of N views.
+  Returns (1/N) sum_i D(p_i, (1/(N-1)) sum_{j != i} z_j), D as in simsiam above.
+  """
+  n = len(p)
+  total = 0.0
+  for i in range(n):
+    target = np.zeros_like(z[0], dtype=np.float64)
+    for j in range(n):
+      if j != i:
+        target = target + np.asarray(z[j], np.float64)
+    target = target / (n - 1)
+    total += -np.mean(np.sum(_l2n(np.asarray(p[i], np.float64)) * _l2n(target), axis=-1))
+  return float(total / n)
+
+
 def barlow_twins(z1, z2, lambd=0.0051, scale=1.0, eps=1e-5):
   """Barlow Twins (Zbontar et al. 2021, eq. 1-2 and Algorithm 1; official
   facebookresearch/barlowtwins main.py, BarlowTwins.forward).

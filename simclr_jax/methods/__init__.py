@@ -15,6 +15,7 @@ NAMES = (
     'simsiam',
     'barlow_twins',
     'vicreg',
+    'fastsiam',
 )
 
 

@@ -91,6 +91,22 @@ def test_simsiam_negative_cosine_matches_the_paper():
   assert abs(float(loss) - oracles.simsiam(p[0::2], p[1::2], z[0::2], z[1::2])) < 1e-6
 
 
+@pytest.mark.parametrize('n', [2, 3, 4])
+def test_fastsiam_predicts_the_mean_of_the_other_views_as_the_paper(n):
+  rng = _rng(6)
+  p, z = rng.normal(size=(n, 20, 12)), rng.normal(size=(n, 20, 12)) + 0.5 * rng.normal(size=(1, 20, 12))
+  method = _method('fastsiam', num_views=n)
+  out = {'global': {'prediction': jnp.asarray(p, jnp.float32), 'projection': jnp.asarray(z, jnp.float32)}}
+  loss, _, _ = method.loss(None, out, {}, None, 0)
+  assert abs(float(loss) - oracles.fastsiam(list(p), list(z))) < 1e-6
+  if n == 2:  # two views: SimSiam's symmetrised loss
+    assert abs(float(loss) - oracles.simsiam(p[0], p[1], z[0], z[1])) < 1e-6
+  grad = jax.grad(lambda z: method.loss(None, {'global': {**out['global'], 'projection': z}}, {}, None, 0)[0])(
+      out['global']['projection'])
+  assert float(jnp.abs(grad).max()) == 0.0  # the targets are stop-gradient
+  assert [g.count for g in method.views('a', 'b')] == [n]
+
+
 def test_simsiam_gradient_stops_at_the_projection_it_predicts():
   method = _method('simsiam')
   _, _, p = _pair(_rng(4))
