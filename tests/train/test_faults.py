@@ -21,7 +21,7 @@ from simclr_jax.core.errors import CheckpointError, ConfigError
 HOLD_LOCK = textwrap.dedent('''
     import sys, time
     sys.path.insert(0, sys.argv[2])
-    from simclr_jax import workdir
+    from simclr_jax.stages import workdir
     workdir.acquire_lock(sys.argv[1])
     print('locked', flush=True)
     time.sleep(600)
@@ -154,7 +154,7 @@ def test_a_signal_while_the_data_loads_exits_75_with_one_line(tmp_path, sig):
 SECOND_SIGINT = textwrap.dedent('''
     import os, signal, sys, time
     sys.path.insert(0, sys.argv[1])
-    from simclr_jax import interrupts
+    from simclr_jax.core import interrupts
     interrupts.install()
     with interrupts.deferred() as flag:
         os.kill(os.getpid(), signal.SIGINT)
@@ -217,7 +217,7 @@ def test_an_empty_workdir_is_refused():
 TEMPORARY = textwrap.dedent('''
     import os, signal, sys, time
     sys.path.insert(0, sys.argv[1])
-    from simclr_jax import interrupts
+    from simclr_jax.core import interrupts
     interrupts.install()
     path = sys.argv[2]
     with interrupts.phase('writing the decode cache'), interrupts.temporary(path):
