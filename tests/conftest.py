@@ -137,7 +137,8 @@ HEADS = {'simclr': {'online_probe_learning_rate': 1e-3},
          'mocov3': {'predictor_dims': (64, 32)}, 'byol': {'predictor_dims': (64, 32)},
          'simsiam': {'projection_dims': (64, 64, 32), 'predictor_dims': (16, 32)},
          'fastsiam': {'projection_dims': (64, 64, 32), 'predictor_dims': (16, 32), 'num_views': 3},
-         'barlow_twins': {'projection_dims': (64, 64, 64)}, 'vicreg': {'projection_dims': (64, 64, 64)}}
+         'barlow_twins': {'projection_dims': (64, 64, 64)}, 'vicreg': {'projection_dims': (64, 64, 64)},
+         'dcl': {'dcl_sigma': 0.5}}  # DCLW: its weights over the global batch on 4 devices
 
 
 def small_config(name, **fields):

@@ -7,9 +7,10 @@
    statistics and method state (the EMA target) relative to how far the 1-device run moved them
    from their initial values -- negatives, cross-correlations and statistics come from the global
    batch, so the runs differ only by float32 reduction order.
-2. A run stopped mid-epoch (SIGTERM just before step 3) and resumed through the training loop, on
-   the 4 devices, against the 4-device steps of 1. carried on to the run's end: whether every
-   array of its final checkpoint is bit-identical to the straight trajectory's state.
+2. A run of one epoch (4 steps) stopped mid-epoch (SIGTERM just before step 2) and resumed
+   through the training loop, on the 4 devices, against the 4-device steps of 1. carried on to
+   the run's end: whether every array of its final checkpoint is bit-identical to the straight
+   trajectory's state.
 Prints one JSON line.
 """
 import json
@@ -57,8 +58,8 @@ def relative_to_change(one, four, initial):
 
 def main():
   workdir, name = sys.argv[2], sys.argv[3]
-  config = small_config(name, epochs=2)
-  total = 2 * 4  # two epochs of 4 steps
+  config = small_config(name, epochs=1)
+  total = 4  # one epoch of 4 steps
   l1, one, initial = steps(config, jax.devices()[:1], 2)
   l4, four, _ = steps(config, jax.devices(), total)  # the straight run: the 4-device trajectory
   out = {'devices': len(jax.devices()), 'loss_1': l1, 'loss_4': l4[:2],
@@ -67,7 +68,7 @@ def main():
          'moved': max_diff(one[-1][0], initial[0]), 'method_state_leaves': len(jax.tree.leaves(one[-1][2])),
          'probe': 'online_probe' in one[-1][0]}
   try:
-    train_in_process(config, os.path.join(workdir, 'stopped'), stop_at_step=3)
+    train_in_process(config, os.path.join(workdir, 'stopped'), stop_at_step=2)
     out['stopped'] = False
   except Preempted:
     out['stopped'] = True

@@ -113,6 +113,52 @@ def fastsiam(p, z):
   return float(total / n)
 
 
+def dcl(z1, z2, temperature, sigma=None):
+  """Decoupled contrastive loss (Yeh et al. 2022, "Decoupled Contrastive Learning", Eq. 6), and
+  with sigma its negative von Mises-Fisher weighting (DCLW). Written for this project by a helper
+  that saw only the paper's equations (as transcribed by a documentation page citing it), not the
+  code under test.
+
+  z1, z2: [N, D], row i of each the two views of image i. Per image i and view k:
+    -w_i <z_i^(1), z_i^(2)>/tau + log sum_{l in {1,2}, j != i} exp(<z_i^(k), z_j^(l)>/tau)
+  (one log over the union of the 2N - 2 negatives; the anchor and its positive left out), with
+  cosine similarities, w_i = 1 (DCL) or 2 - exp(s_i/sigma) / mean_j exp(s_j/sigma) (DCLW, s_i the
+  positive pair's similarity); the mean over the 2N terms.
+  """
+  z1, z2 = _l2n(z1), _l2n(z2)
+  n = z1.shape[0]
+  z = np.concatenate([z1, z2], axis=0)  # row r < N: z_r^(1); row r >= N: z_{r-N}^(2)
+  logits = z @ z.T / temperature
+  image = np.arange(2 * n) % n
+  negatives = _logsumexp(np.where(image[:, None] != image[None, :], logits, -np.inf))  # [2N]
+  pos = np.einsum('nd,nd->n', z1, z2)
+  if sigma is None:
+    w = np.ones(n)
+  else:
+    e = np.exp(pos / sigma - (pos / sigma).max())
+    w = 2.0 - e / e.mean()
+  return float(np.mean(np.concatenate([-w * pos / temperature] * 2) + negatives))
+
+
+def _dcl_by_loops(z1, z2, temperature, sigma=None):
+  """dcl() term by term with Python floats (the helper's second, naive version)."""
+  z1, z2 = _l2n(z1).tolist(), _l2n(z2).tolist()
+  dot = lambda u, v: sum(a * b for a, b in zip(u, v))
+  views, n = {1: z1, 2: z2}, len(z1)
+  if sigma is None:
+    w = [1.0] * n
+  else:
+    ex = [math.exp(dot(z1[i], z2[i]) / sigma) for i in range(n)]
+    w = [2.0 - e / (sum(ex) / n) for e in ex]
+  total = 0.0
+  for i in range(n):
+    for k in (1, 2):
+      denominator = sum(math.exp(dot(views[k][i], views[l][j]) / temperature)
+                        for j in range(n) if j != i for l in (1, 2))
+      total += -w[i] * dot(z1[i], z2[i]) / temperature + math.log(denominator)
+  return total / (2 * n)
+
+
 def barlow_twins(z1, z2, lambd=0.0051, scale=1.0, eps=1e-5):
   """Barlow Twins (Zbontar et al. 2021, eq. 1-2 and Algorithm 1; official
   facebookresearch/barlowtwins main.py, BarlowTwins.forward).
@@ -221,6 +267,10 @@ def _self_check():
   tot = sum(-np.log(e(i, i ^ 1) / sum(e(i, k) for k in range(6) if k != i))
             for i in range(6))
   assert abs(nt_xent(zn, 0.5) - tot / 6) < 1e-12
+
+  u, v = rng.normal(size=(8, 5)), rng.normal(size=(8, 5))  # dcl against its term-by-term version
+  for t, sigma in ((0.1, None), (0.1, 0.5), (0.5, 1.0)):
+    assert abs(dcl(u, v, t, sigma) - _dcl_by_loops(u, v, t, sigma)) < 1e-10
 
   q = rng.normal(size=(n, d))
   assert infonce_mocov3(q, q, q, q, 0.2) < infonce_mocov3(q, q, a, a, 0.2)

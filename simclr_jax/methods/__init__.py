@@ -16,6 +16,7 @@ NAMES = (
     'barlow_twins',
     'vicreg',
     'fastsiam',
+    'dcl',
 )
 
 

@@ -13,7 +13,7 @@ from conftest import MECHANICS, ROOT, cli_args, device_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-EPOCHS = 3
+EPOCHS = 2
 TOTAL_STEPS = 4 * EPOCHS  # 256 images, batch 64
 FIELDS = {'train_limit': 256, 'batch_size': 64, 'epochs': EPOCHS, 'log_every_steps': 1,
           'evals.knn.every_epochs': 0, **MECHANICS}
