@@ -138,7 +138,8 @@ HEADS = {'simclr': {'online_probe_learning_rate': 1e-3},
          'simsiam': {'projection_dims': (64, 64, 32), 'predictor_dims': (16, 32)},
          'fastsiam': {'projection_dims': (64, 64, 32), 'predictor_dims': (16, 32), 'num_views': 3},
          'barlow_twins': {'projection_dims': (64, 64, 64)}, 'vicreg': {'projection_dims': (64, 64, 64)},
-         'dcl': {'dcl_sigma': 0.5}}  # DCLW: its weights over the global batch on 4 devices
+         'dcl': {'dcl_sigma': 0.5},  # DCLW: its weights over the global batch on 4 devices
+         'mocov2plus': {'projection_dims': (64, 32), 'queue_size': 128}}  # the queue wraps after 2 steps
 
 
 def small_config(name, **fields):

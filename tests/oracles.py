@@ -57,6 +57,25 @@ def infonce_mocov3(q1, q2, k1, k2, temperature):
   return float(_ctr(q1, k2, temperature) + _ctr(q2, k1, temperature))
 
 
+def moco_queue(q1, q2, k1, k2, queue1, queue2, temperature):
+  """MoCo's InfoNCE with a queue (He et al. 2020, eq. 1; v2's settings, Chen et al. 2020), made
+  symmetric as solo-learn's MoCo v2+: L_q = -log exp(q.k+/T) / (exp(q.k+/T) + sum_{i=1..K}
+  exp(q.k_i/T)), q, k+ and the K queued keys L2-normalised. The queries of view 1 take view 2's
+  keys and view 2's queue, and the reverse; the mean over the batch of each, then of the two.
+
+  q1, q2: [N, D] queries; k1, k2: [N, D] keys; queue1, queue2: [K, D] past keys of each view.
+  """
+  def one(q, k, queue):
+    q, k, queue = _l2n(q), _l2n(k), _l2n(queue)
+    total = 0.0
+    for i in range(len(q)):
+      pos = math.exp(float(q[i] @ k[i]) / temperature)
+      neg = sum(math.exp(float(q[i] @ key) / temperature) for key in queue)
+      total += -math.log(pos / (pos + neg))
+    return total / len(q)
+  return 0.5 * (one(q1, k2, queue2) + one(q2, k1, queue1))
+
+
 def byol(p1, p2, t1, t2):
   """BYOL loss (Grill et al. 2020, eq. 2 and the symmetrised L + L~).
 

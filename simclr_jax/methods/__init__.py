@@ -17,6 +17,7 @@ NAMES = (
     'vicreg',
     'fastsiam',
     'dcl',
+    'mocov2plus',
 )
 
 

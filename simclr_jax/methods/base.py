@@ -200,8 +200,10 @@ class MomentumMethod(Method):
       fail('base_tau', config.base_tau, f'use 0 <= base_tau <= final_tau (final_tau={config.final_tau})')
 
   def init_state(self, variables: dict) -> dict:
-    """The target starts as a copy of the online encoder and projector (its own buffers)."""
-    return {'target': {c: jax.tree.map(lambda x: jnp.array(x, copy=True), {k: variables[c][k] for k in self.TARGET})
+    """The target starts as a copy of the online encoder and projector (its own buffers; a
+    projector without BatchNorm has no statistics)."""
+    return {'target': {c: jax.tree.map(lambda x: jnp.array(x, copy=True),
+                                       {k: variables[c][k] for k in self.TARGET if k in variables[c]})
                        for c in ('params', 'batch_stats')}}
 
   def tau(self, step):

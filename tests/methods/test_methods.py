@@ -14,6 +14,7 @@ import pytest
 import oracles
 from conftest import MECHANICS, ROOT, device_env, tiny_config
 from simclr_jax import methods
+from simclr_jax.core.errors import ConfigError
 from simclr_jax.stages import pretrain, runner
 from simclr_jax.data.views import Crops
 from simclr_jax.methods.base import Group, Method, l2_normalize
@@ -89,6 +90,31 @@ def test_mocov3_infonce_matches_the_authors_code():
   loss, _, _ = method.loss(None, _out(prediction=q), {}, None, 0)
   want = oracles.infonce_mocov3(q[0::2], q[1::2], k[0::2], k[1::2], 0.2)
   assert abs(float(loss) - want) < 1e-5 * abs(want)
+
+
+def test_mocov2plus_scores_each_query_against_the_other_views_queue_and_enqueues_the_keys():
+  """MoCo v2+'s loss against the float64 version of the paper's InfoNCE with a queue; after the
+  loss the global batch's keys of each view sit at the pointer of that view's queue, the pointer
+  moves on by the batch and wraps at the queue's end, and the queues start as unit vectors."""
+  from simclr_jax.methods.mocov2plus import enqueue
+  rng = _rng(12)
+  method = _method('mocov2plus', projection_dims=(32, 8), queue_size=24, batch_size=8, temperature=0.2)
+  state = method.init_state({'params': {'encoder': {}, 'projector': {}}, 'batch_stats': {'encoder': {}, 'projector': {}}})
+  assert state['queue'].shape == (2, 24, 8) and np.allclose(np.linalg.norm(state['queue'], axis=-1), 1, atol=1e-5)
+  q, k = rng.normal(size=(2, 8, 8)), rng.normal(size=(2, 8, 8))
+  method.target_projections = lambda model, state, views: ({'global': jnp.asarray(k, jnp.float32)}, state)
+  state = {**state, 'queue_pointer': jnp.int32(16)}
+  loss, new, metrics = method.loss(None, {'global': {'projection': jnp.asarray(q, jnp.float32)}}, state, None, 0)
+  queue = np.asarray(state['queue'], np.float64)
+  expected = oracles.moco_queue(q[0], q[1], k[0], k[1], queue[0], queue[1], 0.2)
+  assert abs(float(loss) - expected) < 1e-5 * expected and 'tau' in metrics
+  unit = k / np.linalg.norm(k, axis=-1, keepdims=True)
+  assert np.allclose(new['queue'][:, 16:], unit, atol=1e-6) and np.array_equal(new['queue'][:, :16], queue[:, :16])
+  assert int(new['queue_pointer']) == 0  # 16 + 8 wraps at 24
+  _, pointer = enqueue(new['queue'], new['queue_pointer'], jnp.asarray(unit, jnp.float32))
+  assert int(pointer) == 8
+  with pytest.raises(ConfigError, match='config.queue_size=20 is invalid: use a multiple of batch_size=8'):
+    methods.get('mocov2plus').validate(tiny_config('mocov2plus', queue_size=20, batch_size=8))
 
 
 def test_byol_regression_matches_the_paper():
@@ -256,8 +282,8 @@ def test_each_method_matches_on_four_devices_and_resumes_bit_identically(name, t
     assert all(x <= bound for x in r['four'][k]), r
   assert r['moved'] > 1e-4  # the steps really changed the parameters
   assert r['probe'] == (name == 'simclr')  # the online probe (compared above) in SimCLR's check only
-  if name in ('mocov3', 'byol'):
-    assert r['method_state_leaves'] > 0  # the EMA target is in the state (and compared above)
+  if name in ('mocov3', 'byol', 'mocov2plus'):
+    assert r['method_state_leaves'] > 0  # the EMA target (and MoCo v2+'s queues) in the state, compared above
   assert r['stopped'] and r['stopped_at'] == 2 and r['steps'] == [4, 4]
   assert r['saved'] == ['batch_stats', 'method_state', 'params'] and r['identical'] and r['leaves'] > 10
   assert r['final_loss'][0] == r['final_loss'][1]
