@@ -10,8 +10,8 @@ module's FIELDS); configs/<name>.py changes only what its recipe changes.
 from __future__ import annotations
 
 import ml_collections
-from ml_collections import config_dict
 
+from simclr_jax.data import views
 from simclr_jax.data.augment import AugmentSettings
 
 STAGES = ('pretrain', 'finetune', 'linear_eval', 'supervised', 'distill')
@@ -33,7 +33,7 @@ def augment_config() -> ml_collections.ConfigDict:
 
 def view2_config() -> ml_collections.ConfigDict:
   """The second view's differences from `augment` (None: the same), for asymmetric views."""
-  return ml_collections.ConfigDict({k: config_dict.placeholder(type(v)) for k, v in AugmentSettings()._asdict().items()})
+  return views.overrides_config()
 
 
 def evaluator_config(type: str, every_epochs: int = 0, **fields) -> ml_collections.ConfigDict:

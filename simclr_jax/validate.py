@@ -7,8 +7,11 @@ from __future__ import annotations
 import math
 import os
 
+import ml_collections
+
 from simclr_jax import config_base, methods
 from simclr_jax.data import registry
+from simclr_jax.data.augment import AugmentSettings
 from simclr_jax.core.errors import ConfigError
 from simclr_jax.models import ARCHITECTURES, DTYPE_CHOICES, STEMS
 from simclr_jax.train.optim import TRUST_RATIOS
@@ -107,7 +110,9 @@ def validate_config(config) -> None:
   _validate_evals(config.evals)
   if config.stage == 'pretrain':
     methods.get(config.method).validate(config)
-    _validate_augment('view2', {k: v for k, v in config.view2.items() if v is not None}, partial=True)
+    for name, value in config.items():  # view2 and a method's own view fields (local_view)
+      if isinstance(value, ml_collections.ConfigDict) and set(value.keys()) == set(AugmentSettings._fields):
+        _validate_augment(name, {k: v for k, v in value.items() if v is not None}, partial=True)
   if config.stage in config_base.DOWNSTREAM and not config.init_from:
     _fail('init_from', config.init_from, f'{config.stage} needs a pretraining workdir or checkpoint '
           'directory: set --config.init_from=runs/pretrain')

@@ -4,6 +4,8 @@
     views = make_views(key, images_uint8, spec)   # {'global': [2, B, 32, 32, 3], 'local': [6, B, 16, 16, 3]}
     two_views(first, second)                     # the two same-size views of SimCLR, BYOL, ...
     count(spec), names(spec)
+    config.view2 = overrides_config()            # a view's differences from config.augment
+    second = overridden(first, config.view2)     # AugmentSettings with them
 
 Each group holds the crops of one size, stacked on a leading axis (view-major), so the model runs
 a group in one call; every crop has its own AugmentSettings (asymmetric views: BYOL's
@@ -17,6 +19,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_dict
 
 from simclr_jax.data.augment import AugmentSettings, simclr_view
 
@@ -31,6 +35,21 @@ class Crops(NamedTuple):
   @property
   def count(self) -> int:
     return len(self.settings)
+
+
+def overrides_config(**values) -> ml_collections.ConfigDict:
+  """A view's differences from config.augment as a config field (config.view2, a multi-crop
+  method's local_view): every AugmentSettings field, None meaning 'as augment', but `values`."""
+  fields = {k: config_dict.placeholder(type(v)) for k, v in AugmentSettings()._asdict().items()}
+  c = ml_collections.ConfigDict(fields)
+  c.update(values)
+  return c
+
+
+def overridden(settings: AugmentSettings, overrides) -> AugmentSettings:
+  """settings with the fields that `overrides` (overrides_config) sets."""
+  return settings._replace(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
+                              for k, v in (overrides or {}).items() if v is not None})
 
 
 def two_views(first: AugmentSettings, second: AugmentSettings | None = None) -> tuple:

@@ -31,7 +31,7 @@ class BarlowTwins(Method):
     """Linear-BN-ReLU layers, the last a plain Linear (the paper's projector)."""
     return models.MLPHead(tuple(self.config['projection_dims']), norm=True, dtype=dtype)
 
-  def loss(self, model, out, state, views, step):
+  def loss(self, model, out, state, views, step, params=None):
     z1, z2 = out['global']['projection']
     loss, on, off = cross_correlation_loss(z1, z2, self.config['lambd'])
     return self.config['loss_scale'] * loss, state, {'on_diagonal': on, 'off_diagonal': off}

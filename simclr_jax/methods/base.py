@@ -7,9 +7,12 @@ optimiser and an update hook run inside the compiled step.
     model = method.make_model(encoder, probe_classes=10)
     state = method.init_state(variables)                 # e.g. the EMA target network
     out, stats = apply_views(model, variables, views, method.PER_VIEW_BATCHNORM)  # {group: {output: [n, B, ...]}}
-    loss, state, metrics = method.loss(model, out, state, views, step)
+    loss, state, metrics = method.loss(model, out, state, views, step, params)
     state = method.update(state, params, step)           # after the optimiser step (EMA)
     method.param_groups()                                # {'predictor': Group(constant_lr=True)}
+
+A multi-crop method subclasses MultiCrop as well: its fields local_crops, local_crop_size and
+local_view add that many small crops ('local') to the two global views.
 
 A subclass sets NAME and FIELDS (name -> Field: its default, its check, whether it defines a run;
 configs/<NAME>.py sets its recipe) and overrides what differs from the defaults here: two
@@ -18,6 +21,7 @@ the loss as a dict of stacked groups (data.views), and so do the model's outputs
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -50,6 +54,10 @@ def layer_sizes(value) -> str:
   return '' if len(value) >= 1 and min(value) >= 1 else 'use positive layer sizes such as (2048, 128)'
 
 
+def whole_number(value) -> str:
+  return '' if int(value) == value and value >= 0 else 'use a whole number, 0 or more'
+
+
 def scale_range(value) -> str:
   ok = len(value) == 2 and 0 < value[0] <= value[1] <= 1
   return '' if ok else 'use (min, max) with 0 < min <= max <= 1, shares of the image area'
@@ -64,7 +72,8 @@ class Field(NamedTuple):
 
 
 class Group(NamedTuple):
-  """How the optimiser treats a parameter group (a top-level module of the model: 'predictor'):
+  """How the optimiser treats a parameter group (a module of the model by its path: 'predictor',
+  'projector/prototypes'):
   at the peak learning rate throughout (no warmup or decay), and/or left alone for the first
   frozen_steps steps (its updates and optimiser state held, as DINO holds its last layer)."""
   constant_lr: bool = False
@@ -115,11 +124,13 @@ class Method:
   def __init__(self, config, total_steps: int = 1):
     self.config = {k: config[k] for k in ('finetune_from_head_layer', *self.FIELDS)}
     self.total_steps = max(1, total_steps)
+    self.steps_per_epoch = max(1, round(self.total_steps / config.epochs))  # for fields in epochs
 
   @classmethod
   def defaults(cls) -> dict:
-    """The method's fields and their defaults (config_base adds them to a pretraining config)."""
-    return {name: field.default for name, field in cls.FIELDS.items()}
+    """The method's fields and their defaults (config_base adds them to a pretraining config; a
+    copy of each, so no config shares a nested field with another)."""
+    return {name: copy.deepcopy(field.default) for name, field in cls.FIELDS.items()}
 
   @classmethod
   def run_defining(cls) -> tuple:
@@ -164,7 +175,8 @@ class Method:
 
   # The optimiser.
   def param_groups(self) -> dict:
-    """{top-level module: Group} for the modules the optimiser treats apart (the rest: as configured)."""
+    """{module path ('predictor', 'projector/prototypes'): Group} for the modules the optimiser
+    treats apart (the rest: as configured)."""
     return {}
 
   # State beyond params and optimiser, and its update inside the compiled step.
@@ -174,10 +186,32 @@ class Method:
   def update(self, state: dict, params, step) -> dict:
     return state
 
-  def loss(self, model, out: dict, state: dict, views: dict, step):
+  def loss(self, model, out: dict, state: dict, views: dict, step, params=None):
     """(loss, state, metrics) from the online model's outputs on the views ({group: {output:
-    [n, B, ...]}}: out['global']['projection'][1] is every image's second view's projection)."""
+    [n, B, ...]}}: out['global']['projection'][1] is every image's second view's projection);
+    params, the online model's parameters, for a loss that runs part of it again (SwAV scores
+    its queue with the current prototypes)."""
     raise NotImplementedError
+
+
+class MultiCrop(Method):
+  """Multi-crop (SwAV, section 3.2; DINO): the two global views of the config's augment and view2,
+  and local_crops small crops of local_crop_size px, each with the first view's settings changed
+  by local_view (an AugmentSettings override, as view2: the crops' scale range, their strengths);
+  local_crops=0 trains on the two global views alone. Mix it in before the method's base class:
+  class DINO(MultiCrop, MomentumMethod)."""
+  FIELDS = {**Method.FIELDS, 'local_crops': Field(0, whole_number, defines_run=True),
+            'local_crop_size': Field(18, positive, defines_run=True),
+            'local_view': Field(views_lib.overrides_config(crop_scale=(0.08, 0.5)))}
+
+  def views(self, first, second) -> tuple:
+    """{'global': the two views, 'local': local_crops crops} (no 'local' group without them)."""
+    spec = super().views(first, second)
+    n = self.config['local_crops']
+    if not n:
+      return spec
+    local = views_lib.overridden(first, self.config['local_view'])
+    return spec + (views_lib.Crops('local', self.config['local_crop_size'], (local,) * n),)
 
 
 def unit_or_less(value) -> str:

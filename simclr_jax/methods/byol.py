@@ -26,7 +26,7 @@ class BYOL(MomentumMethod):
   def predictor(self, dtype):
     return models.MLPHead(tuple(self.config['predictor_dims']), norm=True, dtype=dtype)
 
-  def loss(self, model, out, state, views, step):
+  def loss(self, model, out, state, views, step, params=None):
     targets, state = self.target_projections(model, state, views)
     p1, p2 = out['global']['prediction']
     t1, t2 = targets['global']

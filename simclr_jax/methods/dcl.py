@@ -52,7 +52,7 @@ class DCL(SimCLR):
   FIELDS = {**{k: v for k, v in SimCLR.FIELDS.items() if k != 'clamp_similarity'},
             'temperature': Field(0.1, positive), 'dcl_sigma': Field(0.0, non_negative, defines_run=True)}
 
-  def loss(self, model, out, state, views, step):
+  def loss(self, model, out, state, views, step, params=None):
     z1, z2 = out['global']['projection']
     loss = dcl(z1, z2, self.config['temperature'], self.config['dcl_sigma'])
     return loss, state, {}

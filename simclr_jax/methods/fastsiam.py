@@ -40,7 +40,7 @@ class FastSiam(SimSiam):
     and lightly's FastSiamTransform: one augmentation for every view)."""
     return (views_lib.Crops('global', 0, (first,) * self.config['num_views']),)
 
-  def loss(self, model, out, state, views, step):
+  def loss(self, model, out, state, views, step, params=None):
     z = jax.lax.stop_gradient(out['global']['projection'])
     return fastsiam_loss(out['global']['prediction'], z), state, {}
 

@@ -52,7 +52,7 @@ class MoCoV2Plus(MomentumMethod):
     queue = l2_normalize(jax.random.normal(jax.random.PRNGKey(0), (2, self.config['queue_size'], dims)))
     return {**super().init_state(variables), 'queue': queue, 'queue_pointer': jnp.zeros((), jnp.int32)}
 
-  def loss(self, model, out, state, views, step):
+  def loss(self, model, out, state, views, step, params=None):
     keys, state = self.target_projections(model, state, views)
     q1, q2 = l2_normalize(out['global']['projection'])
     k1, k2 = l2_normalize(keys['global'])

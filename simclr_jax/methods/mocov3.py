@@ -32,7 +32,7 @@ class MoCoV3(MomentumMethod):
   def predictor(self, dtype):
     return models.MLPHead(tuple(self.config['predictor_dims']), norm=True, dtype=dtype)
 
-  def loss(self, model, out, state, views, step):
+  def loss(self, model, out, state, views, step, params=None):
     keys, state = self.target_projections(model, state, views)
     q1, q2 = out['global']['prediction']
     k1, k2 = keys['global']

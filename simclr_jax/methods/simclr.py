@@ -53,7 +53,7 @@ class SimCLR(Method):
     return models.MLPHead(tuple(self.config['projection_dims']), norm=norm,
                           last_norm='scale' if norm else 'none', dtype=dtype, kernel_std=0.01 if norm else 0.0)
 
-  def loss(self, model, out, state, views, step):
+  def loss(self, model, out, state, views, step, params=None):
     z1, z2 = out['global']['projection']
     return nt_xent(z1, z2, self.config['temperature'], self.config['clamp_similarity']), state, {}
 

@@ -35,7 +35,7 @@ class SimSiam(Method):
     it; solo-learn's static_lr)."""
     return {'predictor': Group(constant_lr=True)} if self.config['predictor_constant_lr'] else {}
 
-  def loss(self, model, out, state, views, step):
+  def loss(self, model, out, state, views, step, params=None):
     p1, p2 = out['global']['prediction']
     z1, z2 = out['global']['projection']
     return 0.5 * negative_cosine(p1, z2) + 0.5 * negative_cosine(p2, z1), state, {}

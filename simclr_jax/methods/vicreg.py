@@ -33,7 +33,7 @@ class VICReg(Method):
     """Linear-BN-ReLU layers, the last a plain Linear (the paper's expander)."""
     return models.MLPHead(tuple(self.config['projection_dims']), norm=True, dtype=dtype)
 
-  def loss(self, model, out, state, views, step):
+  def loss(self, model, out, state, views, step, params=None):
     z1, z2 = (z.astype(jnp.float32) for z in out['global']['projection'])
     inv = jnp.mean((z1 - z2) ** 2)
     var = variance(z1) + variance(z2)

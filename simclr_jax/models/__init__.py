@@ -7,5 +7,5 @@ need:
     out = model.apply(variables, images, train=False)  # {'features', 'projection'}
 """
 from simclr_jax.models.resnet import ARCHITECTURES, DTYPES, DTYPE_CHOICES, FORMAT_VERSION, resolve_dtype, BasicBlock, BottleneckBlock, STEMS, CIFAR_STEM_MAX_SIZE, resolve_stem, encoder_for, ResNet, make_encoder, encoder_spec, encoder_from_spec  # noqa: F401
-from simclr_jax.models.heads import MLPHead, head_layers  # noqa: F401
+from simclr_jax.models.heads import MLPHead, Prototypes, head_layers  # noqa: F401
 from simclr_jax.models.networks import PretrainModel, Backbone, Classifier, init_variables  # noqa: F401

@@ -4,6 +4,7 @@
     head = MLPHead((512, 512, 128), norm=True, last_norm='scale', kernel_std=0.01)   # SimCLR v2
     out, hiddens = head.apply(variables, h, train=True)         # hiddens[K]: after layer K
     layers = head_layers(spec['projector'], 1, jnp.float32)     # a classifier's first K layers
+    scores = Prototypes(3000).apply(variables, z)                # cosines with unit prototypes
 """
 from __future__ import annotations
 
@@ -45,6 +46,21 @@ class MLPHead(nn.Module):
       hiddens.append(h.astype(jnp.float32))
     return h.astype(jnp.float32), hiddens
 
+
+
+class Prototypes(nn.Module):
+  """num prototypes as unit columns of a kernel: x [B, D] -> cos(x, prototype) [B, num], float32.
+  The kernel is weight-normalised with its gain fixed at 1 (DINO's norm_last_layer, SwAV's
+  prototypes: the prototypes stay on the unit sphere) and drawn from a truncated normal of
+  deviation 0.02 (DINO's trunc_normal_)."""
+  num: int
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', nn.initializers.truncated_normal(0.02), (x.shape[-1], self.num), jnp.float32)
+    x = x.astype(jnp.float32)
+    x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return x @ (kernel / jnp.maximum(jnp.linalg.norm(kernel, axis=0, keepdims=True), 1e-12))
 
 
 def head_layers(spec: dict | None, k: int, dtype) -> MLPHead | None:

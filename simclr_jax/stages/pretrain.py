@@ -35,7 +35,7 @@ def pretrain_loss_fn(model, method):
   def loss_fn(params, batch_stats, method_state, views, labels, step):
     out, batch_stats = apply_views(model, {'params': params, 'batch_stats': batch_stats}, views,
                                    method.PER_VIEW_BATCHNORM)
-    loss, method_state, extra = method.loss(model, out, method_state, views, step)
+    loss, method_state, extra = method.loss(model, out, method_state, views, step, params)
     metrics, objective = {'loss': loss, **extra}, loss
     first = probe_view(out)
     if 'probe_logits' in first:

@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from flax import traverse_util
 
 from simclr_jax.core.log import log
 
@@ -155,11 +156,19 @@ def make_optimizer(name: str, schedule, momentum: float, weight_decay: float,
 
 
 def partition(transforms: dict, groups: dict, default: str | None = None) -> optax.GradientTransformation:
-  """One optimiser per parameter group: groups maps each top-level params key (encoder, head,
-  online_probe, ...) to a key of transforms, and a key it does not name to `default`. Use
+  """One optimiser per parameter group: groups maps a module's path in the params ('encoder',
+  'head', 'online_probe', 'projector/prototypes') to a key of transforms; a parameter takes the
+  group of the longest path that holds it, and `default` when none does. Use
   optax.set_to_zero() for a frozen group."""
+  def label(path):
+    for i in range(len(path), 0, -1):
+      if '/'.join(path[:i]) in groups:
+        return groups['/'.join(path[:i])]
+    return default
+
   def labels(params):
-    return {k: jax.tree.map(lambda _, g=groups.get(k, default): g, v) for k, v in params.items()}
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict({path: label(path) for path in flat})
   return optax.multi_transform(transforms, labels)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import oracles
+import oracles_multicrop
 from conftest import MECHANICS, ROOT, device_env, tiny_config
 from simclr_jax import methods
 from simclr_jax.core.errors import ConfigError
@@ -115,6 +116,92 @@ def test_mocov2plus_scores_each_query_against_the_other_views_queue_and_enqueues
   assert int(pointer) == 8
   with pytest.raises(ConfigError, match='config.queue_size=20 is invalid: use a multiple of batch_size=8'):
     methods.get('mocov2plus').validate(tiny_config('mocov2plus', queue_size=20, batch_size=8))
+
+
+def test_the_oracles_agree_with_their_term_by_term_twins():
+  """Each float64 oracle against its second, naive version (Python floats, loops) and its invariants."""
+  oracles._self_check()
+  oracles_multicrop._self_check()
+
+
+def test_dino_matches_the_paper_on_multi_crop_and_moves_its_centre():
+  """DINO's loss against the float64 version of the paper's Eq. 3 and Algorithm 1 with 2 global
+  and 3 local student views: the teacher (the EMA network, on the global views only) centred and
+  sharpened, every (teacher view, other student view) pair; the centre's EMA over the global
+  views and the batch; the teacher temperature's warm-up, one value an epoch."""
+  rng = _rng(14)
+  method = _method('dino', projection_dims=(16, 8), num_prototypes=12, student_temperature=0.1,
+                   teacher_temperature=0.07, warmup_teacher_temperature=0.04, warmup_teacher_temperature_epochs=3,
+                   center_momentum=0.9, epochs=10)
+  assert method.steps_per_epoch == 10  # total_steps=100 over 10 epochs
+  student = rng.normal(size=(5, 6, 12))
+  teacher = rng.normal(size=(2, 6, 12))
+  center = 0.1 * rng.normal(size=12)
+  seen = {}
+
+  def target_projections(model, state, views):
+    seen['teacher_views'] = sorted(views)
+    return {'global': jnp.asarray(teacher, jnp.float32)}, state
+  method.target_projections = target_projections
+  out = {'global': {'projection': jnp.asarray(student[:2], jnp.float32)},
+         'local': {'projection': jnp.asarray(student[2:], jnp.float32)}}
+  views = {'global': jnp.zeros((2, 6, 4, 4, 3)), 'local': jnp.zeros((3, 6, 2, 2, 3))}
+  for step, temperature in ((0, 0.04), (9, 0.04), (10, 0.055), (25, 0.07), (99, 0.07)):
+    loss, new, metrics = method.loss(None, out, {'center': jnp.asarray(center, jnp.float32)}, views, step)
+    expected = oracles_multicrop.dino(student, teacher, center, 0.1, temperature)
+    assert abs(float(loss) - expected) < 1e-5 * expected, step
+    assert float(metrics['teacher_temperature']) == pytest.approx(temperature)
+  assert seen['teacher_views'] == ['global']
+  np.testing.assert_allclose(new['center'], oracles_multicrop.dino_center(center, teacher, 0.9), rtol=1e-5, atol=1e-7)
+  with pytest.raises(ConfigError, match="config.finetune_from_head_layer=1 is invalid: DINO's head"):
+    methods.get('dino').validate(tiny_config('dino', finetune_from_head_layer=1))
+
+
+def test_dino_prototypes_are_unit_columns_frozen_for_their_first_epoch():
+  """The head's last layer is weight-normalised with its gain fixed at 1 (every prototype a unit
+  column, so the logits are cosines of the normalised bottleneck), and the optimiser leaves the
+  prototypes alone for freeze_prototypes_epochs epochs while the rest of the head trains."""
+  from simclr_jax.methods.dino import DINOHead
+  config = tiny_config('dino', freeze_prototypes_epochs=1, epochs=4, optimizer='sgd', weight_decay=0.0)
+  method = methods.get('dino')(config, total_steps=8)
+  assert method.param_groups() == {'projector/prototypes': Group(frozen_steps=2)}
+  head = DINOHead((16, 8, 12))
+  h = jnp.asarray(_rng(15).normal(size=(4, 10)), jnp.float32)
+  variables = head.init(jax.random.PRNGKey(0), h)
+  logits, hiddens = head.apply(variables, h)
+  kernel = variables['params']['prototypes']['kernel']
+  bottleneck = l2_normalize(hiddens[-1])
+  np.testing.assert_allclose(logits, bottleneck @ (kernel / jnp.linalg.norm(kernel, axis=0)), rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(logits).max()) <= 1.0 + 1e-6
+  params = {'encoder': {'w': jnp.ones((2, 3))}, 'projector': variables['params']}
+  grads = jax.tree.map(jnp.ones_like, params)
+  opt = runner.optimizer(config, 8, 2)
+  tx = pretrain.make_tx(opt, config.online_probe_learning_rate, method.param_groups())
+  opt_state = tx.init(params)
+  for step in range(4):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    moved = float(jnp.abs(updates['projector']['prototypes']['kernel']).max())
+    assert (moved == 0.0) == (step < 2), step
+    assert float(jnp.abs(updates['projector']['dense_0']['kernel']).max()) > 0 or step == 0  # warm-up's first lr is 0
+
+
+def test_multi_crop_views_follow_the_local_fields_and_bad_ones_are_refused():
+  """local_crops small crops of local_crop_size px with the first view's settings changed by
+  local_view; none without them; a bad local_view value is one line naming it."""
+  from simclr_jax.data import augment
+  from simclr_jax.validate import validate_config
+  first, second = augment.AugmentSettings(), augment.AugmentSettings(solarize_prob=0.2)
+  assert methods.get('dino')(tiny_config('dino')).views(first, second) == (Crops('global', 0, (first, second)),)
+  config = tiny_config('dino_multicrop')
+  spec = methods.get('dino')(config).views(first, second)
+  local = first._replace(crop_scale=(0.08, 0.5), brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2,
+                         blur_prob=0.1, solarize_prob=0.1)
+  assert spec == (Crops('global', 0, (first, second)), Crops('local', 18, (local,) * 6))
+  assert tiny_config('dino').local_view.brightness is None  # the recipe's changes stay in its config
+  with pytest.raises(ConfigError, match=r'config.local_view.crop_scale=\(0.5, 0.2\) is invalid'):
+    validate_config(tiny_config('dino', **{'local_view.crop_scale': (0.5, 0.2)}))
+  with pytest.raises(ConfigError, match='config.local_crops=-1 is invalid'):
+    validate_config(tiny_config('dino', local_crops=-1))
 
 
 def test_byol_regression_matches_the_paper():
@@ -282,8 +369,8 @@ def test_each_method_matches_on_four_devices_and_resumes_bit_identically(name, t
     assert all(x <= bound for x in r['four'][k]), r
   assert r['moved'] > 1e-4  # the steps really changed the parameters
   assert r['probe'] == (name == 'simclr')  # the online probe (compared above) in SimCLR's check only
-  if name in ('mocov3', 'byol', 'mocov2plus'):
-    assert r['method_state_leaves'] > 0  # the EMA target (and MoCo v2+'s queues) in the state, compared above
+  if name in ('mocov3', 'byol', 'mocov2plus', 'dino'):
+    assert r['method_state_leaves'] > 0  # EMA targets, MoCo v2+'s queues and DINO's centre in the state, compared above
   assert r['stopped'] and r['stopped_at'] == 2 and r['steps'] == [4, 4]
   assert r['saved'] == ['batch_stats', 'method_state', 'params'] and r['identical'] and r['leaves'] > 10
   assert r['final_loss'][0] == r['final_loss'][1]
@@ -302,7 +389,7 @@ class _MultiCropCheck(Method):
     small = first._replace(crop_scale=(0.05, 0.4))
     return (Crops('global', 0, (first, second)), Crops('local', 16, (small, small)))
 
-  def loss(self, model, out, state, views, step):
+  def loss(self, model, out, state, views, step, params=None):
     _MultiCropCheck.seen.update({k: v.shape for k, v in views.items()},
                                 **{f'{k}_projection': o['projection'].shape for k, o in out.items()})
     target = jax.lax.stop_gradient(jnp.mean(out['global']['projection'], axis=0))
