@@ -140,6 +140,7 @@ HEADS = {'simclr': {'online_probe_learning_rate': 1e-3},
          'barlow_twins': {'projection_dims': (64, 64, 64)}, 'vicreg': {'projection_dims': (64, 64, 64)},
          'dcl': {'dcl_sigma': 0.5},  # DCLW: its weights over the global batch on 4 devices
          'mocov2plus': {'projection_dims': (64, 32), 'queue_size': 128},  # the queue wraps after 2 steps
+         'nnclr': {'projection_dims': (64, 32), 'predictor_dims': (64, 32), 'queue_size': 128},
          # Two 16 px local crops beside the global views; the prototypes train from the first step.
          'dino': {'projection_dims': (64, 32), 'num_prototypes': 64, 'local_crops': 2, 'local_crop_size': 16,
                   'freeze_prototypes_epochs': 0}}

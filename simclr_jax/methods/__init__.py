@@ -18,6 +18,7 @@ NAMES = (
     'fastsiam',
     'dcl',
     'mocov2plus',
+    'nnclr',
     'dino',
 )
 

@@ -124,6 +124,34 @@ def test_the_oracles_agree_with_their_term_by_term_twins():
   oracles_multicrop._self_check()
 
 
+def test_nnclr_takes_the_nearest_support_row_as_the_positive_and_enqueues_the_first_view():
+  """NNCLR's loss against the float64 version from the paper (Eq. 1-2 and Algorithm 1); the
+  support set's nearest row replaces each view's projection, no gradient reaches the projections
+  through it, and after the loss the global batch's normalised first-view projections sit at the
+  pointer, which moves on by the batch and wraps."""
+  rng = _rng(13)
+  method = _method('nnclr', projection_dims=(32, 8), predictor_dims=(16, 8), queue_size=24, batch_size=8,
+                   temperature=0.2)
+  state = method.init_state({})
+  assert state['support'].shape == (24, 8) and np.allclose(np.linalg.norm(state['support'], axis=-1), 1, atol=1e-5)
+  z, p = rng.normal(size=(2, 8, 8)), rng.normal(size=(2, 8, 8))
+  support = np.asarray(state['support'], np.float64)
+  support[5] = z[1][3] / np.linalg.norm(z[1][3])  # image 3's second view finds itself
+  state = {'support': jnp.asarray(support, jnp.float32), 'support_pointer': jnp.int32(16)}
+  loss_of = lambda z, p: method.loss(None, {'global': {'projection': z, 'prediction': p}}, state, None, 0)
+  loss, new, _ = loss_of(jnp.asarray(z, jnp.float32), jnp.asarray(p, jnp.float32))
+  expected = oracles_multicrop.nnclr(p[0], p[1], z[0], z[1], support, 0.2)
+  assert abs(float(loss) - expected) < 1e-5 * expected
+  assert oracles_multicrop.nnclr_neighbours(z[1], support)[3] == 5
+  grad_z = jax.grad(lambda z: loss_of(z, jnp.asarray(p, jnp.float32))[0])(jnp.asarray(z, jnp.float32))
+  assert float(jnp.abs(grad_z).max()) == 0.0  # the positives are support rows: constants
+  unit = z[0] / np.linalg.norm(z[0], axis=-1, keepdims=True)
+  assert np.allclose(new['support'][16:], unit, atol=1e-6) and np.array_equal(new['support'][:16], support[:16].astype(np.float32))
+  assert int(new['support_pointer']) == 0  # 16 + 8 wraps at 24
+  with pytest.raises(ConfigError, match='config.queue_size=20 is invalid: use a multiple of batch_size=8'):
+    methods.get('nnclr').validate(tiny_config('nnclr', queue_size=20, batch_size=8))
+
+
 def test_dino_matches_the_paper_on_multi_crop_and_moves_its_centre():
   """DINO's loss against the float64 version of the paper's Eq. 3 and Algorithm 1 with 2 global
   and 3 local student views: the teacher (the EMA network, on the global views only) centred and
@@ -369,8 +397,8 @@ def test_each_method_matches_on_four_devices_and_resumes_bit_identically(name, t
     assert all(x <= bound for x in r['four'][k]), r
   assert r['moved'] > 1e-4  # the steps really changed the parameters
   assert r['probe'] == (name == 'simclr')  # the online probe (compared above) in SimCLR's check only
-  if name in ('mocov3', 'byol', 'mocov2plus', 'dino'):
-    assert r['method_state_leaves'] > 0  # EMA targets, MoCo v2+'s queues and DINO's centre in the state, compared above
+  if name in ('mocov3', 'byol', 'mocov2plus', 'nnclr', 'dino'):
+    assert r['method_state_leaves'] > 0  # EMA targets, queues and DINO's centre in the state, compared above
   assert r['stopped'] and r['stopped_at'] == 2 and r['steps'] == [4, 4]
   assert r['saved'] == ['batch_stats', 'method_state', 'params'] and r['identical'] and r['leaves'] > 10
   assert r['final_loss'][0] == r['final_loss'][1]
