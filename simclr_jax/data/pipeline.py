@@ -82,8 +82,10 @@ class _Inputs:
 
   def bind(self, core_step: Callable) -> Callable:
     """The jitted step (state, images, labels) -> (state, metrics) over a global batch, the
-    arguments of batches(): one program for both paths, whatever the training set's size."""
-    return jax.jit(core_step, donate_argnums=(0,))
+    arguments of batches(): one program for both paths, whatever the training set's size. The
+    state and metrics it returns are replicated, as the state starts, whatever a method's
+    state update computes from the sharded batch (a queue the batch is pushed into)."""
+    return jax.jit(core_step, donate_argnums=(0,), out_shardings=parallel.replicated(self.mesh))
 
   def chunk_size(self, batch: int) -> int:
     n_dev = self.mesh.devices.size
