@@ -20,6 +20,7 @@ NAMES = (
     'mocov2plus',
     'nnclr',
     'dino',
+    'swav',
 )
 
 

@@ -213,6 +213,52 @@ def test_dino_prototypes_are_unit_columns_frozen_for_their_first_epoch():
     assert float(jnp.abs(updates['projector']['dense_0']['kernel']).max()) > 0 or step == 0  # warm-up's first lr is 0
 
 
+def test_swav_sinkhorn_and_swapped_prediction_match_the_paper_with_and_without_its_queue():
+  """SwAV's codes (Sinkhorn-Knopp, 3 iterations at epsilon 0.05) and its loss on 2 global and 3
+  local crops against the float64 versions from the paper; from epoch queue_start_epochs the
+  queue's embeddings, scored with the current prototypes, join each global view's Sinkhorn-Knopp
+  (only the batch's codes used); each step pushes the global views' normalised embeddings to the
+  queue's front; the prototypes stay frozen for their first epochs; a queue smaller than the batch
+  is refused."""
+  from simclr_jax import models
+  from simclr_jax.methods.swav import sinkhorn
+  rng = _rng(16)
+  scores = np.tanh(rng.normal(size=(6, 10)))  # cosines
+  np.testing.assert_allclose(sinkhorn(jnp.asarray(scores, jnp.float32), 0.05, 3),
+                             oracles_multicrop.sinkhorn(scores, 0.05, 3), rtol=1e-4, atol=1e-6)
+  config = tiny_config('swav', projection_dims=(16, 8), num_prototypes=10, temperature=0.1, queue_size=12,
+                       queue_start_epochs=2, freeze_prototypes_epochs=1, epochs=10, batch_size=6)
+  method = methods.get('swav')(config, total_steps=100)
+  assert method.param_groups() == {'predictor': Group(frozen_steps=10)}
+  model = method.make_model(models.encoder_for('resnet10', 0.125, 'float32', 'cifar', (32, 32, 3)))
+  params = models.init_variables(model, 0, (32, 32, 3))['params']
+  student = np.tanh(rng.normal(size=(5, 6, 10)))
+  z = rng.normal(size=(2, 6, 8))
+  queue = rng.normal(size=(2, 12, 8))
+  queue /= np.linalg.norm(queue, axis=-1, keepdims=True)
+  out = {'global': {'prediction': jnp.asarray(student[:2], jnp.float32), 'projection': jnp.asarray(z, jnp.float32)},
+         'local': {'prediction': jnp.asarray(student[2:], jnp.float32)}}
+  state = {'queue': jnp.asarray(queue, jnp.float32)}
+  kernel = np.asarray(params['predictor']['prototypes']['kernel'], np.float64)
+  queued = queue @ (kernel / np.linalg.norm(kernel, axis=0))  # [2, 12, 10]
+  for step in (0, 19, 20, 50):  # the queue joins at epoch 2 = step 20
+    loss, new, _ = method.loss(model, out, state, None, step, params)
+    if step < 20:
+      expected = oracles_multicrop.swav(student, 0.05, 3, 0.1)
+    else:
+      codes = [oracles_multicrop.sinkhorn(np.concatenate([student[i], queued[i]]), 0.05, 3)[:6] for i in range(2)]
+      log_p = [s / 0.1 - np.log(np.sum(np.exp(s / 0.1), axis=-1, keepdims=True)) for s in student]
+      expected = np.mean([np.mean([-np.mean(np.sum(codes[i] * log_p[v], -1)) for v in range(5) if v != i])
+                          for i in range(2)])
+      assert abs(expected - oracles_multicrop.swav(student, 0.05, 3, 0.1)) > 1e-4  # the queue changed the codes
+    assert abs(float(loss) - expected) < 1e-4 * expected, step
+  unit = z / np.linalg.norm(z, axis=-1, keepdims=True)
+  np.testing.assert_allclose(new['queue'][:, :6], unit, rtol=1e-5, atol=1e-6)  # the newest first
+  np.testing.assert_array_equal(new['queue'][:, 6:], queue[:, :6].astype(np.float32))  # the oldest out
+  with pytest.raises(ConfigError, match='config.queue_size=32 is invalid: use 0 .no queue. or at least batch_size=64'):
+    methods.get('swav').validate(tiny_config('swav', queue_size=32, batch_size=64))
+
+
 def test_multi_crop_views_follow_the_local_fields_and_bad_ones_are_refused():
   """local_crops small crops of local_crop_size px with the first view's settings changed by
   local_view; none without them; a bad local_view value is one line naming it."""
@@ -397,7 +443,7 @@ def test_each_method_matches_on_four_devices_and_resumes_bit_identically(name, t
     assert all(x <= bound for x in r['four'][k]), r
   assert r['moved'] > 1e-4  # the steps really changed the parameters
   assert r['probe'] == (name == 'simclr')  # the online probe (compared above) in SimCLR's check only
-  if name in ('mocov3', 'byol', 'mocov2plus', 'nnclr', 'dino'):
+  if name in ('mocov3', 'byol', 'mocov2plus', 'nnclr', 'dino', 'swav'):
     assert r['method_state_leaves'] > 0  # EMA targets, queues and DINO's centre in the state, compared above
   assert r['stopped'] and r['stopped_at'] == 2 and r['steps'] == [4, 4]
   assert r['saved'] == ['batch_stats', 'method_state', 'params'] and r['identical'] and r['leaves'] > 10
