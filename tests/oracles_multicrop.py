@@ -9,19 +9,7 @@ import math
 
 import numpy as np
 
-
-def _f64(x):
-  return np.asarray(x, dtype=np.float64)
-
-
-def _l2n(x):
-  x = _f64(x)
-  return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def _logsumexp(a):  # over the last axis
-  m = a.max(axis=-1, keepdims=True)
-  return (m + np.log(np.exp(a - m).sum(axis=-1, keepdims=True)))[..., 0]
+from oracles import _f64, _l2n, _logsumexp  # the shared helpers
 
 
 def _log_softmax(a):

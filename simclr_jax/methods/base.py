@@ -63,6 +63,14 @@ def scale_range(value) -> str:
   return '' if ok else 'use (min, max) with 0 < min <= max <= 1, shares of the image area'
 
 
+def check_queue_size(config) -> None:
+  """ConfigError unless config.queue_size holds whole global batches (a queue that takes a whole
+  batch each step, first in, first out)."""
+  if config.queue_size % config.batch_size:
+    fail('queue_size', config.queue_size,
+         f'use a multiple of batch_size={config.batch_size} (a whole batch replaces the oldest rows each step)')
+
+
 class Field(NamedTuple):
   """A config field a method adds: its default, a check of its value (value -> '' or the fix), and
   whether it defines a run (a workdir resumes only with the value it was trained with)."""

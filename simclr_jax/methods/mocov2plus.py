@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from simclr_jax.methods.base import Field, MomentumMethod, fail, l2_normalize, layer_sizes, positive
+from simclr_jax.methods.base import Field, MomentumMethod, check_queue_size, l2_normalize, layer_sizes, positive
 
 
 def queue_infonce(q, k, queue, temperature: float):
@@ -43,9 +43,7 @@ class MoCoV2Plus(MomentumMethod):
   @classmethod
   def cross_check(cls, config) -> None:
     super().cross_check(config)
-    if config.queue_size % config.batch_size:
-      fail('queue_size', config.queue_size,
-           f'use a multiple of batch_size={config.batch_size} (a whole batch of keys replaces the oldest each step)')
+    check_queue_size(config)
 
   def init_state(self, variables: dict) -> dict:
     dims = self.config['projection_dims'][-1]

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from simclr_jax import models
-from simclr_jax.methods.base import Field, Method, fail, l2_normalize, layer_sizes, positive
+from simclr_jax.methods.base import Field, Method, check_queue_size, l2_normalize, layer_sizes, positive
 
 
 def nearest_neighbours(z, support):
@@ -48,9 +48,7 @@ class NNCLR(Method):
   @classmethod
   def cross_check(cls, config) -> None:
     super().cross_check(config)
-    if config.queue_size % config.batch_size:
-      fail('queue_size', config.queue_size,
-           f'use a multiple of batch_size={config.batch_size} (a whole batch replaces the oldest rows each step)')
+    check_queue_size(config)
 
   def projector(self, dtype):
     """Linear-BN-ReLU ... Linear-BN (solo-learn's NNCLR projector, BatchNorm on the output too)."""
