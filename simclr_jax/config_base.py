@@ -10,6 +10,7 @@ module's FIELDS); configs/<name>.py changes only what its recipe changes.
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from simclr_jax.data import views
 from simclr_jax.data.augment import AugmentSettings
@@ -87,6 +88,7 @@ def base_config(stage: str, method: str = 'simclr') -> ml_collections.ConfigDict
   c.momentum = 0.9
   c.warmup_epochs = 10.0     # shortened (with a notice) to a quarter of a shorter run
   c.weight_decay = 5e-4
+  c.weight_decay_end = config_dict.placeholder(float)  # None: constant; a value: cosine to it over the run
   c.lars_eta = 0.001         # LARS trust coefficient; LARS's form (optim.Lars):
   c.lars_trust_ratio = 'update_norm'  # update_norm (google-research/simclr) | sum_of_norms (solo-learn)
   c.lars_clip = False        # LARC: the trust ratio over the learning rate, capped at 1 (solo-learn's clip_lr)

@@ -106,6 +106,8 @@ def validate_config(config) -> None:
   if config.data_dir and not os.path.isdir(config.data_dir):
     _fail('data_dir', config.data_dir, 'the folder does not exist; point it at prepared TFDS data '
           'or leave it empty for the TFDS default')
+  if config.weight_decay_end is not None and config.weight_decay_end < 0:
+    _fail('weight_decay_end', config.weight_decay_end, 'use 0 or more, or leave it unset for a constant weight_decay')
   _validate_augment('augment', config.augment)
   _validate_evals(config.evals)
   if config.stage == 'pretrain':

@@ -140,7 +140,10 @@ def optimizer(config, total_steps: int, steps_per_epoch: int) -> Optimizer:
   peak = optim.peak_learning_rate(config.learning_rate, config.batch_size, config.lr_scaling)
   schedule = optim.make_schedule(peak, total_steps, config.warmup_epochs, steps_per_epoch)
   lars = optim.Lars(config.lars_eta, config.lars_trust_ratio, config.lars_clip, config.lars_lr_in_momentum)
-  make = lambda lr: optim.make_optimizer(config.optimizer, lr, config.momentum, config.weight_decay, lars)
+  decay = config.weight_decay
+  if config.weight_decay_end is not None:  # a per-step schedule (DINO's): cosine from weight_decay to it
+    decay = optim.cosine_between(config.weight_decay, config.weight_decay_end, total_steps)
+  make = lambda lr: optim.make_optimizer(config.optimizer, lr, config.momentum, decay, lars)
   return Optimizer(make, schedule)
 
 

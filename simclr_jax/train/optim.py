@@ -4,6 +4,7 @@
     schedule = make_schedule(peak, total_steps=200 * 97, warmup_epochs=10, steps_per_epoch=97)
     schedule(100)                                        # the learning rate at step 100
     tx = make_optimizer('sgd', schedule, momentum=0.9, weight_decay=5e-4)
+    tx = make_optimizer('adamw', schedule, 0.9, cosine_between(0.04, 0.4, total_steps))  # DINO's decay schedule
     tx = partition({'model': tx, 'frozen': optax.set_to_zero()}, {'encoder': 'frozen', 'head': 'model'})
     tx = scheduled(lambda lr, peak: make_optimizer('lars', lr, 0.9, 1e-6), schedule)  # schedule as data
     tx = make_optimizer('lars', schedule, 0.9, 1e-6, Lars(0.02, 'sum_of_norms', clip=True, lr_in_momentum=False))
@@ -86,6 +87,15 @@ def with_schedule_of(opt_state, fresh):
   return opt_state
 
 
+def cosine_between(start: float, end: float, total_steps: int) -> Callable:
+  """step -> a value that moves from start at step 0 to end at total_steps on a half cosine
+  (DINO's cosine_scheduler without warm-up: its weight decay from 0.04 to 0.4), then stays."""
+  def value(step):
+    progress = jnp.minimum(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 1.0)
+    return end + (start - end) * (1 + jnp.cos(math.pi * progress)) / 2
+  return value
+
+
 def decay_mask(params):
   """True for kernels (ndim > 1); False for biases and BatchNorm scales and offsets."""
   return jax.tree.map(lambda p: p.ndim > 1, params)
@@ -108,12 +118,12 @@ TRUST_RATIOS = ('update_norm', 'sum_of_norms')
 _SOLO_EPS = 1e-8  # solo-learn's LARS divides by |g| + wd |p| + 1e-8
 
 
-def scale_by_lars(learning_rate, weight_decay: float, lars: Lars, mask=decay_mask) -> optax.GradientTransformation:
+def scale_by_lars(learning_rate, weight_decay, lars: Lars, mask=decay_mask) -> optax.GradientTransformation:
   """The LARS direction of each masked tensor (kernels): its gradient plus the weight decay, times
   the trust ratio (clipped against learning_rate(step) when lars.clip); the learning rate itself
   is applied after (make_optimizer). Where |p| or the norm the ratio divides by is 0 the ratio is
   1; solo-learn's form then leaves out the weight decay as well. Other tensors pass unchanged."""
-  def ratio_and_update(g, p, lr):
+  def ratio_and_update(g, p, lr, weight_decay):
     p_norm, g_norm = jnp.linalg.norm(p), jnp.linalg.norm(g)
     u = g + weight_decay * p
     if lars.trust_ratio == 'update_norm':
@@ -132,16 +142,17 @@ def scale_by_lars(learning_rate, weight_decay: float, lars: Lars, mask=decay_mas
 
   def update(updates, state, params):
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    wd = weight_decay(state.count) if callable(weight_decay) else weight_decay
     adapt = mask(params)
-    out = jax.tree.map(lambda g, p, a: ratio_and_update(g, p, lr) if a else g, updates, params, adapt)
+    out = jax.tree.map(lambda g, p, a: ratio_and_update(g, p, lr, wd) if a else g, updates, params, adapt)
     return out, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
   return optax.GradientTransformation(init, update)
 
 
-def make_optimizer(name: str, schedule, momentum: float, weight_decay: float,
+def make_optimizer(name: str, schedule, momentum: float, weight_decay,
                    lars: Lars = Lars()) -> optax.GradientTransformation:
   """SGD with momentum, LARS (the form `lars` gives) or AdamW; no decay or LARS adaptation on
-  biases and BatchNorm."""
+  biases and BatchNorm. weight_decay: a number, or a function of the step (cosine_between)."""
   if name == 'sgd':
     return optax.chain(optax.add_decayed_weights(weight_decay, decay_mask),
                        optax.sgd(schedule, momentum=momentum, nesterov=False))

@@ -59,6 +59,47 @@ def test_weight_decay_touches_only_kernels(name):
     assert float(jnp.abs(leaf).max()) == 0
 
 
+@pytest.mark.parametrize('name', ['sgd', 'lars', 'adamw'])
+def test_a_weight_decay_schedule_decays_each_step_by_its_cosine_value(name):
+  """weight_decay_end: the decay moves from weight_decay to weight_decay_end on a half cosine over
+  the run (DINO's cosine_scheduler): with zero gradients an SGD or AdamW step is -lr wd(k) p, and
+  LARS's step at step k equals a constant-decay LARS step at wd(k)."""
+  lr, total = 0.1, 10
+  decay = optim.cosine_between(0.04, 0.4, total)
+  wd = lambda k: 0.4 + (0.04 - 0.4) * (1 + np.cos(np.pi * min(k, total) / total)) / 2
+  params = _params()
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3) if name == 'lars' else jnp.zeros_like(p), params)
+  tx = optim.make_optimizer(name, optax.constant_schedule(lr), 0.0, decay)
+  state = tx.init(params)
+  for k in range(12):
+    updates, state = tx.update(grads, state, params)
+    if name == 'lars':
+      fixed = optim.make_optimizer(name, optax.constant_schedule(lr), 0.0, float(wd(k)))
+      want = fixed.update(grads, fixed.init(params), params)[0]['conv']['kernel']
+    else:
+      want = -lr * wd(k) * params['conv']['kernel']
+    np.testing.assert_allclose(updates['conv']['kernel'], want, rtol=2e-5, err_msg=f'step {k}')
+    assert float(jnp.abs(updates['norm']['scale']).max()) == (0.0 if name != 'lars' else pytest.approx(0.03))
+  assert float(decay(0)) == pytest.approx(0.04) and float(decay(total)) == pytest.approx(0.4)
+
+
+def test_weight_decay_end_reaches_the_stage_optimiser_and_a_negative_one_is_refused():
+  from conftest import tiny_config
+  from simclr_jax.core.errors import ConfigError
+  from simclr_jax.stages import runner
+  from simclr_jax.validate import validate_config
+  config = tiny_config('pretrain', weight_decay=0.04, weight_decay_end=0.4, optimizer='sgd', momentum=0.0)
+  tx = runner.optimizer(config, 10, 5).make(0.1)
+  params = _params()
+  state = tx.init(params)
+  for k in range(11):
+    updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+  np.testing.assert_allclose(updates['conv']['kernel'], -0.1 * 0.4 * params['conv']['kernel'], rtol=1e-5)  # at its end
+  assert tiny_config('pretrain').weight_decay_end is None  # unset: the constant weight_decay
+  with pytest.raises(ConfigError, match='config.weight_decay_end=-1.0 is invalid: use 0 or more'):
+    validate_config(tiny_config('pretrain', weight_decay_end=-1.0))
+
+
 def test_lars_does_not_adapt_biases():
   tx = optim.make_optimizer('lars', optax.constant_schedule(0.1), momentum=0.0, weight_decay=0.0)
   params = _params()
