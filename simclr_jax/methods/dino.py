@@ -2,7 +2,8 @@
 self-distillation without labels. A student network on every crop learns to give the output
 distribution an EMA teacher gives on the global crops; the teacher's outputs are centred (an EMA
 of their batch mean) and sharpened (a low temperature), which together keep the outputs from
-collapsing. Recipes: configs/dino.py (two views), configs/dino_multicrop.py (2 global + 6 local).
+collapsing. Recipes: configs/dino.py (lightly's CIFAR-10 recipe, two views), configs/dino_multicrop.py (2
+global + 6 local).
 
     python -m simclr_jax.main --config=configs/dino.py --config.local_crops=6
 
@@ -72,14 +73,17 @@ def dino_loss(student, teacher, center, student_temperature, teacher_temperature
 class DINO(MultiCrop, MomentumMethod):
   NAME = 'dino'
   PER_VIEW_BATCHNORM = False
+  # Defaults: the paper's (section 3.1 and appendix: the teacher temperature's warm-up from 0.04 to
+  # 0.07 over 30 epochs, tau 0.996 -> 1, the prototypes frozen for the first epoch); configs/dino.py
+  # sets lightly's CIFAR-10 recipe.
   FIELDS = {**MomentumMethod.FIELDS, **MultiCrop.FIELDS,
             'projection_dims': Field((2048, 2048, 256), layer_sizes, defines_run=True),
-            'num_prototypes': Field(4096, positive, defines_run=True),
+            'num_prototypes': Field(65536, positive, defines_run=True),
             'head_norm': Field(False, defines_run=True),
-            'base_tau': MomentumMethod.FIELDS['base_tau']._replace(default=0.9995),
+            'base_tau': MomentumMethod.FIELDS['base_tau']._replace(default=0.996),
             'student_temperature': Field(0.1, positive), 'teacher_temperature': Field(0.07, positive),
             'warmup_teacher_temperature': Field(0.04, positive),
-            'warmup_teacher_temperature_epochs': Field(0, whole_number),
+            'warmup_teacher_temperature_epochs': Field(30, whole_number),
             'center_momentum': Field(0.9, unit_interval), 'freeze_prototypes_epochs': Field(1, whole_number)}
 
   @classmethod
