@@ -11,7 +11,8 @@ momentum 0.9; the teacher an EMA at a constant 0.99; SGD with momentum 0.9 at 0.
 (0.12 x batch/256 here), weight decay 5e-4, a cosine over the run without warm-up, batch 128;
 two global crops at scale 0.4-1, colour jitter 0.4/0.4/0.2/0.1 with probability 0.8, grey 0.2,
 no blur, solarisation 0.2 on the second, ImageNet's normalisation. configs/dino_multicrop.py adds
-six small crops.
+six small crops. lightly's benchmark draws its teacher's head apart from the student's; here the
+teacher starts as a copy of the student, as in DINO's code.
 
 solo-learn's recipe (scripts/pretrain/cifar/dino.yaml: head 2048-2048-256 without BatchNorm,
 4,096 prototypes frozen for the first epoch, teacher temperature 0.07, tau 0.9995 -> 1, LARS 0.3,

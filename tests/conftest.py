@@ -144,11 +144,11 @@ HEADS = {'simclr': {'online_probe_learning_rate': 1e-3},
          # Two 16 px local crops beside the global views; the prototypes train from the first step.
          'dino': {'projection_dims': (64, 32), 'num_prototypes': 64, 'local_crops': 2, 'local_crop_size': 16,
                   'freeze_prototypes_epochs': 0},
-         # The queue (2 steps of the batch) joins the Sinkhorn-Knopp from the first step. Without local
+         # The queue (one batch, full after the first step) joins the Sinkhorn-Knopp at the second. Without local
          # crops: with them, SwAV's first gradients at this size move by 1% when the weights move by 1e-7
          # on one device (measured), too ill-conditioned for an equality of device counts; DINO's check
          # covers local crops on 4 devices.
-         'swav': {'projection_dims': (64, 32), 'num_prototypes': 64, 'local_crops': 0, 'queue_size': 128,
+         'swav': {'projection_dims': (64, 32), 'num_prototypes': 64, 'local_crops': 0, 'queue_size': 64,
                   'queue_start_epochs': 0, 'freeze_prototypes_epochs': 0}}
 
 

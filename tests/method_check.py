@@ -49,11 +49,25 @@ def max_diff(a, b):
   return max((float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))), default=0.0)
 
 
-def relative_to_change(one, four, initial):
-  """max |four - one| / max |one - initial|: the runs' difference relative to the change the
-  1-device run made (0 when nothing changed)."""
-  change = max_diff(one, initial)
-  return max_diff(one, four) / change if change > 0 else max_diff(one, four)
+def _split(tree):
+  """(floating-point leaves, the others: a queue's pointer)."""
+  leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]
+  return [x for x in leaves if np.issubdtype(x.dtype, np.floating)], [x for x in leaves if not np.issubdtype(x.dtype, np.floating)]
+
+
+def relative_to_change(one, four, initial, parts=False):
+  """max |four - one| / max |one - initial| over the floating-point leaves: the runs' difference
+  relative to the change the 1-device run made (0 when nothing changed); infinite when an integer
+  leaf (a queue's pointer) differs. With parts (a method's state), the largest of its parts' (its
+  EMA target, its queue, its centre), so that a queue whose rows all changed hides no target."""
+  if parts and one:
+    return max(relative_to_change(one[k], four[k], initial[k]) for k in one)
+  (f1, i1), (f4, i4), (f0, _) = _split(one), _split(four), _split(initial)
+  if any(not np.array_equal(a, b) for a, b in zip(i1, i4)):
+    return float('inf')
+  diff = max((float(np.abs(a - b).max()) for a, b in zip(f1, f4)), default=0.0)
+  change = max((float(np.abs(a - b).max()) for a, b in zip(f1, f0)), default=0.0)
+  return diff / change if change > 0 else diff
 
 
 def main():
@@ -64,7 +78,8 @@ def main():
   l4, four, _ = steps(config, jax.devices(), total)  # the straight run: the 4-device trajectory
   out = {'devices': len(jax.devices()), 'loss_1': l1, 'loss_4': l4[:2],
          # after each step, for (params, stats, method state): the difference relative to the change
-         'four': [[relative_to_change(a, b, c) for a, b, c in zip(x, y, initial)] for x, y in zip(one, four)],
+         'four': [[relative_to_change(a, b, c, parts=i == 2) for i, (a, b, c) in enumerate(zip(x, y, initial))]
+                  for x, y in zip(one, four)],
          'moved': max_diff(one[-1][0], initial[0]), 'method_state_leaves': len(jax.tree.leaves(one[-1][2])),
          'probe': 'online_probe' in one[-1][0]}
   try:

@@ -13,9 +13,9 @@ the paper's Eq. 6 per image i and view k:
 (one log over the 2N - 2 negatives: both views of every other image of the global batch), the
 loss the mean over the 2N terms. DCL: w_i = 1. DCLW (dcl_sigma > 0): w_i = 2 - exp(<z_i^(1),
 z_i^(2)> / sigma) / mean_j exp(<z_j^(1), z_j^(2)> / sigma), the weights taken as constants for
-the gradient, as lightly's DCLWLoss detaches them. lightly's DCLLoss takes two log-sums (over
-the same view's negatives and over the other view's) where the paper takes one; this module
-follows the paper.
+the gradient, as lightly's DCLWLoss detaches them. lightly's DCLLoss took two log-sums (over the
+same view's negatives and over the other view's) until 2025 (lightly-ai/lightly #1827), so its
+2023 benchmark figures come from that form; it now takes the paper's one, as this module does.
 """
 from __future__ import annotations
 

@@ -12,9 +12,10 @@ scores, the code of global view i is q_i = SK(s_i) (the paper's Eq. 3: sinkhorn_
 rounds of equipartition at entropy sinkhorn_epsilon, a constant for the gradient), and the loss is
     mean over global views i, mean over the other crops v != i of mean_b -sum_k q_i log softmax(s_v / T)
 (Eq. 1-2). With queue_size > 0 every step pushes the global views' embeddings into a queue, one
-per global view, newest first; from epoch queue_start_epochs on, the queue's rows are scored with
-the current prototypes and join the batch in the Sinkhorn-Knopp, so a small batch still divides
-evenly among many prototypes (section 4.1), and only the batch's codes are used. Each group of
+per global view, newest first; from epoch queue_start_epochs on, once the queue is full (its last
+row written, as the authors' code waits), its rows are scored with the current prototypes and
+join the batch in the Sinkhorn-Knopp, so a small batch still divides evenly among many prototypes
+(section 4.1), and only the batch's codes are used. Each group of
 same-size crops goes through the network in one call, as SwAV's code runs them.
 """
 from __future__ import annotations
@@ -91,8 +92,9 @@ class SwAV(MultiCrop, Method):
     return {'queue': jnp.zeros((2, self.config['queue_size'], self.config['projection_dims'][-1]), jnp.float32)}
 
   def codes(self, model, params, scores, state, step):
-    """The global views' codes [2, B, K] from their scores; with the queue in use its rows,
-    scored with the current prototypes, join each view's Sinkhorn-Knopp."""
+    """The global views' codes [2, B, K] from their scores; with the queue in use (from
+    queue_start_epochs, once full) its rows, scored with the current prototypes, join each view's
+    Sinkhorn-Knopp."""
     eps, iterations = self.config['sinkhorn_epsilon'], self.config['sinkhorn_iterations']
     scores = jax.lax.stop_gradient(scores)
     plain = jnp.stack([sinkhorn(s, eps, iterations) for s in scores])
@@ -103,7 +105,8 @@ class SwAV(MultiCrop, Method):
                                                method=lambda m, z: m.predictor(z)[0]))  # [2, Q, K]
     with_queue = jnp.stack([sinkhorn(jnp.concatenate([s, q]), eps, iterations)[:batch]
                             for s, q in zip(scores, queued)])
-    in_use = jnp.asarray(step) >= self.config['queue_start_epochs'] * self.steps_per_epoch
+    full = jnp.any(state['queue'][:, -1] != 0)
+    in_use = (jnp.asarray(step) >= self.config['queue_start_epochs'] * self.steps_per_epoch) & full
     return jnp.where(in_use, with_queue, plain)
 
   def loss(self, model, out, state, views, step, params=None):

@@ -188,10 +188,18 @@ class FrozenState(NamedTuple):
   inner: optax.OptState
 
 
+# The step counters of schedules inside an optimiser (the learning rate's, the weight decay's).
+_SCHEDULE_COUNTERS = (optax.ScaleByScheduleState, type(optax.add_decayed_weights(lambda step: 0.0).init({})))
+
+
 def frozen_for(steps: int, inner: optax.GradientTransformation) -> optax.GradientTransformation:
   """inner, but for the first `steps` updates no update at all: zeros, and inner's state (its
-  momentum, its step count) held as it was, as PyTorch's optimisers skip a parameter without a
-  gradient (DINO's last layer in its first epoch). From then on inner runs as from its start."""
+  momentum, Adam's moments and step count) held as it was, as PyTorch's optimisers skip a
+  parameter without a gradient (DINO's last layer in its first epoch, SwAV's prototypes); the
+  step counters of its schedules (learning rate, weight decay) go on with the run, as a global
+  scheduler's do, so the group unfreezes at the run's learning rate, not at its warm-up's start."""
+  counter = lambda x: isinstance(x, _SCHEDULE_COUNTERS)
+
   def init(params):
     return FrozenState(jnp.zeros([], jnp.int32), inner.init(params))
 
@@ -199,6 +207,8 @@ def frozen_for(steps: int, inner: optax.GradientTransformation) -> optax.Gradien
     new_updates, new_inner = inner.update(updates, state.inner, params)
     frozen = state.count < steps
     new_updates = jax.tree.map(lambda u: jnp.where(frozen, jnp.zeros_like(u), u), new_updates)
-    new_inner = jax.tree.map(lambda new, old: jnp.where(frozen, old, new), new_inner, state.inner)
+    hold = lambda new, old: jnp.where(frozen, old, new)
+    new_inner = jax.tree.map(lambda new, old: new if counter(new) else jax.tree.map(hold, new, old),
+                             new_inner, state.inner, is_leaf=counter)
     return new_updates, FrozenState(optax.safe_increment(state.count), new_inner)
   return optax.GradientTransformation(init, update)

@@ -126,9 +126,8 @@ def test_the_oracles_agree_with_their_term_by_term_twins():
 
 def test_nnclr_takes_the_nearest_support_row_as_the_positive_and_enqueues_the_first_view():
   """NNCLR's loss against the float64 version from the paper (Eq. 1-2 and Algorithm 1); the
-  support set's nearest row replaces each view's projection, no gradient reaches the projections
-  through it, and after the loss the global batch's normalised first-view projections sit at the
-  pointer, which moves on by the batch and wraps."""
+  support set's nearest row replaces each view's projection, and after the loss the global batch's
+  normalised first-view projections sit at the pointer, which moves on by the batch and wraps."""
   rng = _rng(13)
   method = _method('nnclr', projection_dims=(32, 8), predictor_dims=(16, 8), queue_size=24, batch_size=8,
                    temperature=0.2)
@@ -138,13 +137,11 @@ def test_nnclr_takes_the_nearest_support_row_as_the_positive_and_enqueues_the_fi
   support = np.asarray(state['support'], np.float64)
   support[5] = z[1][3] / np.linalg.norm(z[1][3])  # image 3's second view finds itself
   state = {'support': jnp.asarray(support, jnp.float32), 'support_pointer': jnp.int32(16)}
-  loss_of = lambda z, p: method.loss(None, {'global': {'projection': z, 'prediction': p}}, state, None, 0)
-  loss, new, _ = loss_of(jnp.asarray(z, jnp.float32), jnp.asarray(p, jnp.float32))
+  out = {'global': {'projection': jnp.asarray(z, jnp.float32), 'prediction': jnp.asarray(p, jnp.float32)}}
+  loss, new, _ = method.loss(None, out, state, None, 0)
   expected = oracles_multicrop.nnclr(p[0], p[1], z[0], z[1], support, 0.2)
   assert abs(float(loss) - expected) < 1e-5 * expected
   assert oracles_multicrop.nnclr_neighbours(z[1], support)[3] == 5
-  grad_z = jax.grad(lambda z: loss_of(z, jnp.asarray(p, jnp.float32))[0])(jnp.asarray(z, jnp.float32))
-  assert float(jnp.abs(grad_z).max()) == 0.0  # the positives are support rows: constants
   unit = z[0] / np.linalg.norm(z[0], axis=-1, keepdims=True)
   assert np.allclose(new['support'][16:], unit, atol=1e-6) and np.array_equal(new['support'][:16], support[:16].astype(np.float32))
   assert int(new['support_pointer']) == 0  # 16 + 8 wraps at 24
@@ -188,9 +185,11 @@ def test_dino_matches_the_paper_on_multi_crop_and_moves_its_centre():
 def test_dino_prototypes_are_unit_columns_frozen_for_their_first_epoch():
   """The head's last layer is weight-normalised with its gain fixed at 1 (every prototype a unit
   column, so the logits are cosines of the normalised bottleneck), and the optimiser leaves the
-  prototypes alone for freeze_prototypes_epochs epochs while the rest of the head trains."""
+  prototypes alone for freeze_prototypes_epochs epochs while the rest of the head trains; then
+  they take the run's learning rate of that step (the warm-up's schedule goes on while they wait)."""
   from simclr_jax.methods.dino import DINOHead
-  config = tiny_config('dino', freeze_prototypes_epochs=1, epochs=4, optimizer='sgd', weight_decay=0.0)
+  config = tiny_config('dino', freeze_prototypes_epochs=1, epochs=4, optimizer='sgd', weight_decay=0.0,
+                       momentum=0.0, warmup_epochs=1.0, learning_rate=0.4, lr_scaling='none')
   method = methods.get('dino')(config, total_steps=8)
   assert method.param_groups() == {'projector/prototypes': Group(frozen_steps=2)}
   head = DINOHead((16, 8, 12))
@@ -204,22 +203,24 @@ def test_dino_prototypes_are_unit_columns_frozen_for_their_first_epoch():
   params = {'encoder': {'w': jnp.ones((2, 3))}, 'projector': variables['params']}
   grads = jax.tree.map(jnp.ones_like, params)
   opt = runner.optimizer(config, 8, 2)
+  assert opt.schedule.warmup_steps == 2  # the learning rate rises over steps 0 and 1, then decays
   tx = pretrain.make_tx(opt, config.online_probe_learning_rate, method.param_groups())
   opt_state = tx.init(params)
-  for step in range(4):
+  for step in range(6):
     updates, opt_state = tx.update(grads, opt_state, params)
-    moved = float(jnp.abs(updates['projector']['prototypes']['kernel']).max())
-    assert (moved == 0.0) == (step < 2), step
-    assert float(jnp.abs(updates['projector']['dense_0']['kernel']).max()) > 0 or step == 0  # warm-up's first lr is 0
+    lr = float(opt.schedule(step))
+    prototypes = np.asarray(updates['projector']['prototypes']['kernel'])
+    np.testing.assert_allclose(updates['projector']['dense_0']['kernel'], -lr, rtol=1e-6)  # the head trains
+    np.testing.assert_allclose(prototypes, 0.0 if step < 2 else -lr, rtol=1e-6, err_msg=f'step {step}')
 
 
 def test_swav_sinkhorn_and_swapped_prediction_match_the_paper_with_and_without_its_queue():
   """SwAV's codes (Sinkhorn-Knopp, 3 iterations at epsilon 0.05) and its loss on 2 global and 3
-  local crops against the float64 versions from the paper; from epoch queue_start_epochs the
-  queue's embeddings, scored with the current prototypes, join each global view's Sinkhorn-Knopp
-  (only the batch's codes used); each step pushes the global views' normalised embeddings to the
-  queue's front; the prototypes stay frozen for their first epochs; a queue smaller than the batch
-  is refused."""
+  local crops against the float64 versions from the paper; from epoch queue_start_epochs, once
+  it is full, the queue's embeddings, scored with the current prototypes, join each global view's
+  Sinkhorn-Knopp (only the batch's codes used); each step pushes the global views' normalised
+  embeddings to the queue's front; the prototypes stay frozen for their first epochs; a queue
+  smaller than the batch is refused."""
   from simclr_jax import models
   from simclr_jax.methods.swav import sinkhorn
   rng = _rng(16)
@@ -252,6 +253,9 @@ def test_swav_sinkhorn_and_swapped_prediction_match_the_paper_with_and_without_i
                           for i in range(2)])
       assert abs(expected - oracles_multicrop.swav(student, 0.05, 3, 0.1)) > 1e-4  # the queue changed the codes
     assert abs(float(loss) - expected) < 1e-4 * expected, step
+  not_full = {'queue': state['queue'].at[:, -1].set(0.0)}  # the last row not written yet: not used
+  loss, _, _ = method.loss(model, out, not_full, None, 50, params)
+  assert abs(float(loss) - oracles_multicrop.swav(student, 0.05, 3, 0.1)) < 1e-4 * float(loss)
   unit = z / np.linalg.norm(z, axis=-1, keepdims=True)
   np.testing.assert_allclose(new['queue'][:, :6], unit, rtol=1e-5, atol=1e-6)  # the newest first
   np.testing.assert_array_equal(new['queue'][:, 6:], queue[:, :6].astype(np.float32))  # the oldest out
@@ -433,14 +437,17 @@ def test_each_method_matches_on_four_devices_and_resumes_bit_identically(name, t
   # Both steps' losses agree to float32 rounding (measured: within 5e-7 relative).
   for a, b in zip(r['loss_1'], r['loss_4']):
     assert abs(a - b) < 1e-5 * max(1.0, abs(a)), r
-  # The parameters, statistics and EMA target after each step agree within 1% of the change step 1
-  # made and 10% after step 2 (measured, the worst of the six methods: 5e-4 and 1e-2, SimCLR's
-  # encoder: the 4 partial sums of a gradient round differently where terms cancel, as for the
-  # BatchNorm biases, and LARS and momentum carry that into step 2). Statistics or negatives taken
-  # per device, or a gradient not averaged over the devices, change step 1's loss and its update
-  # by orders of magnitude more.
+  # The parameters, statistics and method state after each step agree within 1% of the change step
+  # 1 made and 10% after step 2 (measured once, the worst of the six first methods: 5e-4 and 1e-2,
+  # SimCLR's encoder: the 4 partial sums of a gradient round differently where terms cancel, as for
+  # the BatchNorm biases, and LARS and momentum carry that into step 2; on 2026-12-06 the worst of
+  # the twelve was 1.2e-5 and 3.2e-3). The method state is compared part by part (EMA target,
+  # queue, centre: 3.1e-6 at worst, its integer pointers equal), within 0.1%. Statistics or
+  # negatives taken per device, a queue filled in another order or a gradient not averaged over
+  # the devices change step 1's loss and its update by orders of magnitude more.
   for k, bound in ((0, 1e-2), (1, 1e-1)):
     assert all(x <= bound for x in r['four'][k]), r
+    assert r['four'][k][2] <= 1e-3, r
   assert r['moved'] > 1e-4  # the steps really changed the parameters
   assert r['probe'] == (name == 'simclr')  # the online probe (compared above) in SimCLR's check only
   if name in ('mocov3', 'byol', 'mocov2plus', 'nnclr', 'dino', 'swav'):
