@@ -188,8 +188,12 @@ class FrozenState(NamedTuple):
   inner: optax.OptState
 
 
-# The step counters of schedules inside an optimiser (the learning rate's, the weight decay's).
-_SCHEDULE_COUNTERS = (optax.ScaleByScheduleState, type(optax.add_decayed_weights(lambda step: 0.0).init({})))
+def _schedule_counters() -> tuple:
+  """The state types of the step counters of schedules inside an optimiser (the learning rate's,
+  the weight decay's; optax names the second nowhere public). Made when an optimiser is built, not
+  at import: the state holds an array, and making one starts JAX's backends, whose messages would
+  reach the terminal before the command line quiets the logs."""
+  return optax.ScaleByScheduleState, type(optax.add_decayed_weights(lambda step: 0.0).init({}))
 
 
 def frozen_for(steps: int, inner: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -198,7 +202,8 @@ def frozen_for(steps: int, inner: optax.GradientTransformation) -> optax.Gradien
   parameter without a gradient (DINO's last layer in its first epoch, SwAV's prototypes); the
   step counters of its schedules (learning rate, weight decay) go on with the run, as a global
   scheduler's do, so the group unfreezes at the run's learning rate, not at its warm-up's start."""
-  counter = lambda x: isinstance(x, _SCHEDULE_COUNTERS)
+  counters = _schedule_counters()
+  counter = lambda x: isinstance(x, counters)
 
   def init(params):
     return FrozenState(jnp.zeros([], jnp.int32), inner.init(params))
