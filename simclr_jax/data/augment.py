@@ -38,14 +38,20 @@ class AugmentSettings(NamedTuple):
   std: tuple[float, float, float] = CIFAR_STD
 
 
+def _value(v):
+  return tuple(v) if isinstance(v, (list, tuple)) else v
+
+
+def overridden(settings: AugmentSettings, overrides) -> AugmentSettings:
+  """settings with the fields that `overrides` sets (a ConfigDict of AugmentSettings' fields,
+  None meaning 'as settings': config.view2, a multi-crop method's local_view)."""
+  return settings._replace(**{k: _value(v) for k, v in (overrides or {}).items() if v is not None})
+
+
 def settings_from_config(cfg, overrides=None) -> AugmentSettings:
-  """Reads an `augment` ConfigDict into AugmentSettings; overrides (a ConfigDict of the same
-  fields, None meaning 'as cfg') gives the settings of a second view."""
-  fields = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items()}
-  for k, v in (overrides or {}).items():
-    if v is not None:
-      fields[k] = tuple(v) if isinstance(v, (list, tuple)) else v
-  return AugmentSettings(**fields)
+  """Reads an `augment` ConfigDict into AugmentSettings; overrides (as overridden takes them)
+  gives the settings of a second view."""
+  return overridden(AugmentSettings(**{k: _value(v) for k, v in cfg.items()}), overrides)
 
 
 def crop_box(key: jax.Array, height: int, width: int, scale, ratio, attempts: int = 10):

@@ -5,7 +5,7 @@
     two_views(first, second)                     # the two same-size views of SimCLR, BYOL, ...
     count(spec), names(spec)
     config.view2 = overrides_config()            # a view's differences from config.augment
-    second = overridden(first, config.view2)     # AugmentSettings with them
+    second = augment.overridden(first, config.view2)  # AugmentSettings with them
 
 Each group holds the crops of one size, stacked on a leading axis (view-major), so the model runs
 a group in one call; every crop has its own AugmentSettings (asymmetric views: BYOL's
@@ -44,12 +44,6 @@ def overrides_config(**values) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict(fields)
   c.update(values)
   return c
-
-
-def overridden(settings: AugmentSettings, overrides) -> AugmentSettings:
-  """settings with the fields that `overrides` (overrides_config) sets."""
-  return settings._replace(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
-                              for k, v in (overrides or {}).items() if v is not None})
 
 
 def two_views(first: AugmentSettings, second: AugmentSettings | None = None) -> tuple:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from simclr_jax import models
 from simclr_jax.core.errors import ConfigError
-from simclr_jax.data import views as views_lib
+from simclr_jax.data import augment, views as views_lib
 
 
 def fail(field: str, value, fix: str):
@@ -69,6 +69,14 @@ def check_queue_size(config) -> None:
   if config.queue_size % config.batch_size:
     fail('queue_size', config.queue_size,
          f'use a multiple of batch_size={config.batch_size} (a whole batch replaces the oldest rows each step)')
+
+
+def enqueue(queue, pointer, rows):
+  """(queue with `rows` [..., B, D] written at rows pointer..pointer + B of queue [..., K, D], the
+  next pointer): first in, first out, the oldest rows out (check_queue_size keeps K a multiple of B)."""
+  size, batch = queue.shape[-2], rows.shape[-2]
+  queue = jax.lax.dynamic_update_slice(queue, rows.astype(queue.dtype), (0,) * (queue.ndim - 2) + (pointer, 0))
+  return queue, (pointer + batch) % size
 
 
 class Field(NamedTuple):
@@ -218,7 +226,7 @@ class MultiCrop(Method):
     n = self.config['local_crops']
     if not n:
       return spec
-    local = views_lib.overridden(first, self.config['local_view'])
+    local = augment.overridden(first, self.config['local_view'])
     return spec + (views_lib.Crops('local', self.config['local_crop_size'], (local,) * n),)
 
 

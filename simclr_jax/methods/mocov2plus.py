@@ -16,7 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from simclr_jax.methods.base import Field, MomentumMethod, check_queue_size, l2_normalize, layer_sizes, positive
+from simclr_jax.methods.base import (Field, MomentumMethod, check_queue_size, enqueue, l2_normalize, layer_sizes,
+                                     positive)
 
 
 def queue_infonce(q, k, queue, temperature: float):
@@ -25,14 +26,6 @@ def queue_infonce(q, k, queue, temperature: float):
   positive_logit = jnp.sum(q * k, axis=-1, keepdims=True)
   logits = jnp.concatenate([positive_logit, q @ queue.T], axis=-1).astype(jnp.float32) / temperature
   return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - logits[:, 0])
-
-
-def enqueue(queue, pointer, keys):
-  """(queue with `keys` [2, B, D] written at rows pointer..pointer + B of each view's queue
-  [2, K, D], the next pointer): the oldest keys out."""
-  size, batch = queue.shape[1], keys.shape[1]
-  queue = jax.lax.dynamic_update_slice(queue, keys.astype(queue.dtype), (0, pointer, 0))
-  return queue, (pointer + batch) % size
 
 
 class MoCoV2Plus(MomentumMethod):

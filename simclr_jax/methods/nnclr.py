@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from simclr_jax import models
-from simclr_jax.methods.base import Field, Method, check_queue_size, l2_normalize, layer_sizes, positive
+from simclr_jax.methods.base import Field, Method, check_queue_size, enqueue, l2_normalize, layer_sizes, positive
 
 
 def nearest_neighbours(z, support):
@@ -68,9 +68,8 @@ class NNCLR(Method):
     p1, p2 = l2_normalize(out['global']['prediction'])
     support, t = state['support'], self.config['temperature']
     loss = (nnclr_loss(nearest_neighbours(z1, support), p2, t) + nnclr_loss(nearest_neighbours(z2, support), p1, t)) / 2
-    pointer = state['support_pointer']
-    support = jax.lax.dynamic_update_slice(support, z1.astype(support.dtype), (pointer, 0))
-    return loss, {'support': support, 'support_pointer': (pointer + z1.shape[0]) % support.shape[0]}, {}
+    support, pointer = enqueue(support, state['support_pointer'], z1)
+    return loss, {'support': support, 'support_pointer': pointer}, {}
 
 
 METHOD = NNCLR

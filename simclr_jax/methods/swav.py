@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from simclr_jax import models
-from simclr_jax.methods.base import Field, Group, Method, MultiCrop, fail, layer_sizes, positive, whole_number
+from simclr_jax.methods.base import (Field, Group, Method, MultiCrop, fail, l2_normalize, layer_sizes, positive,
+                                     whole_number)
 
 
 def sinkhorn(scores, epsilon: float, iterations: int):
@@ -97,25 +98,25 @@ class SwAV(MultiCrop, Method):
     Sinkhorn-Knopp."""
     eps, iterations = self.config['sinkhorn_epsilon'], self.config['sinkhorn_iterations']
     scores = jax.lax.stop_gradient(scores)
-    plain = jnp.stack([sinkhorn(s, eps, iterations) for s in scores])
+    plain = lambda: jnp.stack([sinkhorn(s, eps, iterations) for s in scores])
     if not self.config['queue_size']:
-      return plain
-    batch = scores.shape[1]
-    queued = jax.lax.stop_gradient(model.apply({'params': params}, state['queue'],
-                                               method=lambda m, z: m.predictor(z)[0]))  # [2, Q, K]
-    with_queue = jnp.stack([sinkhorn(jnp.concatenate([s, q]), eps, iterations)[:batch]
-                            for s, q in zip(scores, queued)])
+      return plain()
+
+    def with_queue():
+      queued = jax.lax.stop_gradient(model.apply({'params': params}, state['queue'],
+                                                 method=lambda m, z: m.predictor(z)[0]))  # [2, Q, K]
+      return jnp.stack([sinkhorn(jnp.concatenate([s, q]), eps, iterations)[:scores.shape[1]]
+                        for s, q in zip(scores, queued)])
     full = jnp.any(state['queue'][:, -1] != 0)
     in_use = (jnp.asarray(step) >= self.config['queue_start_epochs'] * self.steps_per_epoch) & full
-    return jnp.where(in_use, with_queue, plain)
+    return jax.lax.cond(in_use, with_queue, plain)  # the queue scored only once it is in use
 
   def loss(self, model, out, state, views, step, params=None):
     scores = jnp.concatenate([o['prediction'] for o in out.values()])  # global, then local
     codes = self.codes(model, params, scores[:2], state, step)
     loss = swapped_prediction(scores, codes, self.config['temperature'])
     if self.config['queue_size']:
-      z = jax.lax.stop_gradient(out['global']['projection'])
-      z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+      z = jax.lax.stop_gradient(l2_normalize(out['global']['projection']))
       state = {'queue': jnp.concatenate([z, state['queue']], axis=1)[:, :self.config['queue_size']]}
     return loss, state, {}
 
