@@ -5,6 +5,7 @@ is inside the timed windows), and, with --reference, the PyTorch reference in th
     python scripts/benchmark.py --dataset=cifar10_jpeg --data_dir=../shared/data/tfds \
         --batch_sizes=512,1024 --dtypes=bfloat16,float32 --reference=../shared/reference/simclr_torch.py
     python scripts/benchmark.py --tiny   # CPU smoke run: narrow network, few images
+    python scripts/benchmark.py --model=vit_small --patch_size=4 ...  # a ViT's step
 
 Each figure is the median of --windows timed windows of --steps steps after --warmup steps,
 synchronised on the results. Also reported: compile time, cold and warm dataset load, one kNN
@@ -38,6 +39,7 @@ def parse_args(argv):
   p.add_argument('--test_split', default='test', help="the kNN timing's test split (a TFDS split string)")
   p.add_argument('--model', default='resnet18')
   p.add_argument('--width', type=float, default=1.0)
+  p.add_argument('--patch_size', type=int, default=4, help="a ViT's patch size (--model=vit_tiny, vit_small, ...)")
   p.add_argument('--batch_sizes', default='512,1024')
   p.add_argument('--dtypes', default='bfloat16,float32')
   p.add_argument('--steps', type=int, default=50, help='steps per timed window')
@@ -58,7 +60,9 @@ def parse_args(argv):
   p.add_argument('--tiny', action='store_true', help='CPU smoke settings: width 0.125, 512 images, few steps')
   args = p.parse_args(argv)
   if args.tiny:
-    args.model, args.width, args.train_limit, args.batch_sizes, args.dtypes = 'resnet10', 0.125, 512, '64', 'float32'
+    if args.model == p.get_default('model'):  # --tiny --model=vit_nano times a tiny ViT
+      args.model = 'resnet10'
+    args.width, args.train_limit, args.batch_sizes, args.dtypes = 0.125, 512, '64', 'float32'
     args.train_split, args.test_split = 'train[:512]', 'test[:1000]'
     args.steps, args.windows, args.warmup = 2, 2, 1
     args.pipeline_batches, args.stream_workers = 8, 1
@@ -69,8 +73,8 @@ def make_config(args, batch_size: int, dtype: str):
   from simclr_jax.config_base import apply_overrides, load_config_file
   return apply_overrides(load_config_file(os.path.join(ROOT, 'configs', 'pretrain.py')), {
       'dataset': args.dataset, 'data_dir': args.data_dir, 'train_limit': args.train_limit,
-      'model': args.model, 'width': args.width, 'dtype': dtype, 'batch_size': batch_size,
-      'epochs': 100, 'warmup_epochs': 1.0, 'train_split': args.train_split, 'test_split': args.test_split})
+      'model': args.model, 'width': args.width, 'patch_size': args.patch_size, 'dtype': dtype,
+      'batch_size': batch_size, 'epochs': 100, 'warmup_epochs': 1.0, 'train_split': args.train_split, 'test_split': args.test_split})
 
 
 def time_dataset_load(args) -> dict:

@@ -13,6 +13,8 @@ Parts, each with its own time limit (a part that runs out leaves the others' res
   benchmark    scripts/benchmark.py, batch 512 and 1024, bfloat16, with --reference and --stream
   breakdown    milliseconds per step of augmentation, forward, backward, NT-Xent, optimiser update
                and idle gaps between steps, each part timed as its own compiled function
+  vit          scripts/benchmark.py's SimCLR step on a ViT-S/4 at batch 512, bfloat16 (the
+               benchmark part gives ResNet-18's at the same batch)
   accuracy     the default recipe pretrained on cifar10_jpeg for as many epochs as the remaining
                time allows (200 at most), then kNN and the features linear probe
 Writes OUT/report.md, OUT/{environment,costs,benchmark,breakdown,accuracy}.json and OUT/log.txt.
@@ -35,8 +37,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 # Seconds on the GPU; the accuracy part gets what is left of --budget (at 40,000 images/s, 200
 # epochs of cifar10_jpeg take about 250 s plus start-up and evaluations).
-PART_LIMITS = {'environment': 20, 'costs': 60, 'benchmark': 150, 'breakdown': 60}
-PARTS = ('environment', 'costs', 'benchmark', 'breakdown', 'accuracy')
+PART_LIMITS = {'environment': 20, 'costs': 60, 'benchmark': 150, 'breakdown': 60, 'vit': 60}
+PARTS = ('environment', 'costs', 'benchmark', 'breakdown', 'vit', 'accuracy')
 
 
 def parse_args(argv):
@@ -204,16 +206,31 @@ def costs(limit, args) -> dict:
 
 
 def benchmark(limit, args) -> dict:
-  path = os.path.join(args.out, 'benchmark.raw.json')
-  cmd = [sys.executable, os.path.join(ROOT, 'scripts', 'benchmark.py'), f'--dataset={args.dataset}',
-         f'--data_dir={args.data_dir}', f'--out={path}']
   if args.tiny:
-    cmd += ['--tiny', '--no_ablation', '--stream']
+    extra = ['--tiny', '--no_ablation', '--stream']
   else:  # the breakdown part measures the augmentation's share: no ablation here
-    cmd += ['--batch_sizes=512,1024', '--dtypes=bfloat16', '--steps=30', '--windows=3', '--warmup=5',
-            '--no_ablation', '--stream', '--pipeline_batches=20']
+    extra = ['--batch_sizes=512,1024', '--dtypes=bfloat16', '--steps=30', '--windows=3', '--warmup=5',
+             '--no_ablation', '--stream', '--pipeline_batches=20']
   if args.reference:
-    cmd += [f'--reference={args.reference}'] + (['--reference_limit=1024'] if args.tiny else [])
+    extra += [f'--reference={args.reference}'] + (['--reference_limit=1024'] if args.tiny else [])
+  return _benchmark_py('benchmark', extra, limit, args)
+
+
+def vit(limit, args) -> dict:
+  """The SimCLR step on a ViT-S/4 (tiny: vit_nano at width 0.125) through benchmark.py."""
+  extra = ['--no_ablation', '--patch_size=4']
+  if args.tiny:
+    extra += ['--tiny', '--model=vit_nano']
+  else:
+    extra += ['--model=vit_small', '--batch_sizes=512', '--dtypes=bfloat16', '--steps=20', '--windows=3', '--warmup=3']
+  return _benchmark_py('vit', extra, limit, args)
+
+
+def _benchmark_py(name: str, extra: list, limit, args) -> dict:
+  """scripts/benchmark.py's JSON with `extra` arguments, and its printed table."""
+  path = os.path.join(args.out, f'{name}.raw.json')
+  cmd = [sys.executable, os.path.join(ROOT, 'scripts', 'benchmark.py'), f'--dataset={args.dataset}',
+         f'--data_dir={args.data_dir}', f'--out={path}'] + extra
   proc = _run(cmd, limit, args)
   if proc.returncode != 0:
     raise RuntimeError(f'benchmark.py exited {proc.returncode}: {proc.stderr.strip()[-300:]}')
@@ -399,6 +416,9 @@ def write_markdown(report: Report, args) -> str:
   bench = parts.get('benchmark', {}).get('figures', {})
   if bench:
     lines += ['', '## Speed', '', bench.get('table', '')]
+  vit_part = parts.get('vit', {}).get('figures', {})
+  if vit_part:
+    lines += ['', '## Speed on a Vision Transformer', '', vit_part.get('table', '')]
   cost = parts.get('costs', {}).get('figures', {})
   if cost.get('augmentation'):
     share = cost['augmentation_share_of_model']
@@ -441,6 +461,7 @@ def main(argv=None) -> int:
   run('costs', PART_LIMITS['costs'] * scale, costs, args)
   bench = run('benchmark', PART_LIMITS['benchmark'] * scale, benchmark, args)
   brk = run('breakdown', PART_LIMITS['breakdown'] * scale, breakdown, args)
+  run('vit', PART_LIMITS['vit'] * scale, vit, args)
   epoch_seconds = _epoch_seconds(bench, brk)
   run('accuracy', max(30.0, report.left(args.budget) - 15), accuracy, args, epoch_seconds)
   print(write_markdown(report, args))

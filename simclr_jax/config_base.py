@@ -22,7 +22,7 @@ DOWNSTREAM = ('finetune', 'linear_eval')   # stages that start from a pretrainin
 # method's own, which its module declares: run_defining_fields).
 RUN_DEFINING_FIELDS = ('stage', 'method', 'dataset', 'train_limit', 'model', 'width', 'dtype', 'batch_size',
                        'optimizer', 'lars_trust_ratio', 'lars_clip', 'lars_lr_in_momentum', 'seed',
-                       'label_fraction', 'label_seed', 'init_from', 'protocol', 'image_size', 'stem',
+                       'label_fraction', 'label_seed', 'init_from', 'protocol', 'image_size', 'stem', 'patch_size',
                        'train_split', 'test_fraction', 'finetune_from_head_layer', 'teacher_from',
                        'distill_temperature', 'distill_label_weight')
 
@@ -74,21 +74,25 @@ def base_config(stage: str, method: str = 'simclr') -> ml_collections.ConfigDict
   c.data_placement = 'auto'  # device | stream | auto: device when the uint8 splits fit (input_pipeline)
   c.input_workers = 0        # stream: grain worker processes (0: the CPU cores less one, at most 16)
   # Model.
-  c.model = 'resnet18'       # resnet10 | resnet18 | resnet34 | resnet50
+  c.model = 'resnet18'       # resnet10 | resnet18 | resnet34 | resnet50 | vit_nano | vit_tiny | vit_small | vit_base
   c.width = 1.0              # channel multiplier (tests use narrow networks)
   c.dtype = 'auto'           # compute dtype (auto: bfloat16 on GPU and TPU, float32 on CPU);
   #                            params, BatchNorm statistics and losses stay float32
   c.stem = 'auto'            # cifar (3x3, no max-pool) | imagenet (7x7/2, max-pool) | auto: cifar to 64 px
+  c.patch_size = 4           # a ViT's patches (4 for 32 px images, 16 at 224 px); ResNets ignore it
   # Optimisation.
   c.batch_size = 512
   c.epochs = 200
   c.optimizer = 'sgd'        # sgd | lars | adamw
   c.learning_rate = 0.3      # for a batch of 256, scaled by lr_scaling
   c.lr_scaling = 'linear'    # linear | sqrt | none
-  c.momentum = 0.9
+  c.momentum = 0.9           # SGD's and LARS's momentum, AdamW's beta1
   c.warmup_epochs = 10.0     # shortened (with a notice) to a quarter of a shorter run
   c.weight_decay = 5e-4
   c.weight_decay_end = config_dict.placeholder(float)  # None: constant; a value: cosine to it over the run
+  c.adam_beta2 = 0.999       # AdamW's second-moment decay (MAE's recipe: 0.95)
+  c.gradient_clip_norm = 0.0  # > 0: gradients clipped to this global norm before the optimiser
+  c.layer_decay = 1.0        # < 1: a ViT's layer-wise learning-rate decay (block i of L: decay ** (L - i))
   c.lars_eta = 0.001         # LARS trust coefficient; LARS's form (optim.Lars):
   c.lars_trust_ratio = 'update_norm'  # update_norm (google-research/simclr) | sum_of_norms (solo-learn)
   c.lars_clip = False        # LARC: the trust ratio over the learning rate, capped at 1 (solo-learn's clip_lr)

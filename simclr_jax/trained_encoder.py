@@ -4,15 +4,19 @@
     features = encoder.embed(images_uint8)               # [N, F] float32, inference-mode BatchNorm
     simclr_jax.export_encoder('runs/pretrain', 'encoder.safetensors')                  # Flax names
     simclr_jax.export_encoder('runs/pretrain', 'resnet.safetensors', layout='torchvision')
+    simclr_jax.export_encoder('runs/mae', 'vit.safetensors', layout='timm')       # a ViT, for timm
     encoder = simclr_jax.load_encoder('encoder.safetensors')
 
-The encoder is the ResNet and, for a run whose finetune_from_head_layer is K > 0, the first K
+The encoder is the ResNet or ViT and, for a run whose finetune_from_head_layer is K > 0, the first K
 layers of its projector (models.Backbone). layout='flax' names the float32 arrays by their path in
 its variables ('params/encoder/stem_conv/kernel', 'batch_stats/projector/norm_0/mean', ...) and
 carries the architecture and input in its metadata (JSON values: format, model, width, stem,
 dtype, image_shape, mean, std, feature_dim, feature_layer, projector, checksums); load_encoder
 reads it back. layout='torchvision' writes torchvision's ResNet state-dict names with OIHW
-kernels, which torchvision.models.resnet18 loads as it is (README, "Portable weights"). Every
+kernels, which torchvision.models.resnet18 loads as it is (README, "Portable weights");
+layout='timm' writes a ViT under timm's VisionTransformer names (cls_token, pos_embed,
+patch_embed.proj.weight, blocks.0.attn.qkv.weight, ..., norm.weight), which
+timm.models.vision_transformer.VisionTransformer(global_pool='token', num_classes=0) loads. Every
 file carries a CRC-32 of each array, checked on load; it is written to a temporary file beside
 the target and renamed, so a failed or interrupted export leaves nothing behind.
 """
@@ -37,7 +41,7 @@ from simclr_jax.core import interrupts
 from simclr_jax.core.errors import UserError
 
 FORMAT = 'simclr_jax.encoder/2'
-LAYOUTS = ('flax', 'torchvision')
+LAYOUTS = ('flax', 'torchvision', 'timm')
 
 
 @dataclasses.dataclass
@@ -199,6 +203,26 @@ def torchvision_state_dict(variables: dict, spec: dict) -> dict:
   return out
 
 
+_TIMM_MODULES = {'patch_embed': 'patch_embed.proj', 'fc1': 'mlp.fc1', 'fc2': 'mlp.fc2'}
+
+
+def timm_state_dict(variables: dict, spec: dict) -> dict:
+  """A ViT's parameters under timm's VisionTransformer state-dict names: linear weights [out, in],
+  the patch embedding's kernel OIHW, LayerNorm scales as weights."""
+  out = {}
+  for path, value in _flatten(variables['params']['encoder']).items():
+    *modules, leaf = path.split('/')
+    if not modules:  # cls_token, pos_embed
+      out[leaf] = value
+      continue
+    name = '.'.join(_TIMM_MODULES.get(m, m.replace('blocks_', 'blocks.')) for m in modules)
+    if leaf == 'kernel':
+      out[f'{name}.weight'] = np.ascontiguousarray(value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T)
+    else:
+      out[f'{name}.{"weight" if leaf == "scale" else "bias"}'] = value
+  return out
+
+
 def export_encoder(workdir, path, layout: str = 'flax', head_layer: int | None = None) -> str:
   """Writes the encoder of workdir's newest checkpoint to `path` (.safetensors); returns path.
   head_layer: the projector layers to include, as load_encoder takes it (default: the run's
@@ -213,15 +237,20 @@ def export_encoder(workdir, path, layout: str = 'flax', head_layer: int | None =
   target = _check_target(path)
   encoder = load_encoder(workdir, head_layer)
   spec = encoder.spec
-  if layout == 'torchvision':
+  vit = models.is_vit(spec['model'])
+  if layout != 'flax' and vit != (layout == 'timm'):
+    raise UserError(f'{workdir!r} holds a {spec["model"]}: export it with layout=\'{"timm" if vit else "torchvision"}\' '
+                    f'(layout={layout!r} is for {"ResNets" if vit else "ViTs"}), or layout=\'flax\'')
+  if layout != 'flax':
     if spec.get('feature_layer'):
       raise UserError(f'{workdir!r} includes {spec["feature_layer"]} projector layers (its finetune_from_head_layer), '
-                      'which torchvision\'s ResNet does not have: export the ResNet alone with '
-                      'export_encoder(..., layout=\'torchvision\', head_layer=0), or the layers too with layout=\'flax\'')
-    tensors = torchvision_state_dict(encoder.variables, spec)
+                      f'which {layout}\'s network does not have: export the encoder alone with '
+                      f'export_encoder(..., layout={layout!r}, head_layer=0), or the layers too with layout=\'flax\'')
+    tensors = (timm_state_dict if vit else torchvision_state_dict)(encoder.variables, spec)
   else:
     tensors = _flatten({c: encoder.variables[c] for c in ('params', 'batch_stats')})
-  metadata = {k: spec[k] for k in ('model', 'width', 'stem', 'dtype', 'image_shape', 'feature_layer', 'projector')}
+  metadata = {k: spec[k] for k in ('model', 'width', 'stem', 'dtype', 'image_shape', 'feature_layer', 'projector',
+                                   'patch_size') if k in spec}
   metadata.update(format=FORMAT, layout=layout, mean=list(encoder.mean), std=list(encoder.std),
                   feature_dim=encoder.feature_dim, checksums={k: _crc(v) for k, v in tensors.items()})
   data = save(tensors, metadata={k: json.dumps(v) for k, v in metadata.items()})
@@ -280,7 +309,7 @@ def _load_safetensors(path: str) -> Encoder:
     raise UserError(f'{path!r} is not a simclr_jax encoder of this version (metadata format '
                     f'{metadata.get("format")!r}, expected {FORMAT!r}{"; format 1 padded strided convolutions differently" if older else ""}): {again}')
   if metadata.get('layout') != 'flax':
-    raise UserError(f'{path!r} holds torchvision\'s names (layout={metadata.get("layout")!r}), for PyTorch: '
+    raise UserError(f'{path!r} holds {metadata.get("layout")}\'s names (layout={metadata.get("layout")!r}), for PyTorch: '
                     'load_encoder reads the layout=\'flax\' export')
   missing = [k for k in REQUIRED if k not in metadata]
   if missing:
@@ -288,7 +317,8 @@ def _load_safetensors(path: str) -> Encoder:
   for name, value in flat.items():
     if metadata['checksums'].get(name) != _crc(value):
       raise UserError(f'{path!r} is corrupt: the tensor {name} does not match its checksum: {again}')
-  spec = {k: metadata[k] for k in ('model', 'width', 'stem', 'dtype', 'image_shape', 'feature_layer', 'projector')}
+  spec = {k: metadata[k] for k in ('model', 'width', 'stem', 'dtype', 'image_shape', 'feature_layer', 'projector',
+                                   'patch_size') if k in metadata}
   try:
     module = _backbone(spec, spec['feature_layer'])
     expected = jax.eval_shape(functools.partial(module.init, train=False), jax.random.PRNGKey(0),

@@ -13,12 +13,12 @@ from simclr_jax import config_base, methods
 from simclr_jax.data import registry
 from simclr_jax.data.augment import AugmentSettings
 from simclr_jax.core.errors import ConfigError
-from simclr_jax.models import ARCHITECTURES, DTYPE_CHOICES, STEMS
+from simclr_jax.models import DTYPE_CHOICES, MODELS, STEMS, is_vit
 from simclr_jax.train.optim import TRUST_RATIOS
 
 CHOICES = {
     'stage': config_base.STAGES,
-    'model': tuple(ARCHITECTURES),
+    'model': MODELS,
     'dtype': DTYPE_CHOICES,
     'optimizer': ('sgd', 'lars', 'adamw'),
     'lr_scaling': ('linear', 'sqrt', 'none'),
@@ -29,9 +29,10 @@ CHOICES = {
     'lars_trust_ratio': TRUST_RATIOS,
 }
 POSITIVE = ('batch_size', 'epochs', 'learning_rate', 'width', 'log_every_steps', 'log_every_seconds',
-            'eval_batch_size', 'keep_checkpoints', 'lars_eta')
+            'eval_batch_size', 'keep_checkpoints', 'lars_eta', 'patch_size', 'layer_decay')
 NON_NEGATIVE = ('train_limit', 'warmup_epochs', 'weight_decay', 'momentum', 'checkpoint_every_epochs',
-                'online_probe_learning_rate', 'image_size', 'input_workers', 'finetune_from_head_layer')
+                'online_probe_learning_rate', 'image_size', 'input_workers', 'finetune_from_head_layer',
+                'gradient_clip_norm')
 SEEDS = ('seed', 'label_seed')  # NumPy and JAX take seeds below 2**32
 PROBABILITIES = ('flip_prob', 'jitter_prob', 'grayscale_prob', 'blur_prob', 'solarize_prob')
 
@@ -108,6 +109,12 @@ def validate_config(config) -> None:
           'or leave it empty for the TFDS default')
   if config.weight_decay_end is not None and config.weight_decay_end < 0:
     _fail('weight_decay_end', config.weight_decay_end, 'use 0 or more, or leave it unset for a constant weight_decay')
+  if not 0 < config.adam_beta2 < 1:
+    _fail('adam_beta2', config.adam_beta2, 'use a decay in (0, 1), such as 0.999 (0.95 in MAE\'s recipe)')
+  if config.layer_decay > 1:
+    _fail('layer_decay', config.layer_decay, 'use a decay in (0, 1] (1: every layer at the same rate; MAE fine-tunes at 0.75)')
+  if is_vit(config.model) and config.image_size and config.image_size % config.patch_size:
+    _fail('patch_size', config.patch_size, f'use a divisor of image_size={config.image_size} (a ViT cuts whole patches)')
   _validate_augment('augment', config.augment)
   _validate_evals(config.evals)
   if config.stage == 'pretrain':

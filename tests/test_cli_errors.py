@@ -125,6 +125,11 @@ def test_flag_errors_name_the_field_the_file_and_the_type():
     ('augment.contrast', -0.1, 'config.augment.contrast=-0.1'),
     ('momentum', 1.5, 'config.momentum=1.5 is invalid: use a momentum in [0, 1)'),
     ('finetune_from_head_layer', 2, 'config.finetune_from_head_layer=2 is invalid: the projector has 2 layers'),
+    ('model', 'vit_huge', "config.model='vit_huge' is invalid: use one of resnet10"),
+    ('layer_decay', 1.5, 'config.layer_decay=1.5 is invalid: use a decay in (0, 1]'),
+    ('adam_beta2', 1.0, 'config.adam_beta2=1.0 is invalid: use a decay in (0, 1)'),
+    ('gradient_clip_norm', -1.0, 'config.gradient_clip_norm=-1.0 is invalid: it must be 0 or more'),
+    ('patch_size', 0, 'config.patch_size=0 is invalid: it must be greater than 0'),
 ])
 def test_values_refused_before_anything_runs(field, value, fragment):
   with pytest.raises(ConfigError, match=re.escape(fragment)) as e:
@@ -138,9 +143,15 @@ def test_values_refused_before_anything_runs(field, value, fragment):
     ('byol', 'final_tau', 1.5, 'config.final_tau=1.5 is invalid: use a decay in [0, 1]'),
     ('byol', 'base_tau', -0.1, 'config.base_tau=-0.1 is invalid: use a decay in [0, 1]'),
     ('mocov3', 'base_tau', 0.999, 'config.base_tau=0.999 is invalid: use 0 <= base_tau <= final_tau (final_tau=0.99)'),
+    ('mae', 'model', 'resnet18', "config.model='resnet18' is invalid: MAE masks a Vision Transformer's patches"),
+    ('mae', 'mask_ratio', 1.0, 'config.mask_ratio=1.0 is invalid: use a fraction in (0, 1)'),
+    ('mae', 'decoder_dim', 30, 'config.decoder_dim=30 is invalid: use a multiple of decoder_heads=16'),
+    ('pretrain', 'patch_size', 5, 'config.patch_size=5 is invalid: use a divisor of image_size=32'),
 ])
 def test_method_fields_name_the_field_the_user_set(config, field, value, fragment):
   extra = {'final_tau': 0.99} if config == 'mocov3' else {}
+  if field == 'patch_size' or (config == 'mae' and field != 'model'):  # a ViT (on 32 px images)
+    extra = {'model': 'vit_nano', 'image_size': 32}
   with pytest.raises(ConfigError, match=re.escape(fragment)) as e:
     validate.validate_config(tiny_config(config, **{field: value, **extra}))
   _one_line(e)

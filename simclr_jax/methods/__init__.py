@@ -21,6 +21,7 @@ NAMES = (
     'nnclr',
     'dino',
     'swav',
+    'mae',
 )
 
 

@@ -4,9 +4,10 @@ optimiser and an update hook run inside the compiled step.
 
     method = methods.get('byol')(config, total_steps)   # reads only its own fields
     spec = method.views(first, second)                   # data.views groups: {'global': 2 x 32 px}
+    make_inputs = method.inputs(first, second)           # (key, uint8 images) -> the step's inputs (the views)
     model = method.make_model(encoder, probe_classes=10)
     state = method.init_state(variables)                 # e.g. the EMA target network
-    out, stats = apply_views(model, variables, views, method.PER_VIEW_BATCHNORM)  # {group: {output: [n, B, ...]}}
+    out, stats = method.forward(model, variables, views)  # {group: {output: [n, B, ...]}}: apply_views
     loss, state, metrics = method.loss(model, out, state, views, step, params)
     state = method.update(state, params, step)           # after the optimiser step (EMA)
     method.param_groups()                                # {'predictor': Group(constant_lr=True)}
@@ -22,6 +23,7 @@ the loss as a dict of stacked groups (data.views), and so do the model's outputs
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -115,7 +117,7 @@ def apply_views(model, variables: dict, views: dict, per_view: bool, **kwargs):
     outs = []
     for part in parts:
       y, updated = model.apply(variables, part, train=True, mutable=['batch_stats'], **kwargs)
-      variables = {**variables, 'batch_stats': updated['batch_stats']}
+      variables = {**variables, 'batch_stats': updated.get('batch_stats', {})}
       outs.append(y)
     if per_view:
       out[name] = jax.tree.map(lambda *a: jnp.stack(a), *outs)
@@ -175,6 +177,17 @@ class Method:
   def views(self, first, second) -> tuple:
     """The data.views spec, from the config's first and second view settings (augment, view2)."""
     return views_lib.two_views(first, second)
+
+  def inputs(self, first, second) -> Callable:
+    """(key, uint8 images [B, H, W, 3]) -> the step's inputs, made on the device: the views of
+    views() ({group: [n, B, size, size, 3]}); a method may add what else it draws per step (MAE's
+    mask key)."""
+    return functools.partial(views_lib.make_views, spec=self.views(first, second))
+
+  def forward(self, model, variables: dict, inputs: dict):
+    """({group: {output: [n, B, ...]}}, updated batch_stats): the online model in training mode on
+    the inputs, each group in one call or view by view (PER_VIEW_BATCHNORM)."""
+    return apply_views(model, variables, inputs, self.PER_VIEW_BATCHNORM)
 
   # The model.
   def projector(self, dtype) -> models.MLPHead:

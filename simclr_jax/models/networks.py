@@ -95,4 +95,6 @@ def init_variables(model: nn.Module, seed: int, image_shape) -> dict:
   key = jax.random.PRNGKey(seed)
   init = jax.jit(functools.partial(model.init, train=False)).lower(key, x)
   options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
-  return init.compile(compiler_options=options)(key, x)
+  variables = dict(init.compile(compiler_options=options)(key, x))
+  variables.setdefault('batch_stats', {})  # a network without BatchNorm (a ViT and linear heads) has none
+  return variables

@@ -1,9 +1,7 @@
 """ResNets with a CIFAR or an ImageNet stem, padded as torchvision pads them, and what describes
-one for the stages that rebuild it (downstream stages, load_encoder).
+one for the stages that rebuild it (models.encoders does, for every family).
 
-    encoder = make_encoder('resnet18', width=1.0, dtype='auto', stem='cifar')
-    encoder = encoder_for(config.model, config.width, config.dtype, config.stem, (32, 32, 3))
-    spec = encoder_spec(encoder, (32, 32, 3), projector, feature_layer=0); encoder_from_spec(spec)
+    encoder = make_resnet('resnet18', width=1.0, dtype='auto', stem='cifar')
 """
 from __future__ import annotations
 
@@ -107,12 +105,6 @@ def resolve_stem(stem: str, image_size: int) -> str:
 
 
 
-def encoder_for(model: str, width: float, dtype: str, stem: str, image_shape) -> 'ResNet':
-  """The encoder of a run on images of image_shape (stem 'auto' resolved for their size)."""
-  return make_encoder(model, width, dtype, resolve_stem(stem, image_shape[0]))
-
-
-
 class ResNet(nn.Module):
   """ResNet encoder with a global average pool; stem 'cifar' (3x3 stride 1, no max-pool, for
   small images) or 'imagenet' (7x7 stride 2, then a 3x3 stride-2 max-pool).
@@ -148,27 +140,10 @@ class ResNet(nn.Module):
 
 
 
-def make_encoder(model: str = 'resnet18', width: float = 1.0, dtype: str = 'float32',
-                 stem: str = 'cifar') -> ResNet:
+def make_resnet(model: str = 'resnet18', width: float = 1.0, dtype: str = 'float32',
+                stem: str = 'cifar') -> ResNet:
   """Builds a ResNet by name (ARCHITECTURES); dtype may be 'auto', stem 'cifar' or 'imagenet'
   (resolve 'auto' with resolve_stem first)."""
   block, stages = ARCHITECTURES[model]
   return ResNet(stage_sizes=stages, block=block, width=width, dtype=DTYPES[resolve_dtype(dtype)],
                 stem=stem, architecture=model)
-
-
-
-def encoder_spec(encoder: ResNet, image_shape, projector=None, feature_layer: int = 0) -> dict:
-  """What rebuilds an encoder elsewhere (downstream stages, load_encoder), saved with every
-  checkpoint: {'model', 'width', 'stem', 'dtype' (resolved), 'image_shape', 'feature_layer',
-  'projector': {'dims', 'norm', 'last_norm'} or None}."""
-  head = None if projector is None else {'dims': list(projector.dims), 'norm': projector.norm,
-                                         'last_norm': projector.last_norm}
-  return {'model': encoder.architecture, 'width': encoder.width, 'stem': encoder.stem,
-          'dtype': jnp.dtype(encoder.dtype).name, 'image_shape': list(image_shape),
-          'feature_layer': feature_layer, 'projector': head}
-
-
-
-def encoder_from_spec(spec: dict) -> ResNet:
-  return make_encoder(spec['model'], spec['width'], spec['dtype'], spec['stem'])

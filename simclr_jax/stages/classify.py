@@ -34,12 +34,12 @@ from simclr_jax.evals import EvalContext, TYPES, make_evaluators
 from simclr_jax.models.losses import classification_loss, top1
 from simclr_jax.train.metric_writer import write_results
 
-ENCODER_FIELDS = ('model', 'width', 'stem')
+ENCODER_FIELDS = ('model', 'width', 'stem', 'patch_size')  # patch_size: a ViT's
 
 
 def restore_pretrained(init_from: str, wanted: dict, head_layer: int) -> tuple[dict, dict]:
   """(the encoder variables of init_from, with its projector's first head_layer layers; its
-  meta['model']). wanted: {'model', 'width', 'stem'} of this run (stem resolved); errors name
+  meta['model']). wanted: this run's encoder_spec (its ENCODER_FIELDS are compared); errors name
   what differs."""
   variables, meta = checkpoint.restore_encoder(init_from, head_layers=head_layer)
   saved = meta.get('config', {})
@@ -48,12 +48,12 @@ def restore_pretrained(init_from: str, wanted: dict, head_layer: int) -> tuple[d
                           'pretraining run: point it at a workdir made with configs/pretrain.py or a '
                           'method\'s config')
   spec = meta['model']
-  differ = [f'{k}: checkpoint {spec.get(k)!r}, config {wanted[k]!r}' for k in ENCODER_FIELDS
-            if spec.get(k) != wanted[k]]
+  differ = [f'{k}: checkpoint {spec.get(k)!r}, config {wanted.get(k)!r}' for k in ENCODER_FIELDS
+            if spec.get(k) != wanted.get(k)]
   if differ:
     raise CheckpointError(f'init_from {init_from!r} has another encoder ({"; ".join(differ)}): '
-                          'set the same --config.model, --config.width and --config.stem as the '
-                          'pretraining run')
+                          'set the same --config.model, --config.width, --config.stem (a ViT: '
+                          '--config.patch_size) as the pretraining run')
   layers = len((spec.get('projector') or {}).get('dims', ()))
   if head_layer >= max(layers, 1):
     raise CheckpointError(f'config.finetune_from_head_layer={head_layer} but the projector of init_from '
@@ -68,19 +68,19 @@ def classifier_loss_fn(model):
                                mutable=['batch_stats'])
     logits = out['logits']
     loss = classification_loss(logits, labels)
-    return loss, (updated['batch_stats'], method_state, {'loss': loss, 'top1': top1(logits, labels)})
+    return loss, (updated.get('batch_stats', {}), method_state, {'loss': loss, 'top1': top1(logits, labels)})
   return loss_fn
 
 
 def build_model(config, image_shape, num_classes: int):
   """(Classifier, initial variables, encoder spec for the checkpoints) of a classifier stage:
   random weights, or init_from's encoder (and head layers) for finetune and linear_eval."""
-  encoder = models.encoder_for(config.model, config.width, config.dtype, config.stem, image_shape)
+  encoder = models.encoder_for(config.model, config.width, config.dtype, config.stem, image_shape,
+                                 config.patch_size)
   head_layer = config.get('finetune_from_head_layer', 0)
   restored, spec = None, {}
   if config.get('init_from'):
-    restored, spec = restore_pretrained(config.init_from, {'model': config.model, 'width': config.width,
-                                                           'stem': encoder.stem}, head_layer)
+    restored, spec = restore_pretrained(config.init_from, models.encoder_spec(encoder, image_shape), head_layer)
   projector = models.head_layers(spec.get('projector'), head_layer, encoder.dtype)
   model = models.Classifier(encoder=encoder, num_classes=num_classes, projector=projector,
                             frozen_encoder=config.stage == 'linear_eval')

@@ -68,7 +68,7 @@ def distill_loss_fn(model, teacher, temperature: float, label_weight: float):
     hard = classification_loss(logits, labels)
     loss = (1 - label_weight) * soft + label_weight * hard
     agreement = jnp.mean((jnp.argmax(logits, -1) == jnp.argmax(teacher_logits, -1)).astype(jnp.float32))
-    return loss, (updated['batch_stats'], method_state,
+    return loss, (updated.get('batch_stats', {}), method_state,
                   {'loss': loss, 'distill_loss': soft, 'label_loss': hard, 'top1': top1(logits, labels),
                    'teacher_agreement': agreement})
   return loss_fn

@@ -22,8 +22,7 @@ from simclr_jax.train import loop
 from simclr_jax.train.step import TrainState, make_train_step
 from simclr_jax.evals import make_evaluators
 from simclr_jax.models.losses import classification_loss, top1
-from simclr_jax.data import views as views_lib
-from simclr_jax.methods.base import Group, apply_views, probe_view
+from simclr_jax.methods.base import Group, probe_view
 from simclr_jax.core.log import log
 
 
@@ -33,8 +32,7 @@ def pretrain_loss_fn(model, method):
   model has the online probe, its cross-entropy on the stop-gradient features of the first view
   of the first group (images without a label do not train it)."""
   def loss_fn(params, batch_stats, method_state, views, labels, step):
-    out, batch_stats = apply_views(model, {'params': params, 'batch_stats': batch_stats}, views,
-                                   method.PER_VIEW_BATCHNORM)
+    out, batch_stats = method.forward(model, {'params': params, 'batch_stats': batch_stats}, views)
     loss, method_state, extra = method.loss(model, out, method_state, views, step, params)
     metrics, objective = {'loss': loss, **extra}, loss
     first = probe_view(out)
@@ -82,19 +80,20 @@ def collapse_statistics(z):
   return jnp.mean(jnp.std(normed, axis=0)), jnp.exp(-jnp.sum(p * jnp.log(p)))
 
 
-def collapse_monitor(model, settings, images, dims: int):
+def collapse_monitor(model, settings, images):
   """state -> {'embedding_std', 'embedding_rank'}: collapse_statistics of the projections of a
   fixed batch of training images (unaugmented, BatchNorm on the batch's statistics). A notice
   names a collapse when the deviation falls below a tenth of 1/sqrt(d)."""
   @jax.jit
   def measure(variables, images):
     out, _ = model.apply(variables, augment.eval_view(images, settings), train=True, mutable=['batch_stats'])
-    return collapse_statistics(out['projection'])
+    return (*collapse_statistics(out['projection']), out['projection'].shape[-1])
 
   warned = []
 
   def monitor(state) -> dict:
-    std, rank = (float(x) for x in measure(state.variables, images))
+    std, rank, dims = (float(x) for x in measure(state.variables, images))
+    dims = int(dims)
     if std < 0.1 / math.sqrt(dims) and not warned:
       warned.append(True)
       log(f'notice: the embeddings collapse: their deviation {std:.2g} is below a tenth of 1/sqrt({dims}) '
@@ -115,7 +114,8 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int, make_views=N
   views (the benchmark's ablation)."""
   eval_inputs = eval_inputs or inputs
   method = methods.get(config.method)(config, total_steps)
-  encoder = models.encoder_for(config.model, config.width, config.dtype, config.stem, inputs.image_shape)
+  encoder = models.encoder_for(config.model, config.width, config.dtype, config.stem, inputs.image_shape,
+                               config.patch_size)
   probe = config.online_probe_learning_rate > 0 and inputs.has_labels
   model = method.make_model(encoder, inputs.num_classes if probe else 0)
   first = augment.settings_from_config(config.augment)
@@ -126,14 +126,14 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int, make_views=N
   state = TrainState.create(variables['params'], variables['batch_stats'], tx, config.seed,
                                        method.init_state(variables))
   state = jax.device_put(state, parallel.replicated(mesh))
-  views = make_views or functools.partial(views_lib.make_views, spec=method.views(first, second))
+  views = make_views or method.inputs(first, second)
   loss_fn = pretrain_loss_fn(model, method)
   step_fn = make_train_step(loss_fn, views, tx, method.update, config.inject_nan_at_step)
   available = {'labels'} if eval_inputs.labelled_test else set()
   if probe and eval_inputs.labelled_test and eval_inputs.num_classes == inputs.num_classes:
     available.add('probe')
   evaluators = make_evaluators(config.evals, available)
-  monitor = collapse_monitor(model, first, _monitor_images(inputs, inputs.batch_size), model.projector.dims[-1])
+  monitor = collapse_monitor(model, first, _monitor_images(inputs, inputs.batch_size))
   return loop.Task(
       state=state, step_fn=step_fn, inputs=inputs, evaluators=evaluators,
       infer=augment.inference(functools.partial(model.apply, train=False), first),

@@ -136,14 +136,21 @@ class Optimizer:
 
 
 def optimizer(config, total_steps: int, steps_per_epoch: int) -> Optimizer:
-  """The config's optimiser and learning-rate schedule for a run of total_steps."""
+  """The config's optimiser and learning-rate schedule for a run of total_steps: gradients clipped
+  to gradient_clip_norm (their global norm over the parameters of the group the optimiser holds:
+  the model's, apart from the online probe and a method's own groups), layer_decay applied."""
   peak = optim.peak_learning_rate(config.learning_rate, config.batch_size, config.lr_scaling)
   schedule = optim.make_schedule(peak, total_steps, config.warmup_epochs, steps_per_epoch)
   lars = optim.Lars(config.lars_eta, config.lars_trust_ratio, config.lars_clip, config.lars_lr_in_momentum)
   decay = config.weight_decay
   if config.weight_decay_end is not None:  # a per-step schedule (DINO's): cosine from weight_decay to it
     decay = optim.cosine_between(config.weight_decay, config.weight_decay_end, total_steps)
-  make = lambda lr: optim.make_optimizer(config.optimizer, lr, config.momentum, decay, lars)
+  clip = [optax.clip_by_global_norm(config.gradient_clip_norm)] if config.gradient_clip_norm else []
+  layers = [optim.layer_decay(config.layer_decay)] if config.layer_decay < 1 else []
+
+  def make(lr):
+    tx = optim.make_optimizer(config.optimizer, lr, config.momentum, decay, lars, config.adam_beta2)
+    return optax.chain(*clip, tx, *layers) if clip or layers else tx  # without them, the state as before
   return Optimizer(make, schedule)
 
 

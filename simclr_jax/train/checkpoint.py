@@ -328,7 +328,7 @@ def _restore_variables(path: str, role: str) -> tuple[dict, dict, str]:
   except Exception:
     raise CheckpointError(f'checkpoint {step_dir} cannot be read: it is corrupt (a damaged, truncated or missing '
                           f'file under {step_dir}/state); point {role} at another checkpoint') from None
-  if any('encoder' not in restored.get(k, {}) for k in ('params', 'batch_stats')):
+  if 'encoder' not in restored.get('params', {}):
     raise CheckpointError(f'checkpoint {step_dir} holds no encoder: it is not a simclr_jax model '
                           f'checkpoint; point {role} at a pretraining workdir')
   return restored, meta, step_dir
@@ -346,8 +346,8 @@ def restore_encoder(path: str, role: str = 'init_from', head_layers: int = 0) ->
   layers = [f'dense_{i}' for i in range(head_layers)] + [f'norm_{i}' for i in range(head_layers)]
   out = {}
   for collection in ('params', 'batch_stats'):
-    tree = restored[collection]
-    out[collection] = {'encoder': jax.tree.map(np.asarray, tree['encoder'])}
+    tree = restored.get(collection) or {}
+    out[collection] = {'encoder': jax.tree.map(np.asarray, tree.get('encoder', {}))}  # a ViT has no statistics
     verify(out[collection]['encoder'], meta, step_dir, f".{collection}['encoder']")
     if head_layers:
       projector = {k: v for k, v in tree.get('projector', {}).items() if k in layers}
@@ -363,7 +363,7 @@ def restore_classifier(path: str, role: str = 'teacher_from') -> tuple[dict, dic
   if 'head' not in restored['params']:
     raise CheckpointError(f'{role} {path!r} is a {meta["config"].get("stage")!r} run, which has no '
                           'classifier head: point it at a finetune, supervised or distill workdir')
-  out = {c: jax.tree.map(np.asarray, restored[c]) for c in ('params', 'batch_stats')}
+  out = {c: jax.tree.map(np.asarray, restored.get(c) or {}) for c in ('params', 'batch_stats')}
   for collection, tree in out.items():
     verify(tree, meta, step_dir, f'.{collection}')
   return out, meta

@@ -5,6 +5,8 @@
     schedule(100)                                        # the learning rate at step 100
     tx = make_optimizer('sgd', schedule, momentum=0.9, weight_decay=5e-4)
     tx = make_optimizer('adamw', schedule, 0.9, cosine_between(0.04, 0.4, total_steps))  # DINO's decay schedule
+    tx = optax.chain(optax.clip_by_global_norm(3.0), make_optimizer('adamw', schedule, 0.9, 0.05, beta2=0.95),
+                     layer_decay(0.75))                  # a ViT's fine-tune
     tx = partition({'model': tx, 'frozen': optax.set_to_zero()}, {'encoder': 'frozen', 'head': 'model'})
     tx = scheduled(lambda lr, peak: make_optimizer('lars', lr, 0.9, 1e-6), schedule)  # schedule as data
     tx = make_optimizer('lars', schedule, 0.9, 1e-6, Lars(0.02, 'sum_of_norms', clip=True, lr_in_momentum=False))
@@ -96,9 +98,42 @@ def cosine_between(start: float, end: float, total_steps: int) -> Callable:
   return value
 
 
+# Parameters that are not weights of a layer, kept out of weight decay whatever their shape (a
+# ViT's, as MAE and timm keep them out): position embeddings, the class and mask tokens.
+NO_DECAY_NAMES = ('pos_embed', 'cls_token', 'mask_token', 'decoder_pos_embed')
+
+
 def decay_mask(params):
-  """True for kernels (ndim > 1); False for biases and BatchNorm scales and offsets."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  """True for kernels (ndim > 1); False for biases, BatchNorm and LayerNorm scales and offsets, and
+  NO_DECAY_NAMES."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: p.ndim > 1 and getattr(path[-1], 'key', None) not in NO_DECAY_NAMES, params)
+
+
+def _layer_of(path: tuple, depth: int) -> int:
+  """A ViT parameter's layer for layer_decay: 0 for the embeddings (patch_embed, pos_embed,
+  cls_token), i + 1 for blocks_i, depth + 1 for what follows (the final norm, heads)."""
+  for name in path:
+    if name in ('patch_embed', 'pos_embed', 'cls_token'):
+      return 0
+    if name.startswith('blocks_'):
+      return int(name.split('_')[1]) + 1
+  return depth + 1
+
+
+def layer_decay(decay: float) -> optax.GradientTransformation:
+  """Layer-wise learning-rate decay (BEiT's, MAE's fine-tuning): each update of a ViT's layer l of
+  L + 1 (_layer_of) scaled by decay ** (L + 1 - l), so the head trains at the full rate and the
+  patch embedding at decay ** (L + 1); parameters outside a ViT's blocks count as its top layer."""
+  def factors(updates):
+    flat = traverse_util.flatten_dict(updates)
+    blocks = [int(n.split('_')[1]) for path in flat for n in path if n.startswith('blocks_')]
+    depth = max(blocks) + 1 if blocks else 0
+    return traverse_util.unflatten_dict({path: decay ** (depth + 1 - _layer_of(path, depth)) for path in flat})
+
+  def update(updates, state, params=None):
+    return jax.tree.map(lambda u, f: u * f, updates, factors(updates)), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 class Lars(NamedTuple):
@@ -150,9 +185,10 @@ def scale_by_lars(learning_rate, weight_decay, lars: Lars, mask=decay_mask) -> o
 
 
 def make_optimizer(name: str, schedule, momentum: float, weight_decay,
-                   lars: Lars = Lars()) -> optax.GradientTransformation:
-  """SGD with momentum, LARS (the form `lars` gives) or AdamW; no decay or LARS adaptation on
-  biases and BatchNorm. weight_decay: a number, or a function of the step (cosine_between)."""
+                   lars: Lars = Lars(), beta2: float = 0.999) -> optax.GradientTransformation:
+  """SGD with momentum, LARS (the form `lars` gives) or AdamW (betas momentum, beta2); no decay or
+  LARS adaptation where decay_mask says. weight_decay: a number, or a function of the step
+  (cosine_between)."""
   if name == 'sgd':
     return optax.chain(optax.add_decayed_weights(weight_decay, decay_mask),
                        optax.sgd(schedule, momentum=momentum, nesterov=False))
@@ -162,7 +198,7 @@ def make_optimizer(name: str, schedule, momentum: float, weight_decay,
       return optax.chain(direction, optax.scale_by_learning_rate(schedule), optax.trace(momentum))
     return optax.chain(direction, optax.trace(momentum), optax.scale_by_learning_rate(schedule))
   if name == 'adamw':
-    return optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask)
+    return optax.adamw(schedule, b1=momentum, b2=beta2, weight_decay=weight_decay, mask=decay_mask)
   raise ValueError(f'unknown optimizer {name!r}')
 
 

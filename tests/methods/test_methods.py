@@ -22,7 +22,7 @@ from simclr_jax.methods.base import Group, Method, l2_normalize
 from simclr_jax.methods.simclr import nt_xent
 from simclr_jax.models.losses import distillation_loss
 
-METHODS = list(methods.NAMES)
+METHODS = list(methods.NAMES) + ['dino@vit']  # DINO on a ViT (local crops, EMA teacher); MAE is ViT-only
 
 
 def _rng(seed=0):
@@ -433,7 +433,8 @@ def test_each_method_matches_on_four_devices_and_resumes_bit_identically(name, t
                          str(tmp_path), name], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert r['devices'] == 4 and r['method'] == name
+  method = name.partition('@')[0]
+  assert r['devices'] == 4 and r['method'] == method
   # Both steps' losses agree to float32 rounding (measured: within 5e-7 relative).
   for a, b in zip(r['loss_1'], r['loss_4']):
     assert abs(a - b) < 1e-5 * max(1.0, abs(a)), r
@@ -449,8 +450,8 @@ def test_each_method_matches_on_four_devices_and_resumes_bit_identically(name, t
     assert all(x <= bound for x in r['four'][k]), r
     assert r['four'][k][2] <= 1e-3, r
   assert r['moved'] > 1e-4  # the steps really changed the parameters
-  assert r['probe'] == (name == 'simclr')  # the online probe (compared above) in SimCLR's check only
-  if name in ('mocov3', 'byol', 'mocov2plus', 'nnclr', 'dino', 'swav'):
+  assert r['probe'] == (method == 'simclr')  # the online probe (compared above) in SimCLR's check only
+  if method in ('mocov3', 'byol', 'mocov2plus', 'nnclr', 'dino', 'swav'):
     assert r['method_state_leaves'] > 0  # EMA targets, queues and DINO's centre in the state, compared above
   assert r['stopped'] and r['stopped_at'] == 2 and r['steps'] == [4, 4]
   assert r['saved'] == ['batch_stats', 'method_state', 'params'] and r['identical'] and r['leaves'] > 10

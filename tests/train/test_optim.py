@@ -208,3 +208,34 @@ def test_each_lars_recipe_runs_its_sources_form():
   for name in ('mocov3', 'byol', 'barlow_twins', 'vicreg'):  # solo-learn's CIFAR recipes: clip_lr True
     assert form(name) == ('lars', 'sum_of_norms', True, False), name
   assert form('pretrain_v2') == ('lars', 'update_norm', False, True)  # google-research/simclr's tf2
+
+
+def test_weight_decay_spares_biases_norms_position_embeddings_and_tokens():
+  """decay_mask: kernels decay; biases, norm scales and a ViT's position embeddings, class and
+  mask tokens do not, whatever their number of dimensions."""
+  params = {'encoder': {'patch_embed': {'kernel': jnp.ones((4, 4, 3, 8)), 'bias': jnp.ones(8)},
+                        'pos_embed': jnp.ones((1, 65, 8)), 'cls_token': jnp.ones((1, 1, 8)),
+                        'blocks_0': {'norm1': {'scale': jnp.ones(8)}, 'attn': {'qkv': {'kernel': jnp.ones((8, 24))}}}},
+            'decoder': {'mask_token': jnp.ones((1, 1, 8)), 'decoder_pos_embed': jnp.ones((1, 65, 8))}}
+  mask = optim.decay_mask(params)
+  assert mask['encoder']['patch_embed'] == {'kernel': True, 'bias': False}
+  assert mask['encoder']['blocks_0'] == {'norm1': {'scale': False}, 'attn': {'qkv': {'kernel': True}}}
+  assert not any([mask['encoder']['pos_embed'], mask['encoder']['cls_token'], *mask['decoder'].values()])
+
+
+def test_layer_decay_scales_each_vit_layer_by_its_depth():
+  """layer_decay(d) on a 2-block ViT classifier: the head and final norm at 1, block 1 at d, block 0
+  at d^2, the embeddings at d^3; SGD's update of a weight is lr x gradient x its factor."""
+  ones = lambda *shape: jnp.ones(shape)
+  params = {'encoder': {'patch_embed': {'kernel': ones(2, 2, 3, 4)}, 'pos_embed': ones(1, 5, 4),
+                        'cls_token': ones(1, 1, 4), 'blocks_0': {'fc1': {'kernel': ones(4, 4)}},
+                        'blocks_1': {'fc1': {'kernel': ones(4, 4)}}, 'norm': {'scale': ones(4)}},
+            'head': {'kernel': ones(4, 10)}}
+  tx = optax.chain(optax.sgd(0.1), optim.layer_decay(0.5))
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+  factor = jax.tree.map(lambda u: float(-u.reshape(-1)[0]) / 0.1, updates)
+  assert factor['head']['kernel'] == pytest.approx(1.0) and factor['encoder']['norm']['scale'] == pytest.approx(1.0)
+  assert factor['encoder']['blocks_1']['fc1']['kernel'] == pytest.approx(0.5)
+  assert factor['encoder']['blocks_0']['fc1']['kernel'] == pytest.approx(0.25)
+  for name in ('patch_embed', 'pos_embed', 'cls_token'):
+    assert jax.tree.leaves(factor['encoder'][name])[0] == pytest.approx(0.125)
