@@ -113,6 +113,8 @@ def validate_config(config) -> None:
     _fail('adam_beta2', config.adam_beta2, 'use a decay in (0, 1), such as 0.999 (0.95 in MAE\'s recipe)')
   if config.layer_decay > 1:
     _fail('layer_decay', config.layer_decay, 'use a decay in (0, 1] (1: every layer at the same rate; MAE fine-tunes at 0.75)')
+  if config.layer_decay < 1 and not is_vit(config.model):
+    _fail('layer_decay', config.layer_decay, f'it decays a ViT\'s blocks and model={config.model!r} has none: use 1.0')
   if is_vit(config.model) and config.image_size and config.image_size % config.patch_size:
     _fail('patch_size', config.patch_size, f'use a divisor of image_size={config.image_size} (a ViT cuts whole patches)')
   _validate_augment('augment', config.augment)

@@ -127,6 +127,7 @@ def test_flag_errors_name_the_field_the_file_and_the_type():
     ('finetune_from_head_layer', 2, 'config.finetune_from_head_layer=2 is invalid: the projector has 2 layers'),
     ('model', 'vit_huge', "config.model='vit_huge' is invalid: use one of resnet10"),
     ('layer_decay', 1.5, 'config.layer_decay=1.5 is invalid: use a decay in (0, 1]'),
+    ('layer_decay', 0.75, "config.layer_decay=0.75 is invalid: it decays a ViT's blocks and model='resnet10' has none"),
     ('adam_beta2', 1.0, 'config.adam_beta2=1.0 is invalid: use a decay in (0, 1)'),
     ('gradient_clip_norm', -1.0, 'config.gradient_clip_norm=-1.0 is invalid: it must be 0 or more'),
     ('patch_size', 0, 'config.patch_size=0 is invalid: it must be greater than 0'),
@@ -147,11 +148,13 @@ def test_values_refused_before_anything_runs(field, value, fragment):
     ('mae', 'mask_ratio', 1.0, 'config.mask_ratio=1.0 is invalid: use a fraction in (0, 1)'),
     ('mae', 'decoder_dim', 30, 'config.decoder_dim=30 is invalid: use a multiple of decoder_heads=16'),
     ('pretrain', 'patch_size', 5, 'config.patch_size=5 is invalid: use a divisor of image_size=32'),
+    ('dino', 'local_crop_size', 18, 'config.local_crop_size=18 is invalid: a ViT cuts whole patches: use a multiple '
+     'of patch_size=4, such as 16'),
 ])
 def test_method_fields_name_the_field_the_user_set(config, field, value, fragment):
   extra = {'final_tau': 0.99} if config == 'mocov3' else {}
-  if field == 'patch_size' or (config == 'mae' and field != 'model'):  # a ViT (on 32 px images)
-    extra = {'model': 'vit_nano', 'image_size': 32}
+  if field in ('patch_size', 'local_crop_size') or (config == 'mae' and field != 'model'):  # a ViT (on 32 px)
+    extra = {'model': 'vit_nano', 'image_size': 32, **({'local_crops': 2} if config == 'dino' else {})}
   with pytest.raises(ConfigError, match=re.escape(fragment)) as e:
     validate.validate_config(tiny_config(config, **{field: value, **extra}))
   _one_line(e)

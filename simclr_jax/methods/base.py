@@ -233,6 +233,13 @@ class MultiCrop(Method):
             'local_crop_size': Field(18, positive, defines_run=True),
             'local_view': Field(views_lib.overrides_config(crop_scale=(0.08, 0.5)))}
 
+  @classmethod
+  def cross_check(cls, config) -> None:
+    super().cross_check(config)
+    if config.local_crops and models.is_vit(config.model) and config.local_crop_size % config.patch_size:
+      fail('local_crop_size', config.local_crop_size, f'a ViT cuts whole patches: use a multiple of '
+           f'patch_size={config.patch_size}, such as {config.local_crop_size // config.patch_size * config.patch_size}')
+
   def views(self, first, second) -> tuple:
     """{'global': the two views, 'local': local_crops crops} (no 'local' group without them)."""
     spec = super().views(first, second)

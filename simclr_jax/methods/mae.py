@@ -85,7 +85,9 @@ class MAEModel(nn.Module):
   """The ViT encoder and the decoder. Without noise: {'features', 'projection'} (both the class
   token of the whole image: what the monitors and evaluators read). With noise [B, N]: the
   encoder on the kept patches, and also 'reconstruction' [B, N, p*p*3] and 'mask' [B, N]. An
-  online probe reads the features (stop-gradient), as in PretrainModel."""
+  online probe reads the features (stop-gradient), as in PretrainModel: in training those of the
+  visible quarter of the patches, in evaluation those of the whole image (no second forward pass
+  per step for it)."""
   encoder: models.ViT
   decoder_dim: int
   decoder_depth: int
@@ -103,7 +105,7 @@ class MAEModel(nn.Module):
     if noise is None:
       h = self.encoder(x, train=train)
     else:
-      keep, restore, out['mask'] = shuffle(noise, max(1, int(round(noise.shape[1] * (1 - self.mask_ratio)))))
+      keep, restore, out['mask'] = shuffle(noise, max(1, int(noise.shape[1] * (1 - self.mask_ratio))))  # MAE's count
       tokens = self.encoder(x, train=train, keep=keep, tokens=True)
       h = tokens[:, 0]
       out['reconstruction'] = Decoder(self.decoder_dim, self.decoder_depth, self.decoder_heads, p * p * x.shape[-1],

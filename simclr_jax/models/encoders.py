@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from simclr_jax.core.errors import ConfigError
+
 from simclr_jax.models.resnet import ARCHITECTURES, DTYPES, ResNet, make_resnet, resolve_dtype, resolve_stem
 from simclr_jax.models.vit import VIT_ARCHITECTURES, ViT, make_vit
 
@@ -34,6 +36,9 @@ def make_encoder(model: str = 'resnet18', width: float = 1.0, dtype: str = 'floa
 
 def encoder_for(model: str, width: float, dtype: str, stem: str, image_shape, patch_size: int = 4):
   """The encoder of a run on images of image_shape (a ResNet's stem 'auto' resolved for their size)."""
+  if is_vit(model) and image_shape[0] % patch_size:
+    raise ConfigError(f'config.patch_size={patch_size} is invalid: the images are {image_shape[0]} px; use a '
+                      'divisor of their size (a ViT cuts whole patches), or set image_size')
   return make_encoder(model, width, dtype, resolve_stem(stem, image_shape[0]), patch_size, image_shape[0])
 
 

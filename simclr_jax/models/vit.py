@@ -30,6 +30,9 @@ VIT_ARCHITECTURES = {
 
 LAYER_NORM_EPSILON = 1e-6  # timm's and big_vision's
 dense = nn.initializers.xavier_uniform()  # MAE's and big_vision's initialisation of linear layers
+# The patch embedding as MAE initialises it: Xavier-uniform of the kernel seen as a [p*p*3, D] matrix
+# (Flax's xavier_uniform would count the p x p receptive field in the fan-out too).
+patch_init = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform', in_axis=(0, 1, 2), out_axis=-1)
 
 
 class Attention(nn.Module):
@@ -99,13 +102,13 @@ class ViT(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = True, keep=None, tokens: bool = False):
     p = self.patch_size
-    x = nn.Conv(self.dim, (p, p), (p, p), padding='VALID', dtype=self.dtype, kernel_init=dense,
+    x = nn.Conv(self.dim, (p, p), (p, p), padding='VALID', dtype=self.dtype, kernel_init=patch_init,
                 name='patch_embed')(x.astype(self.dtype))
     b, gh, gw, d = x.shape
     x = x.reshape(b, gh * gw, d).astype(jnp.float32)
     grid = self.image_size // p
     pos = self.param('pos_embed', nn.initializers.normal(0.02), (1, 1 + grid * grid, d), jnp.float32)
-    cls = self.param('cls_token', nn.initializers.zeros, (1, 1, d), jnp.float32)
+    cls = self.param('cls_token', nn.initializers.normal(0.02), (1, 1, d), jnp.float32)  # MAE's
     if gh != gw:
       raise ValueError(f'ViT takes square images; got a {gh} x {gw} patch grid')
     x = x + resize_grid(pos[:, 1:], gh)

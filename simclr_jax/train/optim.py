@@ -110,29 +110,35 @@ def decay_mask(params):
       lambda path, p: p.ndim > 1 and getattr(path[-1], 'key', None) not in NO_DECAY_NAMES, params)
 
 
-def _layer_of(path: tuple, depth: int) -> int:
-  """A ViT parameter's layer for layer_decay: 0 for the embeddings (patch_embed, pos_embed,
-  cls_token), i + 1 for blocks_i, depth + 1 for what follows (the final norm, heads)."""
-  for name in path:
-    if name in ('patch_embed', 'pos_embed', 'cls_token'):
+def _names(path) -> list:
+  return [getattr(k, 'key', getattr(k, 'name', str(k))) for k in path]
+
+
+def _layer_of(names: list, depth: int) -> int:
+  """A parameter's layer for layer_decay: under 'encoder' (a ViT's), 0 for the embeddings
+  (patch_embed, pos_embed, cls_token) and i + 1 for blocks_i; depth + 1 for everything else
+  (the encoder's final norm, heads, a decoder, a probe), as MAE's get_layer_id_for_vit."""
+  if names[:1] == ['encoder'] and len(names) > 1:
+    if names[1] in ('patch_embed', 'pos_embed', 'cls_token'):
       return 0
-    if name.startswith('blocks_'):
-      return int(name.split('_')[1]) + 1
+    if names[1].startswith('blocks_'):
+      return int(names[1].split('_')[1]) + 1
   return depth + 1
 
 
 def layer_decay(decay: float) -> optax.GradientTransformation:
-  """Layer-wise learning-rate decay (BEiT's, MAE's fine-tuning): each update of a ViT's layer l of
-  L + 1 (_layer_of) scaled by decay ** (L + 1 - l), so the head trains at the full rate and the
-  patch embedding at decay ** (L + 1); parameters outside a ViT's blocks count as its top layer."""
-  def factors(updates):
-    flat = traverse_util.flatten_dict(updates)
-    blocks = [int(n.split('_')[1]) for path in flat for n in path if n.startswith('blocks_')]
-    depth = max(blocks) + 1 if blocks else 0
-    return traverse_util.unflatten_dict({path: decay ** (depth + 1 - _layer_of(path, depth)) for path in flat})
-
+  """Layer-wise learning-rate decay (BEiT's, MAE's fine-tuning): each update of a ViT encoder's
+  layer l of L + 1 (_layer_of) scaled by decay ** (L + 1 - l), so the head trains at the full rate
+  and the patch embedding at decay ** (L + 1). Inside optim.partition it sees only its group's
+  parameters (the others are optax's MaskedNode, left as they are)."""
   def update(updates, state, params=None):
-    return jax.tree.map(lambda u, f: u * f, updates, factors(updates)), state
+    paths = [_names(p) for p, _ in jax.tree_util.tree_leaves_with_path(updates)]
+    blocks = [int(n[1].split('_')[1]) for n in paths if n[:1] == ['encoder'] and len(n) > 1
+              and n[1].startswith('blocks_')]
+    depth = max(blocks) + 1 if blocks else 0
+    scaled = jax.tree_util.tree_map_with_path(
+        lambda path, u: u * decay ** (depth + 1 - _layer_of(_names(path), depth)), updates)
+    return scaled, state
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 

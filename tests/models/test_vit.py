@@ -64,6 +64,15 @@ def test_position_embeddings_are_resized_for_another_image_size():
   assert np.isfinite(grid).all() and not np.allclose(grid, 0)
 
 
+def test_a_patch_size_that_does_not_divide_the_images_is_refused_with_one_line():
+  """With the dataset's own size (image_size=0 in the config) the check is made where the images'
+  size is known: building the encoder."""
+  from simclr_jax.core.errors import ConfigError
+  with pytest.raises(ConfigError, match=r'config.patch_size=4 is invalid: the images are 30 px; use a divisor'):
+    models.encoder_for('vit_nano', 0.125, 'float32', 'auto', (30, 30, 3), 4)
+  assert models.encoder_for('resnet10', 0.125, 'float32', 'auto', (30, 30, 3), 4).stem == 'cifar'
+
+
 @pytest.mark.parametrize('p,ratio,norm_pix', [(4, 0.75, True), (4, 0.5, False), (2, 0.75, True)])
 def test_mae_loss_matches_the_paper(p, ratio, norm_pix):
   """MAE's masking and loss against tests/oracles_mae.py (float64, written from the paper and the
@@ -73,7 +82,7 @@ def test_mae_loss_matches_the_paper(p, ratio, norm_pix):
   images = rng.normal(size=(3, 8, 8, 3))
   n = (8 // p) ** 2
   noise, recon = rng.uniform(size=(3, n)), rng.normal(size=(3, n, p * p * 3))
-  keep = int(round(n * (1 - ratio)))
+  keep = int(n * (1 - ratio))  # MAE's count
   ids_keep, mask_want = oracles_mae.random_masking(noise, ratio)
   ids, _, mask = mae.shuffle(jnp.asarray(noise, jnp.float32), keep)
   np.testing.assert_array_equal(np.asarray(ids), ids_keep)

@@ -239,3 +239,12 @@ def test_layer_decay_scales_each_vit_layer_by_its_depth():
   assert factor['encoder']['blocks_0']['fc1']['kernel'] == pytest.approx(0.25)
   for name in ('patch_embed', 'pos_embed', 'cls_token'):
     assert jax.tree.leaves(factor['encoder'][name])[0] == pytest.approx(0.125)
+  # Inside a partition (linear_eval's frozen encoder, pretraining's probe apart), it sees its group
+  # only; a decoder's blocks (MAE's) are not the encoder's layers.
+  params['decoder'] = {'blocks_5': {'fc1': {'kernel': ones(4, 4)}}}
+  tx = optim.partition({'model': optax.chain(optax.sgd(0.1), optim.layer_decay(0.5)), 'frozen': optax.set_to_zero()},
+                       {'encoder': 'model', 'head': 'frozen', 'decoder': 'model'})
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+  factor = jax.tree.map(lambda u: float(-u.reshape(-1)[0]) / 0.1, updates)
+  assert factor['head']['kernel'] == 0.0 and factor['decoder']['blocks_5']['fc1']['kernel'] == pytest.approx(1.0)
+  assert factor['encoder']['blocks_0']['fc1']['kernel'] == pytest.approx(0.25)
