@@ -46,6 +46,7 @@ def parse_args(argv):
   p.add_argument('--windows', type=int, default=5)
   p.add_argument('--warmup', type=int, default=10)
   p.add_argument('--no_ablation', action='store_true', help='skip the step without augmentation')
+  p.add_argument('--step_only', action='store_true', help='time the step alone: no dataset-load or kNN timings')
   p.add_argument('--profile_dir', default='', help='write a jax.profiler trace of a few steps here')
   p.add_argument('--reference', default='', help='path of simclr_torch.py to run in the same invocation')
   p.add_argument('--reference_batch_size', type=int, default=512)
@@ -239,10 +240,11 @@ def main(argv=None) -> int:
   result = {'device': jax.devices()[0].device_kind, 'devices': len(jax.devices()), 'jax': jax.__version__,
             'date': time.strftime('%Y-%m-%d'), 'argv': sys.argv[1:], 'dataset': args.dataset,
             'model': args.model, 'width': args.width, 'steps': []}
-  result.update(time_dataset_load(args))
+  if not args.step_only:
+    result.update(time_dataset_load(args))
   source = registry.get(args.dataset, args.data_dir, train_split=args.train_split, test_split=args.test_split)
   rows = sources.select_rows(source, args.train_limit)
-  knn_done = False
+  knn_done = args.step_only
   for dtype in args.dtypes.split(','):
     for batch in (int(b) for b in args.batch_sizes.split(',')):
       config = make_config(args, batch, dtype)
@@ -278,9 +280,10 @@ def main(argv=None) -> int:
 
 def format_table(result) -> str:
   lines = [f"simclr_jax pretraining step on {result['device']} x{result['devices']}, {result['dataset']}, "
-           f"{result['model']} width {result['width']}, jax {result['jax']}, {result['date']}",
-           f"dataset load: cold {result['cold_load_s']:.1f} s, warm {result['warm_load_s']:.2f} s; "
-           f"kNN eval {result.get('knn_s', float('nan')):.2f} s (first call {result.get('knn_first_s', float('nan')):.1f} s)"]
+           f"{result['model']} width {result['width']}, jax {result['jax']}, {result['date']}"]
+  if 'cold_load_s' in result:  # not with --step_only
+    lines.append(f"dataset load: cold {result['cold_load_s']:.1f} s, warm {result['warm_load_s']:.2f} s; "
+                 f"kNN eval {result.get('knn_s', float('nan')):.2f} s (first call {result.get('knn_first_s', float('nan')):.1f} s)")
   ref = result.get('reference')
   if ref:
     lines.append(f"PyTorch reference: pipeline {ref['pipeline']['images_per_s']:,.0f} img/s "

@@ -218,7 +218,7 @@ def benchmark(limit, args) -> dict:
 
 def vit(limit, args) -> dict:
   """The SimCLR step on a ViT-S/4 (tiny: vit_nano at width 0.125) through benchmark.py."""
-  extra = ['--no_ablation', '--patch_size=4']
+  extra = ['--no_ablation', '--step_only', '--patch_size=4']
   if args.tiny:
     extra += ['--tiny', '--model=vit_nano']
   else:
