@@ -6,6 +6,7 @@ is inside the timed windows), and, with --reference, the PyTorch reference in th
         --batch_sizes=512,1024 --dtypes=bfloat16,float32 --reference=../shared/reference/simclr_torch.py
     python scripts/benchmark.py --tiny   # CPU smoke run: narrow network, few images
     python scripts/benchmark.py --model=vit_small --patch_size=4 ...  # a ViT's step
+    python scripts/benchmark.py --memory --batch_sizes=256,1024,4096 --chunks=1,4,16 --timed_batch_sizes=256
 
 Each figure is the median of --windows timed windows of --steps steps after --warmup steps,
 synchronised on the results. Also reported: compile time, cold and warm dataset load, one kNN
@@ -13,6 +14,15 @@ evaluation, and the step without augmentation (where the time goes). With --stre
 pipeline's decoded images/s with one worker and with --stream_workers (also for --folder at
 --folder_size px), and the step fed by the streamed path. Prints a table last and writes --out
 (JSON).
+
+With --memory: for each batch size, the step with its batch in each of --chunks chunks
+(config.batch_chunks, the gradient cache) and whole with its encoder's blocks rematerialised
+(config.remat): the compiled program's memory from XLA's memory analysis (exact on any backend:
+arguments, outputs and temporaries less what the donated state aliases; what the device needs
+beyond the program itself), and for --timed_batch_sizes its images/s and how far its first update
+of the model is from the whole batch's (|p_K - p_1| / |p_1 - p_0|, the L2 norms over every
+parameter but the online probe's; BatchNorm's statistics per chunk are the only difference), with,
+to judge it by, how far the whole batch's update on the next batch lands (next batch difference).
 """
 from __future__ import annotations
 
@@ -59,6 +69,13 @@ def parse_args(argv):
   p.add_argument('--pipeline_batches', type=int, default=40, help='batches timed per pipeline figure')
   p.add_argument('--out', default='benchmark.json')
   p.add_argument('--tiny', action='store_true', help='CPU smoke settings: width 0.125, 512 images, few steps')
+  p.add_argument('--memory', action='store_true',
+                 help="each step's compiled memory at --batch_sizes x --chunks, and with --remat (see above)")
+  p.add_argument('--chunks', default='1,4,16', help='with --memory: the batch_chunks values')
+  p.add_argument('--variants', default='', help='with --memory: BATCH:CHUNKS[:remat],... instead of '
+                 '--batch_sizes x --chunks and remat (the GPU report: 1024:1,1024:4,4096:16,4096:1)')
+  p.add_argument('--timed_batch_sizes', default=None,
+                 help='with --memory: time only these batch sizes (default: all; a CPU takes minutes a step at 4096)')
   args = p.parse_args(argv)
   if args.tiny:
     if args.model == p.get_default('model'):  # --tiny --model=vit_nano times a tiny ViT
@@ -67,15 +84,18 @@ def parse_args(argv):
     args.train_split, args.test_split = 'train[:512]', 'test[:1000]'
     args.steps, args.windows, args.warmup = 2, 2, 1
     args.pipeline_batches, args.stream_workers = 8, 1
+    if args.memory:
+      args.batch_sizes, args.chunks = '32', '1,4'
   return args
 
 
-def make_config(args, batch_size: int, dtype: str):
+def make_config(args, batch_size: int, dtype: str, **fields):
   from simclr_jax.config_base import apply_overrides, load_config_file
   return apply_overrides(load_config_file(os.path.join(ROOT, 'configs', 'pretrain.py')), {
       'dataset': args.dataset, 'data_dir': args.data_dir, 'train_limit': args.train_limit,
       'model': args.model, 'width': args.width, 'patch_size': args.patch_size, 'dtype': dtype,
-      'batch_size': batch_size, 'epochs': 100, 'warmup_epochs': 1.0, 'train_split': args.train_split, 'test_split': args.test_split})
+      'batch_size': batch_size, 'epochs': 100, 'warmup_epochs': 1.0, 'train_split': args.train_split,
+      'test_split': args.test_split, **fields})
 
 
 def time_dataset_load(args) -> dict:
@@ -100,6 +120,23 @@ def time_dataset_load(args) -> dict:
   return {'cold_load_s': cold, 'warm_load_s': warm}
 
 
+def time_windows(args, compiled, state, feed, batch: int):
+  """(images/s of each of --windows windows of --steps steps after --warmup steps, the state, the
+  last metrics) of a compiled step fed from feed, synchronised on the results."""
+  import jax
+  for _ in range(args.warmup):
+    state, _ = compiled(state, *next(feed))
+  jax.block_until_ready(state.params)
+  rates, metrics = [], None
+  for _ in range(args.windows):
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+      state, metrics = compiled(state, *next(feed))
+    jax.block_until_ready((state.params, metrics))
+    rates.append(args.steps * batch / (time.perf_counter() - t0))
+  return rates, state, metrics
+
+
 def time_step(args, config, mesh, inputs, augment_views: bool = True) -> dict:
   import jax
   from simclr_jax.data import augment
@@ -115,16 +152,7 @@ def time_step(args, config, mesh, inputs, augment_views: bool = True) -> dict:
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, *next(feed)).compile()
   compile_s = time.perf_counter() - t0
-  for _ in range(args.warmup):
-    state, metrics = compiled(state, *next(feed))
-  jax.block_until_ready(metrics)
-  rates = []
-  for _ in range(args.windows):
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-      state, metrics = compiled(state, *next(feed))
-    jax.block_until_ready((state.params, metrics))
-    rates.append(args.steps * config.batch_size / (time.perf_counter() - t0))
+  rates, state, metrics = time_windows(args, compiled, state, feed, config.batch_size)
   out = {'images_per_s': statistics.median(rates), 'windows': rates, 'compile_s': compile_s,
          'loss': float(metrics['loss'])}
   if args.profile_dir and augment_views:
@@ -134,6 +162,87 @@ def time_step(args, config, mesh, inputs, augment_views: bool = True) -> dict:
       jax.block_until_ready(metrics)
   out['task'], out['state'] = task, state
   return out
+
+
+def compiled_memory(compiled) -> dict:
+  """XLA's memory analysis of a compiled program, in bytes: arguments, outputs, temporaries, the
+  outputs that reuse donated arguments (alias), and peak = arguments + outputs + temporaries - alias."""
+  m = compiled.memory_analysis()
+  out = {k: int(getattr(m, f'{k}_size_in_bytes')) for k in ('argument', 'output', 'temp', 'alias', 'generated_code')}
+  out['peak'] = out['argument'] + out['output'] + out['temp'] - out['alias']
+  return out
+
+
+def memory_variants(args) -> list:
+  """[(batch size, chunks, remat)] of --variants, or --batch_sizes x (--chunks, and remat whole)."""
+  if args.variants:
+    return [(int(v.split(':')[0]), int(v.split(':')[1]), v.endswith(':remat')) for v in args.variants.split(',')]
+  return [(int(b), k, r) for b in args.batch_sizes.split(',')
+          for k, r in [(int(k), False) for k in args.chunks.split(',')] + [(1, True)]]
+
+
+def memory_rows(args, mesh, source, rows, dtype: str) -> list:
+  """--memory: one row per (batch size, chunks, remat), see the module's docstring."""
+  import jax
+  import numpy as np
+  from simclr_jax.data import pipeline
+  from simclr_jax.stages import pretrain, runner
+  timed = None if args.timed_batch_sizes is None else {int(b) for b in args.timed_batch_sizes.split(',') if b}
+  out, batches, reference = [], {}, {}
+  for batch, chunks, remat in memory_variants(args):
+    if batch not in batches:  # one input path per batch size, its first batch the one compared
+      inputs = pipeline.DeviceInputs(source, rows, mesh, batch, 0)
+      batches[batch] = (inputs, next(_feed(inputs)))
+    inputs, first_batch = batches[batch]
+    # no warm-up: the first update, compared below, at the peak learning rate
+    config = make_config(args, batch, dtype, batch_chunks=chunks, remat=remat, warmup_epochs=0.0)
+    total = runner.loop_settings(config, inputs.steps_per_epoch, {}).total_steps
+    task = pretrain.build_task(config, mesh, inputs, None, total)
+    step_fn = inputs.bind(task.step_fn)
+    fresh = lambda: jax.tree.map(lambda x: x.copy(), task.state)  # the step donates its state
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(task.state, *first_batch).compile()
+    row = {'batch_size': batch, 'dtype': dtype, 'chunks': chunks, 'remat': remat,
+           'compile_s': time.perf_counter() - t0, 'memory': compiled_memory(compiled)}
+    if timed is None or batch in timed:
+      model_params = lambda p: [np.asarray(x, np.float64) for x in
+                                jax.tree.leaves({k: v for k, v in p.items() if k != 'online_probe'})]
+      initial = model_params(task.state.params)
+      after = model_params(compiled(fresh(), *first_batch)[0].params)
+      norm = lambda xs: float(np.sqrt(sum(np.sum(x * x) for x in xs)))
+      difference = lambda a, r: norm([x - y for x, y in zip(a, r)]) / norm([y - i for y, i in zip(r, initial)])
+      if chunks == 1 and not remat:
+        reference[batch] = after
+        # the scale to judge it by: how far the whole step on the next batch lands from it
+        feed = _feed(inputs)
+        next(feed)
+        row['next_batch_difference'] = difference(model_params(compiled(fresh(), *next(feed))[0].params), after)
+      if batch in reference:
+        row['update_difference'] = difference(after, reference[batch])
+      rates, _, _ = time_windows(args, compiled, fresh(), _feed(inputs), batch)
+      row['images_per_s'] = statistics.median(rates)
+    out.append(row)
+    print(json.dumps(row), flush=True)
+    del compiled, task, step_fn
+  return out
+
+
+def format_memory(result) -> str:
+  gib = lambda b: f'{b / 2**30:.2f}'
+  lines = [f"simclr_jax step memory (XLA memory analysis) on {result['device']} x{result['devices']}, "
+           f"{result['dataset']}, {result['model']} width {result['width']}, jax {result['jax']}, {result['date']}", '',
+           '| batch | dtype | chunks | remat | peak GiB | temporaries GiB | arguments GiB | x whole batch | images/s | '
+           'update difference | next batch difference |', '|---|---|---|---|---|---|---|---|---|---|---|']
+  whole = {(r['batch_size'], r['dtype']): r['memory']['peak'] for r in result['memory'] if r['chunks'] == 1 and not r['remat']}
+  for r in result['memory']:
+    m, key = r['memory'], (r['batch_size'], r['dtype'])
+    cells = [r['batch_size'], r['dtype'], r['chunks'], 'yes' if r['remat'] else 'no', gib(m['peak']), gib(m['temp']),
+             gib(m['argument']), f"{m['peak'] / whole[key]:.2f}" if key in whole else '-',
+             f"{r['images_per_s']:,.1f}" if 'images_per_s' in r else '-',
+             f"{r['update_difference']:.2g}" if 'update_difference' in r else '-',
+             f"{r['next_batch_difference']:.2g}" if 'next_batch_difference' in r else '-']
+    lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
+  return '\n'.join(lines)
 
 
 def time_knn(config, inputs, task, state) -> dict:
@@ -240,11 +349,17 @@ def main(argv=None) -> int:
   result = {'device': jax.devices()[0].device_kind, 'devices': len(jax.devices()), 'jax': jax.__version__,
             'date': time.strftime('%Y-%m-%d'), 'argv': sys.argv[1:], 'dataset': args.dataset,
             'model': args.model, 'width': args.width, 'steps': []}
-  if not args.step_only:
+  if not args.step_only and not args.memory:
     result.update(time_dataset_load(args))
   source = registry.get(args.dataset, args.data_dir, train_split=args.train_split, test_split=args.test_split)
   rows = sources.select_rows(source, args.train_limit)
   knn_done = args.step_only
+  if args.memory:
+    result['memory'] = [r for dtype in args.dtypes.split(',') for r in memory_rows(args, mesh, source, rows, dtype)]
+    with open(args.out, 'w') as f:
+      json.dump(result, f, indent=2)
+    print(format_memory(result))
+    return 0
   for dtype in args.dtypes.split(','):
     for batch in (int(b) for b in args.batch_sizes.split(',')):
       config = make_config(args, batch, dtype)

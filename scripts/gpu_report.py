@@ -15,9 +15,12 @@ Parts, each with its own time limit (a part that runs out leaves the others' res
                and idle gaps between steps, each part timed as its own compiled function
   vit          scripts/benchmark.py's SimCLR step on a ViT-S/4 at batch 512, bfloat16 (the
                benchmark part gives ResNet-18's at the same batch)
+  memory       scripts/benchmark.py --memory: the SimCLR step's compiled memory and images/s at
+               batch 1024 whole, in 4 chunks (config.batch_chunks) and rematerialised (config.remat)
+               and at 4096 in 16 chunks, bfloat16
   accuracy     the default recipe pretrained on cifar10_jpeg for as many epochs as the remaining
                time allows (200 at most), then kNN and the features linear probe
-Writes OUT/report.md, OUT/{environment,costs,benchmark,breakdown,accuracy}.json and OUT/log.txt.
+Writes OUT/report.md, OUT/{environment,costs,benchmark,breakdown,vit,memory,accuracy}.json and OUT/log.txt.
 """
 from __future__ import annotations
 
@@ -37,8 +40,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 # Seconds on the GPU; the accuracy part gets what is left of --budget (at 40,000 images/s, 200
 # epochs of cifar10_jpeg take about 250 s plus start-up and evaluations).
-PART_LIMITS = {'environment': 20, 'costs': 60, 'benchmark': 150, 'breakdown': 60, 'vit': 60}
-PARTS = ('environment', 'costs', 'benchmark', 'breakdown', 'vit', 'accuracy')
+PART_LIMITS = {'environment': 20, 'costs': 60, 'benchmark': 150, 'breakdown': 60, 'vit': 60, 'memory': 90}
+PARTS = ('environment', 'costs', 'benchmark', 'breakdown', 'vit', 'memory', 'accuracy')
 
 
 def parse_args(argv):
@@ -224,6 +227,16 @@ def vit(limit, args) -> dict:
   else:
     extra += ['--model=vit_small', '--batch_sizes=512', '--dtypes=bfloat16', '--steps=20', '--windows=3', '--warmup=3']
   return _benchmark_py('vit', extra, limit, args)
+
+
+def memory(limit, args) -> dict:
+  """Large batches on small memory (tiny: batch 32 whole and in 4 chunks) through benchmark.py --memory."""
+  if args.tiny:
+    extra = ['--tiny', '--memory', '--variants=32:1,32:4', '--steps=1', '--windows=1', '--warmup=0']
+  else:
+    extra = ['--memory', '--variants=1024:1,1024:4,4096:16,1024:1:remat', '--dtypes=bfloat16', '--steps=5', '--windows=3',
+             '--warmup=2']
+  return _benchmark_py('memory', extra, limit, args)
 
 
 def _benchmark_py(name: str, extra: list, limit, args) -> dict:
@@ -419,6 +432,9 @@ def write_markdown(report: Report, args) -> str:
   vit_part = parts.get('vit', {}).get('figures', {})
   if vit_part:
     lines += ['', '## Speed on a Vision Transformer', '', vit_part.get('table', '')]
+  memory_part = parts.get('memory', {}).get('figures', {})
+  if memory_part:
+    lines += ['', '## Large batches on small memory', '', memory_part.get('table', '')]
   cost = parts.get('costs', {}).get('figures', {})
   if cost.get('augmentation'):
     share = cost['augmentation_share_of_model']
@@ -462,6 +478,7 @@ def main(argv=None) -> int:
   bench = run('benchmark', PART_LIMITS['benchmark'] * scale, benchmark, args)
   brk = run('breakdown', PART_LIMITS['breakdown'] * scale, breakdown, args)
   run('vit', PART_LIMITS['vit'] * scale, vit, args)
+  run('memory', PART_LIMITS['memory'] * scale, memory, args)
   epoch_seconds = _epoch_seconds(bench, brk)
   run('accuracy', max(30.0, report.left(args.budget) - 15), accuracy, args, epoch_seconds)
   print(write_markdown(report, args))

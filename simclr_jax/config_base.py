@@ -80,6 +80,7 @@ def base_config(stage: str, method: str = 'simclr') -> ml_collections.ConfigDict
   #                            params, BatchNorm statistics and losses stay float32
   c.stem = 'auto'            # cifar (3x3, no max-pool) | imagenet (7x7/2, max-pool) | auto: cifar to 64 px
   c.patch_size = 4           # a ViT's patches (4 for 32 px images, 16 at 224 px); ResNets ignore it
+  c.remat = False            # True: the encoder's blocks recomputed in the backward pass (less memory, ~1/3 more compute)
   # Optimisation.
   c.batch_size = 512
   c.epochs = 200
@@ -101,6 +102,8 @@ def base_config(stage: str, method: str = 'simclr') -> ml_collections.ConfigDict
   if stage == 'pretrain':
     c.method = method
     c.view2 = view2_config()
+    c.batch_chunks = 1       # K > 1: the step's batch through the network in K chunks (gradient caching: less
+    #                          memory, the same loss over the whole batch; BatchNorm's statistics per chunk)
     c.update(method_fields(method))
     c.online_probe_learning_rate = 1e-3  # Adam on the online linear probe (0: no probe)
   if stage != 'supervised':  # 0: the encoder; K: after the projector's layer K (SimCLR v2)

@@ -120,6 +120,9 @@ def validate_config(config) -> None:
   _validate_augment('augment', config.augment)
   _validate_evals(config.evals)
   if config.stage == 'pretrain':
+    if not 1 <= config.batch_chunks <= config.batch_size or config.batch_size % config.batch_chunks:
+      _fail('batch_chunks', config.batch_chunks, f'use a divisor of batch_size={config.batch_size}, such as '
+            f'{_divisor_near(config.batch_size, config.batch_chunks)} (1: the whole batch at once)')
     methods.get(config.method).validate(config)
     for name, value in config.items():  # view2 and a method's own view fields (local_view)
       if isinstance(value, ml_collections.ConfigDict) and set(value.keys()) == set(AugmentSettings._fields):
@@ -135,6 +138,11 @@ def validate_config(config) -> None:
       _fail('distill_temperature', config.distill_temperature, 'use a temperature above 0 (1.0 as in SimCLR v2)')
     if not 0 <= config.distill_label_weight <= 1:
       _fail('distill_label_weight', config.distill_label_weight, 'use a weight in [0, 1] (0: the teacher alone)')
+
+
+def _divisor_near(n: int, k: int) -> int:
+  """The divisor of n closest to k (the smaller on a tie)."""
+  return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - k), d))
 
 
 def _pair(name: str, value, low_ok: float, fix: str):

@@ -127,6 +127,8 @@ def test_flag_errors_name_the_field_the_file_and_the_type():
     ('finetune_from_head_layer', 2, 'config.finetune_from_head_layer=2 is invalid: the projector has 2 layers'),
     ('model', 'vit_huge', "config.model='vit_huge' is invalid: use one of resnet10"),
     ('layer_decay', 1.5, 'config.layer_decay=1.5 is invalid: use a decay in (0, 1]'),
+    ('batch_chunks', 3, 'config.batch_chunks=3 is invalid: use a divisor of batch_size=64, such as 2 (1: the whole'),
+    ('batch_chunks', 0, 'config.batch_chunks=0 is invalid: use a divisor of batch_size=64, such as 1'),
     ('layer_decay', 0.75, "config.layer_decay=0.75 is invalid: it decays a ViT's blocks and model='resnet10' has none"),
     ('adam_beta2', 1.0, 'config.adam_beta2=1.0 is invalid: use a decay in (0, 1)'),
     ('gradient_clip_norm', -1.0, 'config.gradient_clip_norm=-1.0 is invalid: it must be 0 or more'),
@@ -174,6 +176,11 @@ def test_batch_size_not_divisible_by_device_count():
   with pytest.raises(ConfigError, match='batch_size=66 is not divisible by the 4 devices') as e:
     parallel.check_batch_size(66, FakeMesh)
   _one_line(e, 'multiple of 4')
+  # batch_chunks divides the batch (validate) but not each device's share of it
+  with pytest.raises(ConfigError, match='config.batch_chunks=8 is invalid: each of the 4 devices holds 12 images') as e:
+    parallel.check_chunks(48, 8, FakeMesh)
+  _one_line(e, 'use a divisor of 12, such as 6')
+  parallel.check_chunks(48, 3, FakeMesh)
 
 
 def test_unknown_dataset_missing_data_dir_and_no_network(tmp_path, monkeypatch):

@@ -30,7 +30,7 @@ def test_the_tiny_report_has_every_part(tmp_path):
                         cwd=ROOT, capture_output=True, text=True, timeout=1500)
   assert proc.returncode == 0, proc.stderr[-3000:]
   parts = {p: json.loads((out / f'{p}.json').read_text())
-           for p in ('environment', 'costs', 'benchmark', 'breakdown', 'vit', 'accuracy')}
+           for p in ('environment', 'costs', 'benchmark', 'breakdown', 'vit', 'memory', 'accuracy')}
   assert all(p['status'] == 'done' for p in parts.values()), {k: v['status'] for k, v in parts.items()}
   bench = parts['benchmark']['figures']
   row = bench['steps'][0]
@@ -45,12 +45,17 @@ def test_the_tiny_report_has_every_part(tmp_path):
   assert brk['forward'] > 0 and brk['augmentation'] > 0
   vit = parts['vit']['figures']
   assert vit['model'] == 'vit_nano' and vit['steps'][0]['images_per_s'] > 0
+  rows = {(r['chunks'], r['remat']): r for r in parts['memory']['figures']['memory']}  # batch 32
+  assert sorted(rows) == [(1, False), (4, False)], rows
+  assert all(r['images_per_s'] > 0 and r['memory']['peak'] > 0 for r in rows.values())
+  assert rows[4, False]['memory']['temp'] < rows[1, False]['memory']['temp'] and rows[1, False]['update_difference'] == 0
   acc = parts['accuracy']['figures']
   assert acc['epochs'] == 1 and 0 < acc['knn_top1'] < 1 and 0 < acc['linear_top1'] < 1
   report = (out / 'report.md').read_text()
   for fragment in ('## Speed', 'x torch pipeline', "## Where the step's time goes", '| augmentation |',
                    '| idle_gaps |', '## Cost analysis', 'kernels', '## Accuracy', 'kNN top-1', 'Versions: ',
-                   'jax ', '| accuracy | done |', 'streamed path', '## Speed on a Vision Transformer', '| vit | done |'):
+                   'jax ', '| accuracy | done |', 'streamed path', '## Speed on a Vision Transformer', '| vit | done |',
+                   '## Large batches on small memory', '| memory | done |'):
     assert fragment in report, fragment
 
 

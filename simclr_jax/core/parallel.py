@@ -33,6 +33,17 @@ def check_batch_size(batch_size: int, mesh: Mesh, field: str = 'batch_size') -> 
                       f'use a multiple of {n}, such as {max(n, batch_size // n * n)}')
 
 
+def check_chunks(batch_size: int, chunks: int, mesh: Mesh) -> None:
+  """ConfigError unless each device's share of the batch splits into `chunks` equal chunks
+  (config.batch_chunks: each chunk takes as many rows from every device)."""
+  n = mesh.devices.size
+  per_device = batch_size // n
+  if per_device % chunks:
+    divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
+    raise ConfigError(f'config.batch_chunks={chunks} is invalid: each of the {n} devices holds {per_device} images '
+                      f'of the batch; use a divisor of {per_device}, such as {min(divisors, key=lambda d: abs(d - chunks))}')
+
+
 def put_replicated(tree, mesh: Mesh):
   """Places a host pytree (numpy arrays) on every device, in every process."""
   sharding = replicated(mesh)

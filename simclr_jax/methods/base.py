@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from simclr_jax import models
+from simclr_jax.core.chunks import map_chunks
 from simclr_jax.core.errors import ConfigError
 from simclr_jax.data import augment, views as views_lib
 
@@ -141,6 +142,7 @@ class Method:
 
   def __init__(self, config, total_steps: int = 1):
     self.config = {k: config[k] for k in ('finetune_from_head_layer', *self.FIELDS)}
+    self.chunks = config.batch_chunks  # the step's batch in chunks (core.chunks): its target networks' too
     self.total_steps = max(1, total_steps)
     self.steps_per_epoch = max(1, round(self.total_steps / config.epochs))  # for fields in epochs
 
@@ -181,12 +183,15 @@ class Method:
   def inputs(self, first, second) -> Callable:
     """(key, uint8 images [B, H, W, 3]) -> the step's inputs, made on the device: the views of
     views() ({group: [n, B, size, size, 3]}); a method may add what else it draws per step (MAE's
-    mask key)."""
+    mask keys), each image's on the second axis as the views ([n, B, ...]: core.chunks cuts the
+    batch there)."""
     return functools.partial(views_lib.make_views, spec=self.views(first, second))
 
   def forward(self, model, variables: dict, inputs: dict):
     """({group: {output: [n, B, ...]}}, updated batch_stats): the online model in training mode on
-    the inputs, each group in one call or view by view (PER_VIEW_BATCHNORM)."""
+    the inputs, each group in one call or view by view (PER_VIEW_BATCHNORM). With batch_chunks > 1
+    it runs on each chunk of the batch (core.chunks): rows meet only in BatchNorm here, everything
+    that couples the batch's rows (negatives, queues, centres) belongs in loss()."""
     return apply_views(model, variables, inputs, self.PER_VIEW_BATCHNORM)
 
   # The model.
@@ -291,6 +296,7 @@ class MomentumMethod(Method):
     """({group: stop-gradient target projections [n, B, D]}, state with the target's new BatchNorm
     statistics)."""
     target = state['target']
-    out, stats = apply_views(model, target, views, self.PER_VIEW_BATCHNORM, target=True)
+    forward = lambda variables, views: apply_views(model, variables, views, self.PER_VIEW_BATCHNORM, target=True)
+    out, stats = map_chunks(forward, target, views, self.chunks)  # in the online network's chunks
     state = {**state, 'target': {**target, 'batch_stats': stats}}
     return {name: jax.lax.stop_gradient(o['projection']) for name, o in out.items()}, state

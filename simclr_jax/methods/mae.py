@@ -8,11 +8,12 @@ error on the masked patches only, each patch's target normalised by its own mean
     python -m simclr_jax.main --config=configs/finetune.py --config.model=vit_small \\
         --config.init_from=runs/mae --config.layer_decay=0.75 --config.optimizer=adamw ...
 
-Masking: every step draws uniform noise [B, N] over each image's N patches from a key of the
-step's (Method.inputs adds it beside the view) and keeps the (1 - mask_ratio) N patches of
-smallest noise (the paper's per-sample shuffle); the encoder runs on them and the class token, and
-the decoder puts them back in place among mask tokens. The noise is drawn for the global batch, so
-the masks are the same on any number of devices. The encoder's
+Masking: every step draws uniform noise over each image's N patches from a key of that image's
+(Method.inputs splits the step's key over the batch, beside the view) and keeps the
+(1 - mask_ratio) N patches of smallest noise (the paper's per-sample shuffle); the encoder runs on
+them and the class token, and the decoder puts them back in place among mask tokens. Each image
+keeps its key wherever it goes, so the masks are the same on any number of devices and in any
+number of chunks (config.batch_chunks). The encoder's
 features for evaluation and downstream stages are the class token of the whole, unmasked image.
 Needs a ViT (config.model vit_*); the decoder's position embeddings are learned (the paper's are
 fixed sine-cosine ones).
@@ -138,9 +139,10 @@ class MAE(Method):
     return (views_lib.Crops('global', 0, (first,)),)
 
   def inputs(self, first, second):
-    """The view, and the key of the step's masks."""
+    """The view, and the key of each image's mask ('mask_keys' [1, B, 2]: cut with the batch)."""
     make = super().inputs(first, second)
-    return lambda key, images: {**make(key, images), 'mask_key': jax.random.fold_in(key, MASK_STREAM)}
+    return lambda key, images: {**make(key, images), 'mask_keys': jax.random.split(
+        jax.random.fold_in(key, MASK_STREAM), images.shape[0])[None]}
 
   def make_model(self, encoder, probe_classes: int = 0) -> MAEModel:
     c = self.config
@@ -150,7 +152,7 @@ class MAE(Method):
   def forward(self, model, variables: dict, inputs: dict):
     x = inputs['global'][0]
     grid = x.shape[1] // model.encoder.patch_size
-    noise = jax.random.uniform(inputs['mask_key'], (x.shape[0], grid * grid))
+    noise = jax.vmap(lambda key: jax.random.uniform(key, (grid * grid,)))(inputs['mask_keys'][0])
     out = model.apply(variables, x, train=True, noise=noise)
     return {'global': jax.tree.map(lambda a: a[None], out)}, variables['batch_stats']
 

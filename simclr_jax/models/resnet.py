@@ -117,6 +117,7 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   stem: str = 'cifar'
   architecture: str = ''     # its name in ARCHITECTURES
+  remat: bool = False        # each block's activations recomputed in the backward pass (jax.checkpoint)
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -124,6 +125,7 @@ class ResNet(nn.Module):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, dtype=self.dtype)
     block_cls = BasicBlock if self.block == 'basic' else BottleneckBlock
+    block_cls = nn.remat(block_cls) if self.remat else block_cls  # the same parameters, by the same names
     base = max(1, int(round(64 * self.width)))
     if self.stem == 'imagenet':
       x = conv(base, (7, 7), (2, 2), padding=_pad(7), name='stem_conv')(x.astype(self.dtype))
@@ -141,9 +143,9 @@ class ResNet(nn.Module):
 
 
 def make_resnet(model: str = 'resnet18', width: float = 1.0, dtype: str = 'float32',
-                stem: str = 'cifar') -> ResNet:
+                stem: str = 'cifar', remat: bool = False) -> ResNet:
   """Builds a ResNet by name (ARCHITECTURES); dtype may be 'auto', stem 'cifar' or 'imagenet'
-  (resolve 'auto' with resolve_stem first)."""
+  (resolve 'auto' with resolve_stem first); remat recomputes each block in the backward pass."""
   block, stages = ARCHITECTURES[model]
   return ResNet(stage_sizes=stages, block=block, width=width, dtype=DTYPES[resolve_dtype(dtype)],
-                stem=stem, architecture=model)
+                stem=stem, architecture=model, remat=remat)

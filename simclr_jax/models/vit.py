@@ -98,6 +98,7 @@ class ViT(nn.Module):
   dtype: Any = jnp.float32
   architecture: str = ''   # its name in VIT_ARCHITECTURES
   width: float = 1.0       # as make_vit scaled dim (encoder_spec records it)
+  remat: bool = False      # each block's activations recomputed in the backward pass (jax.checkpoint)
 
   @nn.compact
   def __call__(self, x, train: bool = True, keep=None, tokens: bool = False):
@@ -115,16 +116,17 @@ class ViT(nn.Module):
     if keep is not None:
       x = jnp.take_along_axis(x, keep[..., None], axis=1)
     x = jnp.concatenate([jnp.broadcast_to(cls + pos[:, :1], (b, 1, d)), x], axis=1)
+    block = nn.remat(Block) if self.remat else Block  # the same parameters, by the same names
     for i in range(self.depth):
-      x = Block(self.heads, self.mlp_ratio, self.dtype, name=f'blocks_{i}')(x)
+      x = block(self.heads, self.mlp_ratio, self.dtype, name=f'blocks_{i}')(x)
     x = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=jnp.float32, name='norm')(x).astype(jnp.float32)
     return x if tokens else x[:, 0]
 
 
-def make_vit(model: str, width: float, dtype, patch_size: int, image_size: int) -> ViT:
+def make_vit(model: str, width: float, dtype, patch_size: int, image_size: int, remat: bool = False) -> ViT:
   """A ViT by name (VIT_ARCHITECTURES) with its embedding scaled by width (rounded to a multiple of
-  its heads); dtype a jnp dtype."""
+  its heads); dtype a jnp dtype; remat recomputes each block in the backward pass."""
   dim, depth, heads = VIT_ARCHITECTURES[model]
   dim = max(heads, int(round(dim * width / heads)) * heads)
   return ViT(dim=dim, depth=depth, heads=heads, patch_size=patch_size, image_size=image_size, dtype=dtype,
-             architecture=model, width=width)
+             architecture=model, width=width, remat=remat)

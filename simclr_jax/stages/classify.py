@@ -76,7 +76,7 @@ def build_model(config, image_shape, num_classes: int):
   """(Classifier, initial variables, encoder spec for the checkpoints) of a classifier stage:
   random weights, or init_from's encoder (and head layers) for finetune and linear_eval."""
   encoder = models.encoder_for(config.model, config.width, config.dtype, config.stem, image_shape,
-                                 config.patch_size)
+                                 config.patch_size, config.remat)
   head_layer = config.get('finetune_from_head_layer', 0)
   restored, spec = None, {}
   if config.get('init_from'):

@@ -17,6 +17,7 @@ from simclr_jax import methods, models
 from simclr_jax.data import augment
 from simclr_jax.train import optim
 from simclr_jax.core import parallel
+from simclr_jax.core.chunks import map_chunks
 from simclr_jax.stages import runner
 from simclr_jax.train import loop
 from simclr_jax.train.step import TrainState, make_train_step
@@ -30,9 +31,13 @@ def pretrain_loss_fn(model, method):
   """The method's loss on the online model's outputs for the views ({group: [n, B, ...]}, each
   group through the model in one call or one view at a time, as the method says), plus, when the
   model has the online probe, its cross-entropy on the stop-gradient features of the first view
-  of the first group (images without a label do not train it)."""
+  of the first group (images without a label do not train it). With method.chunks > 1 the model
+  runs on the batch chunk by chunk and the loss on every output at once (core.chunks: the
+  gradient cache, exact but for BatchNorm's statistics per chunk)."""
+  forward = functools.partial(method.forward, model)
+
   def loss_fn(params, batch_stats, method_state, views, labels, step):
-    out, batch_stats = method.forward(model, {'params': params, 'batch_stats': batch_stats}, views)
+    out, batch_stats = map_chunks(forward, {'params': params, 'batch_stats': batch_stats}, views, method.chunks)
     loss, method_state, extra = method.loss(model, out, method_state, views, step, params)
     metrics, objective = {'loss': loss, **extra}, loss
     first = probe_view(out)
@@ -114,8 +119,9 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int, make_views=N
   views (the benchmark's ablation)."""
   eval_inputs = eval_inputs or inputs
   method = methods.get(config.method)(config, total_steps)
+  parallel.check_chunks(config.batch_size, config.batch_chunks, mesh)
   encoder = models.encoder_for(config.model, config.width, config.dtype, config.stem, inputs.image_shape,
-                               config.patch_size)
+                               config.patch_size, config.remat)
   probe = config.online_probe_learning_rate > 0 and inputs.has_labels
   model = method.make_model(encoder, inputs.num_classes if probe else 0)
   first = augment.settings_from_config(config.augment)

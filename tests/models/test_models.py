@@ -117,3 +117,25 @@ def test_auto_dtype_is_bfloat16_on_accelerators_and_float32_on_the_cpu():
   assert models.resolve_dtype('float32', 'gpu') == 'float32'
   here = jnp.float32 if jax.default_backend() == 'cpu' else jnp.bfloat16  # CPU, GPU or TPU alike
   assert models.make_encoder('resnet18', 0.125, 'auto').dtype == here
+
+
+@pytest.mark.parametrize('name', ['resnet10', 'vit_nano'])
+def test_rematerialised_blocks_keep_the_parameters_outputs_and_gradients(name):
+  """config.remat: each residual or transformer block recomputed in the backward pass, under the
+  same parameter names (a checkpoint loads either way), with the same features and gradients."""
+  width = 0.125
+  plain, remat = (models.make_encoder(name, width, 'float32', patch_size=4, image_size=16, remat=r) for r in (False, True))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 16, 16, 3)), jnp.float32)
+  variables = plain.init(jax.random.PRNGKey(0), x, train=False)
+  assert jax.tree.structure(remat.init(jax.random.PRNGKey(0), x, train=False)) == jax.tree.structure(variables)
+
+  def loss(encoder):
+    def fn(params):
+      out, _ = encoder.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+      return jnp.sum(jnp.sin(out))
+    return jax.jit(jax.value_and_grad(fn))
+
+  (v1, g1), (v2, g2) = loss(plain)(variables['params']), loss(remat)(variables['params'])
+  assert abs(float(v1) - float(v2)) < 1e-5
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
