@@ -17,9 +17,10 @@ pipeline's decoded images/s with one worker and with --stream_workers (also for 
 
 With --memory: for each batch size, the step with its batch in each of --chunks chunks
 (config.batch_chunks, the gradient cache) and whole with its encoder's blocks rematerialised
-(config.remat): the compiled program's memory from XLA's memory analysis (exact on any backend:
-arguments, outputs and temporaries less what the donated state aliases; what the device needs
-beyond the program itself), and for --timed_batch_sizes its images/s and how far its first update
+(config.remat): the compiled program's memory from XLA's memory analysis (the compiler's buffer
+assignment for that backend, an estimate of the device's need: arguments, outputs and temporaries
+less what the donated state aliases; the allocator's fragmentation and libraries' workspaces come
+on top, as does what lives outside the program, such as the device path's dataset), and for --timed_batch_sizes its images/s and how far its first update
 of the model is from the whole batch's (|p_K - p_1| / |p_1 - p_0|, the L2 norms over every
 parameter but the online probe's; BatchNorm's statistics per chunk are the only difference), with,
 to judge it by, how far the whole batch's update on the next batch lands (next batch difference).
@@ -73,7 +74,8 @@ def parse_args(argv):
                  help="each step's compiled memory at --batch_sizes x --chunks, and with --remat (see above)")
   p.add_argument('--chunks', default='1,4,16', help='with --memory: the batch_chunks values')
   p.add_argument('--variants', default='', help='with --memory: BATCH:CHUNKS[:remat],... instead of '
-                 '--batch_sizes x --chunks and remat (the GPU report: 1024:1,1024:4,4096:16,4096:1)')
+                 '--batch_sizes x --chunks and remat (the GPU report: 1024:1,1024:4,4096:16,1024:1:remat; a batch '
+                 'size without its K=1 row has no update difference or x whole batch)')
   p.add_argument('--timed_batch_sizes', default=None,
                  help='with --memory: time only these batch sizes (default: all; a CPU takes minutes a step at 4096)')
   args = p.parse_args(argv)

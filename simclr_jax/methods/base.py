@@ -128,8 +128,9 @@ def apply_views(model, variables: dict, views: dict, per_view: bool, **kwargs):
 
 
 def probe_view(out: dict):
-  """The outputs the online probe reads: the first view of the first group."""
-  return jax.tree.map(lambda a: a[0], next(iter(out.values())))
+  """The outputs the online probe reads: the first view of the 'global' group (every method's
+  first; by name, since a pytree's dict comes back from jax.lax.map with its keys sorted)."""
+  return jax.tree.map(lambda a: a[0], out['global'])
 
 
 class Method:

@@ -115,7 +115,7 @@ class DINO(MultiCrop, MomentumMethod):
   def loss(self, model, out, state, views, step, params=None):
     teacher, state = self.target_projections(model, state, {'global': views['global']})
     teacher = teacher['global']
-    student = jnp.concatenate([o['projection'] for o in out.values()])  # global, then local
+    student = jnp.concatenate([out[g]['projection'] for g in ('global', 'local') if g in out])
     temperature = self.teacher_temperature(step)
     loss = dino_loss(student, teacher, state['center'], self.config['student_temperature'], temperature)
     m = self.config['center_momentum']

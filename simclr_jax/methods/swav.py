@@ -112,7 +112,7 @@ class SwAV(MultiCrop, Method):
     return jax.lax.cond(in_use, with_queue, plain)  # the queue scored only once it is in use
 
   def loss(self, model, out, state, views, step, params=None):
-    scores = jnp.concatenate([o['prediction'] for o in out.values()])  # global, then local
+    scores = jnp.concatenate([out[g]['prediction'] for g in ('global', 'local') if g in out])
     codes = self.codes(model, params, scores[:2], state, step)
     loss = swapped_prediction(scores, codes, self.config['temperature'])
     if self.config['queue_size']:

@@ -13,7 +13,8 @@ import pytest
 
 import oracles
 import oracles_multicrop
-from conftest import MECHANICS, ROOT, device_env, tiny_config
+import chunk_check
+from conftest import MECHANICS, ROOT, device_env, small_config, tiny_config
 from simclr_jax import methods
 from simclr_jax.core.errors import ConfigError
 from simclr_jax.stages import pretrain, runner
@@ -458,13 +459,29 @@ def test_each_method_matches_on_four_devices_and_resumes_bit_identically(name, t
   assert r['saved'] == ['batch_stats', 'method_state', 'params'] and r['identical'] and r['leaves'] > 10
   assert r['final_loss'][0] == r['final_loss'][1]
   assert r['embedding'][0] > 0 and r['embedding'][1] > 1
-  # The gradient cache (config.batch_chunks=2) on 1 and on 4 devices: the objective, every gradient,
-  # the statistics and the method state as the whole batch's within float32 rounding (measured on
-  # 2026-12-06: 4e-5 at worst, the rest below 3e-5), on distinct images where the network has no
-  # BatchNorm (MAE), else on a half-batch repeated (tests/chunk_check.py says why).
+  # The gradient cache (config.batch_chunks=2, tests/chunk_check.py's smallest encoders) on 1 and on
+  # 4 devices: the objective and the statistics as the whole batch's within 1e-4, the method state
+  # within 3e-4 and every gradient within 3e-3 of its own largest (chunk_check._relative), on
+  # distinct images where the network has no BatchNorm (MAE), else on a half-batch repeated.
+  # Measured on 2026-12-06, the worst of the fifteen: 3.2e-6, 3.2e-5, 7.5e-5 (SwAV's queue) and
+  # 6.8e-4 (FastSiam's); a chunk misplaced or a loss of per-chunk pieces moves them to order 1.
   for c in r['chunks']:
-    assert max(c['value'], c['grads'], c['stats'], c['state']) <= 1e-4 and c['state_integers_equal'], r['chunks']
+    assert max(c['value'], c['stats']) <= 1e-4 and c['state'] <= 3e-4 and c['grads'] <= 3e-3, r['chunks']
+    assert c['state_integers_equal'], r['chunks']
     assert c['rows'] == ('distinct' if method == 'mae' else 'repeated') and c['grad_leaves'] > 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['byol', 'dino'])
+def test_the_gradient_cache_matches_a_chunk_by_chunk_reference_with_batchnorm(name):
+  """tests/chunk_check.py's ghost_differences: with BatchNorm, on distinct images, the chunked
+  objective (2 chunks) equals a reference that runs each chunk by hand -- BYOL's views each through
+  BatchNorm with an EMA target, DINO's both in one call with its teacher on the global crops -- and
+  differs from the whole batch's (BatchNorm over 8 rather than 16 images)."""
+  r = chunk_check.ghost_differences(small_config(name))
+  assert max(r['value'], r['stats']) <= 1e-4 and r['state'] <= 3e-4 and r['grads'] <= 3e-3, r
+  assert r['whole_grads'] > 1e-2, r  # the chunks were taken
+  assert r['target_stats'], r
 
 
 class _MultiCropCheck(Method):
