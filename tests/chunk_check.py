@@ -1,10 +1,10 @@
 """The gradient cache's checks for one method (config.batch_chunks, core.chunks).
 
-    differences(config, mesh)   # tests/method_check.py, on 1 and on 4 devices: against the whole batch
+    differences(config, meshes) # tests/method_check.py, on 1 and on 4 devices: against the whole batch
     ghost_differences(config)   # tests/methods/test_methods.py: against a chunk-by-chunk reference
 
 differences: the objective's value, gradients, BatchNorm statistics and method state with the
-batch in 2 chunks against the whole batch at once, on the same inputs. A network without BatchNorm
+batch in 2 chunks, on each mesh, against the whole batch at once on the first, on the same inputs. A network without BatchNorm
 (MAE's ViT) is checked on distinct images: there the chunked objective is the whole batch's
 exactly. Where the network has BatchNorm, chunking changes what is normalised together, so the
 batch is one half-batch repeated (each chunk the same images in the same order, its statistics the
@@ -62,10 +62,11 @@ def _encoder(c):
   return ResNet(stage_sizes=(1,), width=0.125, architecture=c.model)
 
 
-def differences(config, mesh, per_chunk: int = 8) -> dict:
-  """The chunked objective against the whole batch's (see the module's docstring) on the mesh's
-  devices: relative differences of value, grads, stats and method state, whether integer state
-  (a queue's pointer) is equal, and 'rows' ('distinct' or 'repeated')."""
+def differences(config, meshes, per_chunk: int = 8) -> list:
+  """The chunked objective on each mesh's devices against the whole batch's on the first mesh's
+  (see the module's docstring): for each mesh, relative differences of value, grads, stats and
+  method state, whether integer state (a queue's pointer) is equal, and 'rows' ('distinct' or
+  'repeated')."""
   from simclr_jax.config_base import apply_overrides
   batch, image_shape = per_chunk * CHUNKS, (32, 32, 3)
   configs = {k: apply_overrides(config.copy_and_resolve_references(), {'batch_chunks': k, 'batch_size': batch})
@@ -83,20 +84,19 @@ def differences(config, mesh, per_chunk: int = 8) -> dict:
   if has_norm:  # one half-batch, repeated: chunk j holds rows j, j + 2, ... (core.chunks)
     inputs, labels = chunks_lib.merge(jax.tree.map(lambda x: jnp.stack([x] * CHUNKS), (inputs, labels[None])))
     labels = labels[0]
-  inputs = jax.device_put(inputs, NamedSharding(mesh, P(None, 'data')))
-  labels = jax.device_put(labels, NamedSharding(mesh, P('data')))
-  variables, state = jax.device_put((variables, state), NamedSharding(mesh, P()))
-  results = {}
-  for k in (1, CHUNKS):
+  results = []
+  for k, mesh in [(1, meshes[0])] + [(CHUNKS, m) for m in meshes]:
+    put = lambda tree, spec: jax.device_put(tree, NamedSharding(mesh, spec))
+    x, y, v, st = put(inputs, P(None, 'data')), put(labels, P('data')), put(variables, P()), put(state, P())
     loss_fn = pretrain.pretrain_loss_fn(model, methods.get(config.method)(configs[k], 100))
-    objective = lambda p: loss_fn(p, variables['batch_stats'], state, inputs, labels, jnp.int32(3))
-    (value, (stats, new_state, _)), grads = jax.jit(jax.value_and_grad(objective, has_aux=True))(variables['params'])
-    results[k] = jax.tree.map(np.asarray, (value, grads, stats, new_state))
-  one, chunked = results[1], results[CHUNKS]
-  return {'value': _relative(one[0], chunked[0]), 'grads': _relative(one[1], chunked[1]),
-          'stats': _relative(one[2], chunked[2]), 'state': _relative(one[3], chunked[3]),
-          'state_integers_equal': _integers_equal(one[3], chunked[3]),
-          'rows': 'repeated' if has_norm else 'distinct', 'grad_leaves': len(jax.tree.leaves(one[1]))}
+    objective = lambda p: loss_fn(p, v['batch_stats'], st, x, y, jnp.int32(3))
+    (value, (stats, new_state, _)), grads = jax.jit(jax.value_and_grad(objective, has_aux=True))(v['params'])
+    results.append(jax.tree.map(np.asarray, (value, grads, stats, new_state)))
+  one = results[0]
+  return [{'value': _relative(one[0], c[0]), 'grads': _relative(one[1], c[1]), 'stats': _relative(one[2], c[2]),
+           'state': _relative(one[3], c[3]), 'state_integers_equal': _integers_equal(one[3], c[3]),
+           'rows': 'repeated' if has_norm else 'distinct', 'grad_leaves': len(jax.tree.leaves(one[1]))}
+          for c in results[1:]]
 
 
 def _rows(tree, j):

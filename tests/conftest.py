@@ -66,16 +66,11 @@ _own_cores()
 MULTI_DEVICE_XLA_FLAGS = '--xla_backend_optimization_level=0'
 
 
-def device_env(devices: int, cache=None) -> dict:
+def device_env(devices: int) -> dict:
   """os.environ (its XLA_FLAGS included) for a subprocess with `devices` simulated CPU devices, at
-  MULTI_DEVICE_XLA_FLAGS' optimisation level. With a cache folder, every program it compiles is
-  kept there and a program compiled again (the same step rebuilt by a resumed run) is read back."""
+  MULTI_DEVICE_XLA_FLAGS' optimisation level."""
   flags = f"{os.environ['XLA_FLAGS']} {MULTI_DEVICE_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"
-  env = {**os.environ, 'XLA_FLAGS': flags, 'JAX_PLATFORMS': 'cpu'}
-  if cache is not None:
-    env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
-  return env
+  return {**os.environ, 'XLA_FLAGS': flags, 'JAX_PLATFORMS': 'cpu'}
 
 # Tiny runs: a narrow ResNet-10 on 512 training images and 1,000 test images, 8 steps an epoch.
 TINY = {'dataset': DATASET, 'data_dir': DATA_DIR, 'train_limit': 512, 'test_split': 'test[:1000]',

@@ -11,8 +11,8 @@
    through the training loop, on the 4 devices, against the 4-device steps of 1. carried on to
    the run's end: whether every array of its final checkpoint is bit-identical to the straight
    trajectory's state.
-3. The gradient cache (tests/chunk_check.py): the objective with the batch in 2 chunks against
-   the whole batch at once, on 1 device and on the 4.
+3. The gradient cache (tests/chunk_check.py): the objective with the batch in 2 chunks, on 1
+   device and on the 4, against the whole batch at once on 1 device.
 Prints one JSON line.
 """
 import json
@@ -102,7 +102,7 @@ def main():
              # sums) against the resumed run's
              final_loss=[float(np.float32(l4[-2]) + np.float32(l4[-1])) / 2, resumed['final_loss']],
              method=resumed['method'], embedding=[resumed['embedding_std'], resumed['embedding_rank']])
-  out['chunks'] = [chunk_check.differences(config, parallel.make_mesh(d)) for d in (jax.devices()[:1], jax.devices())]
+  out['chunks'] = chunk_check.differences(config, [parallel.make_mesh(d) for d in (jax.devices()[:1], jax.devices())])
   print(json.dumps(out), flush=True)
 
 

@@ -430,7 +430,7 @@ def test_each_method_matches_on_four_devices_and_resumes_bit_identically(name, t
   within float32 reduction order (the EMA target and the statistics over the global batch
   included), a run stopped mid-epoch then resumed ends bit-identical to a straight one, and the
   gradient cache gives the whole batch's objective and gradients on 1 and on 4 devices."""
-  env = device_env(4, cache=tmp_path / 'compiled')
+  env = device_env(4)
   proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'method_check.py'), os.path.join(ROOT, 'tests'),
                          str(tmp_path), name], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
   assert proc.returncode == 0, proc.stderr[-3000:]
