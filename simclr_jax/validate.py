@@ -13,6 +13,7 @@ from simclr_jax import config_base, methods
 from simclr_jax.data import registry
 from simclr_jax.data.augment import AugmentSettings
 from simclr_jax.core.errors import ConfigError
+from simclr_jax.core.parallel import nearest_divisor
 from simclr_jax.models import DTYPE_CHOICES, MODELS, STEMS, is_vit
 from simclr_jax.train.optim import TRUST_RATIOS
 
@@ -122,7 +123,7 @@ def validate_config(config) -> None:
   if config.stage == 'pretrain':
     if not 1 <= config.batch_chunks <= config.batch_size or config.batch_size % config.batch_chunks:
       _fail('batch_chunks', config.batch_chunks, f'use a divisor of batch_size={config.batch_size}, such as '
-            f'{_divisor_near(config.batch_size, config.batch_chunks)} (1: the whole batch at once)')
+            f'{nearest_divisor(config.batch_size, config.batch_chunks)} (1: the whole batch at once)')
     methods.get(config.method).validate(config)
     for name, value in config.items():  # view2 and a method's own view fields (local_view)
       if isinstance(value, ml_collections.ConfigDict) and set(value.keys()) == set(AugmentSettings._fields):
@@ -138,11 +139,6 @@ def validate_config(config) -> None:
       _fail('distill_temperature', config.distill_temperature, 'use a temperature above 0 (1.0 as in SimCLR v2)')
     if not 0 <= config.distill_label_weight <= 1:
       _fail('distill_label_weight', config.distill_label_weight, 'use a weight in [0, 1] (0: the teacher alone)')
-
-
-def _divisor_near(n: int, k: int) -> int:
-  """The divisor of n closest to k (the smaller on a tie)."""
-  return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - k), d))
 
 
 def _pair(name: str, value, low_ok: float, fix: str):

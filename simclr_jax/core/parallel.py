@@ -39,9 +39,13 @@ def check_chunks(batch_size: int, chunks: int, mesh: Mesh) -> None:
   n = mesh.devices.size
   per_device = batch_size // n
   if per_device % chunks:
-    divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
     raise ConfigError(f'config.batch_chunks={chunks} is invalid: each of the {n} devices holds {per_device} images '
-                      f'of the batch; use a divisor of {per_device}, such as {min(divisors, key=lambda d: abs(d - chunks))}')
+                      f'of the batch; use a divisor of {per_device}, such as {nearest_divisor(per_device, chunks)}')
+
+
+def nearest_divisor(n: int, k: int) -> int:
+  """The divisor of n closest to k (the smaller on a tie): what an error suggests."""
+  return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - k), d))
 
 
 def put_replicated(tree, mesh: Mesh):
