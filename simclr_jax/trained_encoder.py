@@ -6,6 +6,7 @@
     simclr_jax.export_encoder('runs/pretrain', 'resnet.safetensors', layout='torchvision')
     simclr_jax.export_encoder('runs/mae', 'vit.safetensors', layout='timm')       # a ViT, for timm
     encoder = simclr_jax.load_encoder('encoder.safetensors')
+    encoder.export('resnet.safetensors', layout='torchvision')                    # the same, from an Encoder
 
 The encoder is the ResNet or ViT and, for a run whose finetune_from_head_layer is K > 0, the first K
 layers of its projector (models.Backbone). layout='flax' names the float32 arrays by their path in
@@ -13,10 +14,12 @@ its variables ('params/encoder/stem_conv/kernel', 'batch_stats/projector/norm_0/
 carries the architecture and input in its metadata (JSON values: format, model, width, stem,
 dtype, image_shape, mean, std, feature_dim, feature_layer, projector, checksums); load_encoder
 reads it back. layout='torchvision' writes torchvision's ResNet state-dict names with OIHW
-kernels, which torchvision.models.resnet18 loads as it is (README, "Portable weights");
+kernels and, in its metadata 'torchvision', the block, layers and stem that build the network
+in torchvision (a width other than 1 is refused: torchvision's widths are fixed);
 layout='timm' writes a ViT under timm's VisionTransformer names (cls_token, pos_embed,
-patch_embed.proj.weight, blocks.0.attn.qkv.weight, ..., norm.weight), which
-timm.models.vision_transformer.VisionTransformer(global_pool='token', num_classes=0) loads. Every
+patch_embed.proj.weight, blocks.0.attn.qkv.weight, ..., norm.weight) and, in its metadata
+'timm', the keyword arguments of timm.models.vision_transformer.VisionTransformer that load it
+(docs/portable-weights.md has the code for both). Every
 file carries a CRC-32 of each array, checked on load; it is written to a temporary file beside
 the target and renamed, so a failed or interrupted export leaves nothing behind.
 """
@@ -87,6 +90,11 @@ class Encoder:
       raise UserError(f'Encoder.embed takes {want} images, the size it was trained on; got '
                       f'{images.shape[1]}x{images.shape[2]}: resize them first')
     return images
+
+  def export(self, path, layout: str = 'flax', where: str = 'the encoder') -> str:
+    """Writes the encoder to `path` (.safetensors) under layout's names (export_encoder's); returns
+    path. where: what the errors call it."""
+    return _export(self, path, layout, where)
 
   @functools.cached_property
   def _infer(self):
@@ -223,11 +231,33 @@ def timm_state_dict(variables: dict, spec: dict) -> dict:
   return out
 
 
+def torchvision_builder(spec: dict, where: str) -> dict:
+  """What builds the ResNet of spec in torchvision (the export's 'torchvision' metadata):
+  {'block': 'BasicBlock' or 'Bottleneck', 'layers': blocks per stage, 'stem': 'cifar' or
+  'imagenet'} for torchvision.models.ResNet(getattr(torchvision.models.resnet, block), layers);
+  the CIFAR stem replaces conv1 by a 3x3 stride-1 convolution and maxpool by an identity. A width
+  other than 1 is refused with one line: torchvision's ResNet has fixed widths."""
+  if spec['width'] != 1:
+    raise UserError(f'{where} holds a {spec["model"]} at width {spec["width"]:g}, and torchvision\'s ResNet has '
+                    'the fixed widths of width 1 (64 to 512 channels, 2048 for a ResNet-50): export it with '
+                    'layout=\'flax\' (load_encoder reads it, in JAX) or pretrain at --config.width=1')
+  block, layers = models.ARCHITECTURES[spec['model']]
+  return {'block': 'BasicBlock' if block == 'basic' else 'Bottleneck', 'layers': list(layers), 'stem': spec['stem']}
+
+
+def timm_builder(spec: dict, module) -> dict:
+  """The keyword arguments of timm.models.vision_transformer.VisionTransformer that build the ViT
+  of spec (the export's 'timm' metadata): VisionTransformer(**meta['timm']) loads the export."""
+  vit = module.encoder
+  return {'img_size': int(spec['image_shape'][0]), 'patch_size': int(vit.patch_size), 'embed_dim': int(vit.dim),
+          'depth': int(vit.depth), 'num_heads': int(vit.heads), 'mlp_ratio': 4.0, 'qkv_bias': True,
+          'class_token': True, 'global_pool': 'token', 'num_classes': 0}
+
+
 def export_encoder(workdir, path, layout: str = 'flax', head_layer: int | None = None) -> str:
   """Writes the encoder of workdir's newest checkpoint to `path` (.safetensors); returns path.
   head_layer: the projector layers to include, as load_encoder takes it (default: the run's
   finetune_from_head_layer); layout='torchvision' holds the ResNet alone (head_layer 0)."""
-  from safetensors.numpy import save
   if layout not in LAYOUTS:
     raise UserError(f'export_encoder layout {layout!r} is unknown: use one of {", ".join(LAYOUTS)}')
   workdir, path = _as_path(workdir, 'export_encoder workdir'), _as_path(path, 'export_encoder path')
@@ -235,24 +265,35 @@ def export_encoder(workdir, path, layout: str = 'flax', head_layer: int | None =
     raise UserError(f'export_encoder workdir {workdir!r} is a file: pass the workdir of a run (an export is '
                     'already portable; load it with load_encoder)')
   target = _check_target(path)
-  encoder = load_encoder(workdir, head_layer)
+  load_encoder(workdir, head_layer).export(target, layout, where=repr(workdir))
+  return path
+
+
+def _export(encoder: Encoder, path: str, layout: str, where: str) -> str:
+  """Encoder.export: the arrays under the layout's names, the metadata, written atomically."""
+  from safetensors.numpy import save
+  if layout not in LAYOUTS:
+    raise UserError(f'export layout {layout!r} is unknown: use one of {", ".join(LAYOUTS)}')
+  target = _check_target(_as_path(path, 'export path'))
   spec = encoder.spec
   vit = models.is_vit(spec['model'])
   if layout != 'flax' and vit != (layout == 'timm'):
-    raise UserError(f'{workdir!r} holds a {spec["model"]}: export it with layout=\'{"timm" if vit else "torchvision"}\' '
+    raise UserError(f'{where} holds a {spec["model"]}: export it with layout=\'{"timm" if vit else "torchvision"}\' '
                     f'(layout={layout!r} is for {"ResNets" if vit else "ViTs"}), or layout=\'flax\'')
+  builder = {}
   if layout != 'flax':
     if spec.get('feature_layer'):
-      raise UserError(f'{workdir!r} includes {spec["feature_layer"]} projector layers (its finetune_from_head_layer), '
+      raise UserError(f'{where} includes {spec["feature_layer"]} projector layers (its finetune_from_head_layer), '
                       f'which {layout}\'s network does not have: export the encoder alone with '
                       f'export_encoder(..., layout={layout!r}, head_layer=0), or the layers too with layout=\'flax\'')
+    builder = {'timm': timm_builder(spec, encoder.module)} if vit else {'torchvision': torchvision_builder(spec, where)}
     tensors = (timm_state_dict if vit else torchvision_state_dict)(encoder.variables, spec)
   else:
     tensors = _flatten({c: encoder.variables[c] for c in ('params', 'batch_stats')})
   metadata = {k: spec[k] for k in ('model', 'width', 'stem', 'dtype', 'image_shape', 'feature_layer', 'projector',
                                    'patch_size') if k in spec}
   metadata.update(format=FORMAT, layout=layout, mean=list(encoder.mean), std=list(encoder.std),
-                  feature_dim=encoder.feature_dim, checksums={k: _crc(v) for k, v in tensors.items()})
+                  feature_dim=encoder.feature_dim, checksums={k: _crc(v) for k, v in tensors.items()}, **builder)
   data = save(tensors, metadata={k: json.dumps(v) for k, v in metadata.items()})
   folder = os.path.dirname(target)
   fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(target)}.', suffix='.tmp', dir=folder)

@@ -72,19 +72,6 @@ def test_export_refuses_targets_that_are_not_regular_files_and_leaves_nothing_be
   assert sorted(os.listdir(tmp_path)) == before  # no temporary file left
 
 
-def test_a_torchvision_export_names_every_array_as_torchvision_does(pretrained_workdir, tmp_path):
-  path = simclr_jax.export_encoder(str(pretrained_workdir), str(tmp_path / 'tv.safetensors'), layout='torchvision')
-  tensors = load_file(path)
-  assert tensors['conv1.weight'].shape == (8, 3, 3, 3)  # OIHW, width 0.125: 8 stem channels
-  assert tensors['layer2.0.downsample.0.weight'].shape == (16, 8, 1, 1)
-  assert {'bn1.weight', 'bn1.bias', 'bn1.running_mean', 'bn1.running_var', 'bn1.num_batches_tracked'} <= set(tensors)
-  assert tensors['bn1.num_batches_tracked'].dtype == np.int64
-  assert not any(k.startswith(('fc.', 'params/', 'batch_stats/')) for k in tensors)
-  assert len(tensors) == 5 * (1 + 2 * 4 + 3) + (1 + 2 * 4 + 3)  # torchvision's ResNet(BasicBlock, [1, 1, 1, 1]), no fc
-  with pytest.raises(UserError, match="layout='torchvision'"):
-    simclr_jax.load_encoder(path)
-
-
 def test_paths_and_head_layers_that_cannot_be_loaded_are_refused_with_one_line(pretrained_workdir, exported, tmp_path):
   cases = [
       (lambda: simclr_jax.load_encoder(None), 'load_encoder path is None (NoneType): pass the path of a simclr_jax workdir'),
