@@ -13,5 +13,5 @@ from simclr_jax.config_base import base_config, evaluator_config
 
 def get_config():
   c = base_config('pretrain', 'simclr')
-  c.evals.knn20 = evaluator_config('knn', every_epochs=10, k=20, temperature=0.1)
+  c.evals.knn20 = evaluator_config('knn', every_epochs=10, k=20)
   return c

@@ -82,7 +82,7 @@ def main(argv=None) -> int:
   from simclr_jax.train import compile_cache
   from simclr_jax.core import errors, interrupts
   from simclr_jax.report import comparison
-  from simclr_jax.stages import workdir as workdir_lib
+  from simclr_jax.stages import starts, workdir as workdir_lib
   interrupts.install()
   compile_cache.enable()  # the stages' programs, compiled once for every rerun  # SIGTERM or SIGINT: exit 75 with one line; the rerun resumes where it stopped
   from simclr_jax.main import train_and_evaluate
@@ -104,6 +104,7 @@ def main(argv=None) -> int:
   def run(config_name, name, key, **fields):
     config = load_config(config_name, {**common, 'batch_size': args.batch_size, **fields})
     workdir = os.path.join(args.workdir, name)
+    starts.fill(config)
     validate.validate_config(config)
     workdir_lib.prepare(workdir, config)
     print(f'== {name}', flush=True)

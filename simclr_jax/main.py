@@ -1,4 +1,5 @@
 """Command line: python -m simclr_jax.main --config=configs/pretrain.py --workdir=runs/pretrain
+               python -m simclr_jax.main --list   # methods and their recipe files, models, data sources, evaluators
 
 Overrides: --config.batch_size=1024. The config's `stage` picks pretraining or a classifier stage;
 a pretraining config's `method` picks the self-supervised method (configs/<method>.py).
@@ -40,6 +41,13 @@ def parse_flags(argv):
   --help and --helpfull print the flags and exit 0."""
   from simclr_jax.core import interrupts
   interrupts.install()  # SIGTERM or SIGINT from here on: exit 75 with one line, at any moment
+  if '--list' in argv[1:]:  # what exists: methods and their recipe files, models, data sources, evaluators
+    from simclr_jax.catalog import listing
+    try:
+      print(listing(), flush=True)
+    except BrokenPipeError:  # piped into head
+      pass
+    os._exit(0)
   if any(a in ('--help', '-h', '--helpshort', '--helpfull') for a in argv[1:]):
     try:
       print(__doc__)
@@ -64,10 +72,11 @@ def main(argv):
   from simclr_jax import validate
   from simclr_jax.train import compile_cache
   from simclr_jax.core import errors, interrupts
-  from simclr_jax.stages import workdir as workdir_lib
+  from simclr_jax.stages import starts, workdir as workdir_lib
   logging.set_verbosity(logging.ERROR)  # library warnings (TFDS, Orbax) stay off the terminal
   config = flags.FLAGS.config
   try:
+    taken = starts.fill(config)  # a downstream run's encoder (and unset data) from the run it starts from
     validate.validate_config(config)
     compile_cache.enable()  # a resume or a rerun of the same shapes compiles nothing
     import jax
@@ -75,6 +84,9 @@ def main(argv):
       jax.distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
                                  flags.FLAGS.process_id)
       interrupts.install()  # ours again: the runtime installs its own SIGTERM handler
+    if taken:
+      from simclr_jax.core.log import log
+      log(taken)
     with interrupts.phase('preparing the workdir'):
       workdir_lib.prepare(flags.FLAGS.workdir, config, fresh=flags.FLAGS.fresh)
     with interrupts.phase('loading the data'):

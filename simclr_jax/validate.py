@@ -14,6 +14,7 @@ from simclr_jax.data import registry
 from simclr_jax.data.augment import AugmentSettings
 from simclr_jax.core.errors import ConfigError
 from simclr_jax.core.parallel import nearest_divisor
+from simclr_jax.stages import starts
 from simclr_jax.models import DTYPE_CHOICES, MODELS, STEMS, is_vit
 from simclr_jax.train.optim import TRUST_RATIOS
 
@@ -60,6 +61,11 @@ def validate_config(config) -> None:
   """Checks names, ranges and cross-field rules; the type of each field is checked by ml_collections."""
   if config.get('stage') == 'pretrain' and config.get('method') not in methods.NAMES:
     _fail('method', config.get('method'), f'use one of {", ".join(methods.NAMES)}')
+  starts.start_of(config)  # init_from, distill's teacher_from
+  for key in starts.ENCODER + starts.DATA:
+    if key in config and config[key] is None:
+      _fail(key, None, 'the field is unset: stages.starts.fill(config) takes it from init_from (the command line '
+            'does), or set it')
   reference = config_base.reference_config(config)
   extra = [k for k in config.keys() if k not in reference]
   missing = [k for k in reference.keys() if k not in config]
@@ -128,13 +134,7 @@ def validate_config(config) -> None:
     for name, value in config.items():  # view2 and a method's own view fields (local_view)
       if isinstance(value, ml_collections.ConfigDict) and set(value.keys()) == set(AugmentSettings._fields):
         _validate_augment(name, {k: v for k, v in value.items() if v is not None}, partial=True)
-  if config.stage in config_base.DOWNSTREAM and not config.init_from:
-    _fail('init_from', config.init_from, f'{config.stage} needs a pretraining workdir or checkpoint '
-          'directory: set --config.init_from=runs/pretrain')
   if config.stage == 'distill':
-    if not config.teacher_from:
-      _fail('teacher_from', config.teacher_from, 'distill needs a fine-tuned teacher: set '
-            '--config.teacher_from=runs/finetune')
     if not config.distill_temperature > 0:
       _fail('distill_temperature', config.distill_temperature, 'use a temperature above 0 (1.0 as in SimCLR v2)')
     if not 0 <= config.distill_label_weight <= 1:

@@ -119,8 +119,14 @@ def tiny_config(stage: str = 'pretrain', **fields):
   return apply_overrides(config, {**tiny_fields(config.stage), **fields})
 
 
+# The fields a downstream stage leaves unset (stages.starts takes them from init_from): set here, so
+# that a tiny downstream run is the same config whether or not its start is read (test_starts tests that).
+STARTS = {'stem': 'auto', 'patch_size': 4, 'image_size': 0}
+
+
 def tiny_fields(stage: str) -> dict:
-  return {**TINY, **(TINY_PRETRAIN if stage == 'pretrain' else {})}
+  return {**TINY, **(TINY_PRETRAIN if stage == 'pretrain' else {}),
+          **(STARTS if stage in ('finetune', 'linear_eval', 'distill') else {})}
 
 
 def _stage_of(name: str) -> str:
@@ -135,7 +141,7 @@ SMALL = {'model': 'resnet10', 'train_limit': 256, 'projection_dims': (64, 32), '
          'evals.knn.every_epochs': -1, 'evals.online_linear.every_epochs': -1, **MECHANICS}
 # A ViT for quick tests: vit_nano (4 blocks) at width 0.125 (24 dims, 3 heads) on 32 px images cut
 # into 64 patches of 4 px ('name@vit' in the method checks: a method's small config on it); MAE's
-# decoder one block of 32 dims.
+# decoder one block of 32 dims (decoder_dim 256 at width 1, scaled by the width as the encoder).
 VIT_NANO = {'model': 'vit_nano', 'width': 0.125, 'patch_size': 4}
 HEADS = {'simclr': {'online_probe_learning_rate': 1e-3},
          'mocov3': {'predictor_dims': (64, 32)}, 'byol': {'predictor_dims': (64, 32)},
@@ -157,7 +163,7 @@ HEADS = {'simclr': {'online_probe_learning_rate': 1e-3},
          # SGD rather than the recipe's AdamW: Adam's first step moves every weight by about the learning
          # rate whatever its gradient's size, so the weights whose gradients cancel to rounding move by
          # +-lr on either device count (measured: 1.8% of the change), which says nothing of the method.
-         'mae': {**VIT_NANO, 'decoder_dim': 32, 'decoder_depth': 1, 'decoder_heads': 4, 'optimizer': 'sgd',
+         'mae': {**VIT_NANO, 'decoder_dim': 256, 'decoder_depth': 1, 'decoder_heads': 4, 'optimizer': 'sgd',
                  'learning_rate': 0.3}}
 
 
@@ -168,17 +174,18 @@ def small_config(name, **fields):
   return tiny_config(name, **{**small, **HEADS.get(name, {}), **(VIT_NANO if backbone == 'vit' else {}), **fields})
 
 
-def cli_args(stage: str, workdir, **fields) -> list:
+def cli_args(stage: str, workdir, tiny: bool = True, **fields) -> list:
+  """The command line of a run of configs/<stage>.py: the tiny settings (unless tiny=False) and fields."""
   args = [sys.executable, '-m', 'simclr_jax.main', f'--config={config_file(stage)}', f'--workdir={workdir}']
-  for key, value in {**tiny_fields(_stage_of(stage)), **fields}.items():
+  for key, value in {**(tiny_fields(_stage_of(stage)) if tiny else {}), **fields}.items():
     args.append(f'--config.{key}={value}')
   return args
 
 
-def run_cli(stage: str, workdir, *extra, timeout=600, env=None, **fields) -> subprocess.CompletedProcess:
+def run_cli(stage: str, workdir, *extra, timeout=600, env=None, tiny=True, **fields) -> subprocess.CompletedProcess:
   """Runs the CLI in a subprocess; returns the completed process (stdout and stderr as text)."""
   full_env = {**os.environ, **(env or {})}
-  return subprocess.run(cli_args(stage, workdir, **fields) + list(extra), cwd=ROOT, env=full_env,
+  return subprocess.run(cli_args(stage, workdir, tiny, **fields) + list(extra), cwd=ROOT, env=full_env,
                         capture_output=True, text=True, timeout=timeout)
 
 
@@ -311,7 +318,8 @@ def run_in_process(config, workdir, stop_at_step=None):
   """Any stage of a config as the CLI runs it (workdir checks, data, loop), in this process;
   with stop_at_step, stopped by a SIGTERM just before that step (Preempted is raised)."""
   from simclr_jax import main
-  from simclr_jax.stages import workdir as workdir_lib
+  from simclr_jax.stages import starts, workdir as workdir_lib
+  starts.fill(config)
   workdir_lib.prepare(str(workdir), config)
   with sigterm_before_step(stop_at_step) if stop_at_step else contextlib.nullcontext():
     return main.train_and_evaluate(config, str(workdir))

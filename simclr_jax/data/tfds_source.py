@@ -85,6 +85,10 @@ OFFLINE_HINT = ('or point --config.data_dir at a folder that holds it prepared (
 
 
 def _download_and_prepare(builder, name: str) -> None:
+  import importlib.util
+  if importlib.util.find_spec('tensorflow') is None:  # reading prepared data needs none; TFDS's builders do
+    raise DataError(f'dataset {name!r} is not prepared in {builder.data_dir}, and preparing it needs TensorFlow, '
+                    f'which is not installed: pip install tensorflow-cpu, {OFFLINE_HINT}')
   if not _network_available():
     raise DataError(
         f'dataset {name!r} is not prepared in {builder.data_dir} and there is no network to '

@@ -3,7 +3,7 @@
     spec = (Crops('global', 0, (first, second)), Crops('local', 16, (local,) * 6))  # 2 x 32 px + 6 x 16 px
     views = make_views(key, images_uint8, spec)   # {'global': [2, B, 32, 32, 3], 'local': [6, B, 16, 16, 3]}
     two_views(first, second)                     # the two same-size views of SimCLR, BYOL, ...
-    count(spec), names(spec)
+    count(spec), names(spec), describe(spec, 32)  # '2 x 32 px + 6 x 16 px'
     config.view2 = overrides_config()            # a view's differences from config.augment
     second = augment.overridden(first, config.view2)  # AugmentSettings with them
 
@@ -58,6 +58,11 @@ def count(spec) -> int:
 
 def names(spec) -> tuple:
   return tuple(g.name for g in spec)
+
+
+def describe(spec, image_size: int) -> str:
+  """'2 x 32 px + 6 x 18 px': each group's crops and their size, for the model line."""
+  return ' + '.join(f'{g.count} x {g.size or image_size} px' for g in spec)
 
 
 def make_views(key: jax.Array, images: jax.Array, spec) -> dict:

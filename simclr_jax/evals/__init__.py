@@ -8,7 +8,7 @@
 config.evals.<name> = evaluator_config('knn', every_epochs=10, k=200) (config_base): the type
 picks the class (TYPES), several instances of one type may run (kNN at k=20 and at k=200), and
 each figure is '<name>_<metric>' with the protocol of its type. A new evaluator is one class
-here (type, protocol, label, metrics, __call__) and one config line.
+here (type, protocol, label, metrics, FIELDS with their defaults, evaluate(ctx)) and one config line.
 """
 from __future__ import annotations
 
@@ -92,6 +92,7 @@ class Evaluator:
   protocol = ''
   requires = ('labels',)
   metrics = ('top1',)
+  FIELDS: dict = {}  # the type's own config fields: name -> (default, what it means)
 
   def __init__(self, name: str, cfg):
     self.name, self.every_epochs = name, int(cfg.every_epochs)
@@ -112,6 +113,8 @@ class Evaluator:
 class KnnEvaluator(Evaluator):
   """kNN top-1 of the test split against the training split on normalised features."""
   type, protocol = 'knn', 'knn'
+  FIELDS = {'k': (200, 'the neighbours that vote'),
+            'temperature': (0.1, "each neighbour's vote is exp(similarity / temperature)")}
 
   def __init__(self, name, cfg):
     super().__init__(name, cfg)
@@ -144,6 +147,9 @@ class LinearEvaluator(Evaluator):
   type, protocol = 'linear', 'features'
   metrics = ('top1', 'weight_decay')
   label = 'linear probe on frozen features'
+  FIELDS = {'weight_decays': ((1e-6, 1e-5, 1e-4, 1e-3, 1e-2), 'the decays tried, the best on a held-out tenth of '
+                              'the training split'),
+            'steps': (500, 'optimiser steps of each fit')}
 
   def __init__(self, name, cfg):
     super().__init__(name, cfg)

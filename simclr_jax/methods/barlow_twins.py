@@ -25,7 +25,9 @@ def cross_correlation_loss(z1, z2, lambd: float):
 
 class BarlowTwins(Method):
   NAME = 'barlow_twins'
-  FIELDS = {**Method.FIELDS, 'lambd': Field(0.0051, positive), 'loss_scale': Field(0.1, positive)}
+  PAPER = 'Zbontar et al. 2021, Barlow Twins'
+  FIELDS = {**Method.FIELDS, 'lambd': Field(0.0051, positive, doc='the weight of the off-diagonal terms'),
+            'loss_scale': Field(0.1, positive, doc="the factor on the whole loss (solo-learn's scale_loss)")}
 
   def projector(self, dtype):
     """Linear-BN-ReLU layers, the last a plain Linear (the paper's projector)."""

@@ -74,6 +74,12 @@ def check_queue_size(config) -> None:
          f'use a multiple of batch_size={config.batch_size} (a whole batch replaces the oldest rows each step)')
 
 
+def fifo_queue(rows: int, batch_size: int) -> Queue:
+  """A first-in-first-out queue of `rows` that takes a whole global batch each step and is read
+  from the first step (MoCo v2+'s keys, NNCLR's support set)."""
+  return Queue(rows, -(-rows // batch_size))
+
+
 def enqueue(queue, pointer, rows):
   """(queue with `rows` [..., B, D] written at rows pointer..pointer + B of queue [..., K, D], the
   next pointer): first in, first out, the oldest rows out (check_queue_size keeps K a multiple of B)."""
@@ -83,11 +89,23 @@ def enqueue(queue, pointer, rows):
 
 
 class Field(NamedTuple):
-  """A config field a method adds: its default, a check of its value (value -> '' or the fix), and
-  whether it defines a run (a workdir resumes only with the value it was trained with)."""
+  """A config field a method adds: its default, a check of its value (value -> '' or the fix),
+  whether it defines a run (a workdir resumes only with the value it was trained with), and what
+  it means (the configuration reference; a field taken from a base class with another default
+  keeps its doc)."""
   default: Any
   check: Callable | None = None
   defines_run: bool = False
+  doc: str = ''
+
+
+class Queue(NamedTuple):
+  """A method's queue of past embeddings (Method.queue): its rows, the step from which every row
+  holds an embedding of this run (its initial rows pushed out), and the step from which the loss
+  reads it."""
+  rows: int
+  full_at: int
+  used_from: int = 0
 
 
 class Group(NamedTuple):
@@ -135,7 +153,10 @@ def probe_view(out: dict):
 
 class Method:
   NAME = ''
-  FIELDS: dict = {'projection_dims': Field((2048, 128), layer_sizes, defines_run=True)}
+  PAPER = ''  # authors, year, title (the --list and the configuration reference)
+  FIELDS: dict = {'projection_dims': Field((2048, 128), layer_sizes, defines_run=True,
+                                           doc="the projector's layer sizes (any depth; the last is the embedding the "
+                                               "loss reads)")}
   # Each view through the network on its own (BatchNorm statistics per view), as the authors' code
   # of MoCo v3, BYOL, SimSiam, Barlow Twins and VICReg and solo-learn do; SimCLR's reference runs
   # both views as one batch.
@@ -144,6 +165,7 @@ class Method:
   def __init__(self, config, total_steps: int = 1):
     self.config = {k: config[k] for k in ('finetune_from_head_layer', *self.FIELDS)}
     self.chunks = config.batch_chunks  # the step's batch in chunks (core.chunks): its target networks' too
+    self.batch_size = config.batch_size  # the global batch (a queue takes one each step)
     self.total_steps = max(1, total_steps)
     self.steps_per_epoch = max(1, round(self.total_steps / config.epochs))  # for fields in epochs
 
@@ -215,6 +237,17 @@ class Method:
     return {}
 
   # State beyond params and optimiser, and its update inside the compiled step.
+  def queue(self) -> Queue | None:
+    """The method's queue of past embeddings, if it keeps one (the model line names it; a notice
+    says when the run ends before it is full)."""
+    return None
+
+  def describe(self) -> list:
+    """What the model line adds for this method (its queue, a decoder's size)."""
+    q = self.queue()
+    return [f'queue of {q.rows:,} rows full at step {q.full_at:,}'
+            + (f' and used from step {q.used_from:,}' if q.used_from > q.full_at else '')] if q else []
+
   def init_state(self, variables: dict) -> dict:
     return {}
 
@@ -235,9 +268,13 @@ class MultiCrop(Method):
   by local_view (an AugmentSettings override, as view2: the crops' scale range, their strengths);
   local_crops=0 trains on the two global views alone. Mix it in before the method's base class:
   class DINO(MultiCrop, MomentumMethod)."""
-  FIELDS = {**Method.FIELDS, 'local_crops': Field(0, whole_number, defines_run=True),
-            'local_crop_size': Field(18, positive, defines_run=True),
-            'local_view': Field(views_lib.overrides_config(crop_scale=(0.08, 0.5)))}
+  FIELDS = {**Method.FIELDS,
+            'local_crops': Field(0, whole_number, defines_run=True,
+                                 doc='multi-crop: how many small crops beside the two global views (0: none)'),
+            'local_crop_size': Field(18, positive, defines_run=True, doc="multi-crop: the small crops' size in px"),
+            'local_view': Field(views_lib.overrides_config(crop_scale=(0.08, 0.5)),
+                                doc="multi-crop: the small crops' differences from augment (as view2 is the second "
+                                    "view's), e.g. local_view.crop_scale")}
 
   @classmethod
   def cross_check(cls, config) -> None:
@@ -266,7 +303,10 @@ class MomentumMethod(Method):
   tau = final - (final - base) * (cos(pi * k / K) + 1) / 2, and after the optimiser step the
   target's parameters become tau * target + (1 - tau) * online. Its BatchNorm statistics come from
   its own forward passes in training mode, as in BYOL's and solo-learn's code."""
-  FIELDS = {**Method.FIELDS, 'base_tau': Field(0.99, unit_or_less), 'final_tau': Field(1.0, unit_or_less)}
+  FIELDS = {**Method.FIELDS,
+            'base_tau': Field(0.99, unit_or_less,
+                              doc="the EMA target's decay at the first step (it rises on a cosine to final_tau)"),
+            'final_tau': Field(1.0, unit_or_less, doc="the EMA target's decay at the last step")}
   TARGET = ('encoder', 'projector')
 
   @classmethod

@@ -17,7 +17,9 @@ def regression(p, t):
 
 class BYOL(MomentumMethod):
   NAME = 'byol'
-  FIELDS = {**MomentumMethod.FIELDS, 'predictor_dims': Field((4096, 256), layer_sizes, defines_run=True)}
+  PAPER = 'Grill et al. 2020, Bootstrap Your Own Latent'
+  FIELDS = {**MomentumMethod.FIELDS,
+            'predictor_dims': Field((4096, 256), layer_sizes, defines_run=True, doc="the predictor's layer sizes")}
 
   def projector(self, dtype):
     """Linear-BN-ReLU-Linear (the paper's MLP)."""

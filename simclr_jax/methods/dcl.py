@@ -48,9 +48,12 @@ def dcl(z1: jax.Array, z2: jax.Array, temperature: float = 0.1, sigma: float = 0
 
 class DCL(SimCLR):
   NAME = 'dcl'
+  PAPER = 'Yeh et al. 2022, Decoupled Contrastive Learning'
   # SimCLR's fields but its NT-Xent clamp; its temperature at the paper's and lightly's 0.1.
   FIELDS = {**{k: v for k, v in SimCLR.FIELDS.items() if k != 'clamp_similarity'},
-            'temperature': Field(0.1, positive), 'dcl_sigma': Field(0.0, non_negative, defines_run=True)}
+            'temperature': Field(0.1, positive, doc='the temperature'),
+            'dcl_sigma': Field(0.0, non_negative, defines_run=True,
+                               doc='0: DCL; > 0: DCLW, each positive weighted by 2 - exp(s/sigma) / mean exp(s/sigma)')}
 
   def loss(self, model, out, state, views, step, params=None):
     z1, z2 = out['global']['projection']

@@ -72,19 +72,27 @@ def dino_loss(student, teacher, center, student_temperature, teacher_temperature
 
 class DINO(MultiCrop, MomentumMethod):
   NAME = 'dino'
+  PAPER = 'Caron et al. 2021, Emerging Properties in Self-Supervised Vision Transformers (DINO)'
   PER_VIEW_BATCHNORM = False
   # Defaults: the paper's (section 3.1 and appendix: the teacher temperature's warm-up from 0.04 to
   # 0.07 over 30 epochs, tau 0.996 -> 1, the prototypes frozen for the first epoch); configs/dino.py
   # sets lightly's CIFAR-10 recipe.
   FIELDS = {**MomentumMethod.FIELDS, **MultiCrop.FIELDS,
             'projection_dims': Field((2048, 2048, 256), layer_sizes, defines_run=True),
-            'num_prototypes': Field(65536, positive, defines_run=True),
-            'head_norm': Field(False, defines_run=True),
+            'num_prototypes': Field(65536, positive, defines_run=True,
+                                    doc="the weight-normalised prototypes of the last layer (the head's output size)"),
+            'head_norm': Field(False, defines_run=True, doc="BatchNorm in the head's hidden layers"),
             'base_tau': MomentumMethod.FIELDS['base_tau']._replace(default=0.996),
-            'student_temperature': Field(0.1, positive), 'teacher_temperature': Field(0.07, positive),
-            'warmup_teacher_temperature': Field(0.04, positive),
-            'warmup_teacher_temperature_epochs': Field(30, whole_number),
-            'center_momentum': Field(0.9, unit_interval), 'freeze_prototypes_epochs': Field(1, whole_number)}
+            'student_temperature': Field(0.1, positive, doc="the student's softmax temperature"),
+            'teacher_temperature': Field(0.07, positive, doc="the teacher's softmax temperature after its warm-up"),
+            'warmup_teacher_temperature': Field(0.04, positive, doc="the teacher's temperature at the first step"),
+            'warmup_teacher_temperature_epochs': Field(30, whole_number,
+                                                       doc="epochs over which the teacher's temperature rises "
+                                                           "linearly to teacher_temperature"),
+            'center_momentum': Field(0.9, unit_interval, doc="the momentum of the teacher outputs' centre"),
+            'freeze_prototypes_epochs': Field(1, whole_number,
+                                              doc='the prototypes left alone for the first epochs (their updates and '
+                                                  'momentum held)')}
 
   @classmethod
   def cross_check(cls, config) -> None:

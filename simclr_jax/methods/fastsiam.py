@@ -32,8 +32,11 @@ def fastsiam_loss(p, z):
 
 class FastSiam(SimSiam):
   NAME = 'fastsiam'
-  FIELDS = {**SimSiam.FIELDS, 'num_views': Field(4, at_least_two, defines_run=True),
-            'predictor_constant_lr': Field(False)}
+  PAPER = 'Pototzky, Sultan, Schmidt-Thieme 2022, FastSiam'
+  FIELDS = {**SimSiam.FIELDS,
+            'num_views': Field(4, at_least_two, defines_run=True,
+                               doc="the views of each image (each predicts the mean of the others')"),
+            'predictor_constant_lr': Field(False, doc='the predictor at the peak learning rate throughout')}
 
   def views(self, first, second) -> tuple:
     """num_views same-size views of every image, all with the first view's settings (the paper's

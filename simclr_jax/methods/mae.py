@@ -16,7 +16,9 @@ keeps its key wherever it goes, so the masks are the same on any number of devic
 number of chunks (config.batch_chunks). The encoder's
 features for evaluation and downstream stages are the class token of the whole, unmasked image.
 Needs a ViT (config.model vit_*); the decoder's position embeddings are learned (the paper's are
-fixed sine-cosine ones).
+fixed sine-cosine ones). decoder_dim is the decoder's width for an encoder at width 1: config.width
+scales it as it scales the encoder's embedding (heads and depth kept), so a narrow test run has a
+narrow decoder (vit_nano at width 0.125: 8 blocks of 64 rather than 512).
 """
 from __future__ import annotations
 
@@ -120,9 +122,23 @@ class MAEModel(nn.Module):
 
 class MAE(Method):
   NAME = 'mae'
-  FIELDS = {'mask_ratio': Field(0.75, fraction_below_one, defines_run=True),
-            'decoder_dim': Field(512, positive, defines_run=True), 'decoder_depth': Field(8, positive, defines_run=True),
-            'decoder_heads': Field(16, positive, defines_run=True), 'norm_pix_loss': Field(True)}
+  PAPER = 'He et al. 2022, Masked Autoencoders Are Scalable Vision Learners'
+  FIELDS = {'mask_ratio': Field(0.75, fraction_below_one, defines_run=True,
+                                doc="the share of each image's patches hidden"),
+            'decoder_dim': Field(512, positive, defines_run=True,
+                                 doc="the decoder's width for an encoder at width 1 (config.width scales it, heads "
+                                     "kept)"),
+            'decoder_depth': Field(8, positive, defines_run=True, doc="the decoder's blocks"),
+            'decoder_heads': Field(16, positive, defines_run=True, doc="the decoder's attention heads"),
+            'norm_pix_loss': Field(True,
+                                   doc="each target patch normalised by its own mean and variance (the paper's Table "
+                                       "1d)")}
+
+  def __init__(self, config, total_steps: int = 1):
+    super().__init__(config, total_steps)
+    # The decoder's width follows the encoder's (config.width scales both; heads kept, as models.vit scales them).
+    dim, heads = self.config['decoder_dim'], self.config['decoder_heads']
+    self.decoder_width = max(heads, int(round(dim * config.width / heads)) * heads)
 
   @classmethod
   def cross_check(cls, config) -> None:
@@ -144,9 +160,14 @@ class MAE(Method):
     return lambda key, images: {**make(key, images), 'mask_keys': jax.random.split(
         jax.random.fold_in(key, MASK_STREAM), images.shape[0])[None]}
 
+  def describe(self) -> list:
+    c = self.config
+    return [f'decoder {c["decoder_depth"]} x {self.decoder_width} ({c["decoder_heads"]} heads; decoder_dim '
+            f'{c["decoder_dim"]} at width 1)']
+
   def make_model(self, encoder, probe_classes: int = 0) -> MAEModel:
     c = self.config
-    return MAEModel(encoder=encoder, decoder_dim=c['decoder_dim'], decoder_depth=c['decoder_depth'],
+    return MAEModel(encoder=encoder, decoder_dim=self.decoder_width, decoder_depth=c['decoder_depth'],
                     decoder_heads=c['decoder_heads'], mask_ratio=c['mask_ratio'], probe_classes=probe_classes)
 
   def forward(self, model, variables: dict, inputs: dict):

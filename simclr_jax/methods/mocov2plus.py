@@ -16,8 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from simclr_jax.methods.base import (Field, MomentumMethod, check_queue_size, enqueue, l2_normalize, layer_sizes,
-                                     positive)
+from simclr_jax.methods.base import (Field, MomentumMethod, check_queue_size, enqueue, fifo_queue, l2_normalize,
+                                     layer_sizes, positive)
 
 
 def queue_infonce(q, k, queue, temperature: float):
@@ -30,13 +30,20 @@ def queue_infonce(q, k, queue, temperature: float):
 
 class MoCoV2Plus(MomentumMethod):
   NAME = 'mocov2plus'
+  PAPER = 'Chen, Fan, Girshick, He 2020, Improved Baselines with Momentum Contrastive Learning'
   FIELDS = {**MomentumMethod.FIELDS, 'projection_dims': Field((2048, 256), layer_sizes, defines_run=True),
-            'temperature': Field(0.2, positive), 'queue_size': Field(32768, positive, defines_run=True)}
+            'temperature': Field(0.2, positive, doc="InfoNCE's temperature"),
+            'queue_size': Field(32768, positive, defines_run=True,
+                                doc="the keys in each view's queue (a multiple of batch_size; full after queue_size / "
+                                    "batch_size steps)")}
 
   @classmethod
   def cross_check(cls, config) -> None:
     super().cross_check(config)
     check_queue_size(config)
+
+  def queue(self):
+    return fifo_queue(self.config['queue_size'], self.batch_size)
 
   def init_state(self, variables: dict) -> dict:
     dims = self.config['projection_dims'][-1]

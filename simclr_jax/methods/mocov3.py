@@ -22,8 +22,11 @@ def contrastive(q, k, temperature: float):
 
 class MoCoV3(MomentumMethod):
   NAME = 'mocov3'
-  FIELDS = {**MomentumMethod.FIELDS, 'temperature': Field(0.2, positive),
-            'predictor_dims': Field((4096, 256), layer_sizes, defines_run=True)}
+  PAPER = 'Chen, Xie, He 2021, An Empirical Study of Training Self-Supervised Vision Transformers'
+  FIELDS = {**MomentumMethod.FIELDS,
+            'temperature': Field(0.2, positive,
+                                 doc="InfoNCE's temperature (the loss is scaled by 2T, as the authors')"),
+            'predictor_dims': Field((4096, 256), layer_sizes, defines_run=True, doc="the predictor's layer sizes")}
 
   def projector(self, dtype):
     """Linear-BN-ReLU-Linear-BN without affine (solo-learn's and the authors' ResNet head)."""

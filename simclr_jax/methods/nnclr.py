@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import optax
 
 from simclr_jax import models
-from simclr_jax.methods.base import Field, Method, check_queue_size, enqueue, l2_normalize, layer_sizes, positive
+from simclr_jax.methods.base import (Field, Method, check_queue_size, enqueue, fifo_queue, l2_normalize, layer_sizes,
+                                     positive)
 
 
 def nearest_neighbours(z, support):
@@ -41,9 +42,13 @@ def nnclr_loss(anchors, predictions, temperature: float):
 
 class NNCLR(Method):
   NAME = 'nnclr'
+  PAPER = 'Dwibedi et al. 2021, With a Little Help from My Friends (NNCLR)'
   FIELDS = {**Method.FIELDS, 'projection_dims': Field((2048, 2048, 256), layer_sizes, defines_run=True),
-            'predictor_dims': Field((4096, 256), layer_sizes, defines_run=True),
-            'temperature': Field(0.2, positive), 'queue_size': Field(65536, positive, defines_run=True)}
+            'predictor_dims': Field((4096, 256), layer_sizes, defines_run=True, doc="the predictor's layer sizes"),
+            'temperature': Field(0.2, positive, doc="InfoNCE's temperature"),
+            'queue_size': Field(65536, positive, defines_run=True,
+                                doc="the support set's rows (a multiple of batch_size; full after queue_size / "
+                                    "batch_size steps)")}
 
   @classmethod
   def cross_check(cls, config) -> None:
@@ -57,6 +62,9 @@ class NNCLR(Method):
   def predictor(self, dtype):
     """Linear-BN-ReLU-Linear."""
     return models.MLPHead(tuple(self.config['predictor_dims']), norm=True, dtype=dtype)
+
+  def queue(self):
+    return fifo_queue(self.config['queue_size'], self.batch_size)
 
   def init_state(self, variables: dict) -> dict:
     dims = self.config['projection_dims'][-1]

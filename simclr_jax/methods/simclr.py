@@ -40,8 +40,14 @@ def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float = 0.5, clamp_simila
 
 class SimCLR(Method):
   NAME = 'simclr'
-  FIELDS = {**Method.FIELDS, 'temperature': Field(0.5, positive), 'clamp_similarity': Field(False),
-            'projector_norm': Field(False, defines_run=True)}
+  PAPER = 'Chen et al. 2020, A Simple Framework for Contrastive Learning of Visual Representations'
+  FIELDS = {**Method.FIELDS, 'temperature': Field(0.5, positive, doc="NT-Xent's temperature"),
+            'clamp_similarity': Field(False,
+                                      doc='clamp cosine similarities at 1e-7 before the temperature, as the PyTorch '
+                                          'write-up does (it removes the gradient of negatively similar pairs)'),
+            'projector_norm': Field(False, defines_run=True,
+                                    doc="SimCLR v2's head: BatchNorm after each layer (the last without bias and "
+                                        "centring)")}
   PER_VIEW_BATCHNORM = False  # both views as one batch, as the PyTorch reference and google-research/simclr
 
   def projector(self, dtype) -> models.MLPHead:

@@ -18,8 +18,13 @@ def negative_cosine(p, z):
 
 class SimSiam(Method):
   NAME = 'simsiam'
-  FIELDS = {**Method.FIELDS, 'predictor_dims': Field((512, 2048), layer_sizes, defines_run=True),
-            'predictor_constant_lr': Field(True)}
+  PAPER = 'Chen, He 2021, Exploring Simple Siamese Representation Learning'
+  FIELDS = {**Method.FIELDS,
+            'predictor_dims': Field((512, 2048), layer_sizes, defines_run=True,
+                                    doc="the predictor's layer sizes (a bottleneck)"),
+            'predictor_constant_lr': Field(True,
+                                           doc="the predictor at the peak learning rate throughout (the paper's "
+                                               "section 4.4)")}
 
   def projector(self, dtype):
     """Three Linear-BN layers, ReLU between them, the last BN without affine (the paper's

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from simclr_jax import models
-from simclr_jax.methods.base import (Field, Group, Method, MultiCrop, fail, l2_normalize, layer_sizes, positive,
+from simclr_jax.methods.base import (Field, Group, Method, MultiCrop, Queue, fail, l2_normalize, layer_sizes, positive,
                                      whole_number)
 
 
@@ -62,12 +62,19 @@ class SwAVScores(nn.Module):
 
 class SwAV(MultiCrop, Method):
   NAME = 'swav'
+  PAPER = 'Caron et al. 2020, Unsupervised Learning of Visual Features by Contrasting Cluster Assignments'
   PER_VIEW_BATCHNORM = False
   FIELDS = {**MultiCrop.FIELDS, 'projection_dims': Field((2048, 128), layer_sizes, defines_run=True),
-            'num_prototypes': Field(3000, positive, defines_run=True), 'temperature': Field(0.1, positive),
-            'sinkhorn_iterations': Field(3, positive), 'sinkhorn_epsilon': Field(0.05, positive),
-            'queue_size': Field(3840, whole_number, defines_run=True), 'queue_start_epochs': Field(50, whole_number),
-            'freeze_prototypes_epochs': Field(2, whole_number)}
+            'num_prototypes': Field(3000, positive, defines_run=True, doc='the prototypes (unit columns)'),
+            'temperature': Field(0.1, positive, doc="the swapped prediction's softmax temperature"),
+            'sinkhorn_iterations': Field(3, positive, doc="Sinkhorn-Knopp's iterations"),
+            'sinkhorn_epsilon': Field(0.05, positive, doc="Sinkhorn-Knopp's entropy regularisation"),
+            'queue_size': Field(3840, whole_number, defines_run=True,
+                                doc='past embeddings queued per global view (0: no queue); read once full and from '
+                                    'queue_start_epochs'),
+            'queue_start_epochs': Field(50, whole_number,
+                                        doc='the epoch from which the queue joins the Sinkhorn-Knopp'),
+            'freeze_prototypes_epochs': Field(2, whole_number, doc='the prototypes left alone for the first epochs')}
 
   @classmethod
   def cross_check(cls, config) -> None:
@@ -86,6 +93,15 @@ class SwAV(MultiCrop, Method):
 
   def param_groups(self) -> dict:
     return {'predictor': Group(frozen_steps=self.config['freeze_prototypes_epochs'] * self.steps_per_epoch)}
+
+  def queue(self):
+    """Full once it holds queue_size rows of pushed embeddings; read from then, and from epoch
+    queue_start_epochs."""
+    rows = self.config['queue_size']
+    if not rows:
+      return None
+    full = -(-rows // self.batch_size)
+    return Queue(rows, full, max(full, self.config['queue_start_epochs'] * self.steps_per_epoch))
 
   def init_state(self, variables: dict) -> dict:
     if not self.config['queue_size']:

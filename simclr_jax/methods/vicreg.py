@@ -26,8 +26,10 @@ def covariance(z):
 
 class VICReg(Method):
   NAME = 'vicreg'
-  FIELDS = {**Method.FIELDS, 'sim_weight': Field(25.0, non_negative), 'var_weight': Field(25.0, non_negative),
-            'cov_weight': Field(1.0, non_negative)}
+  PAPER = 'Bardes, Ponce, LeCun 2022, VICReg'
+  FIELDS = {**Method.FIELDS, 'sim_weight': Field(25.0, non_negative, doc="the invariance term's weight"),
+            'var_weight': Field(25.0, non_negative, doc="the variance term's weight (summed over both branches)"),
+            'cov_weight': Field(1.0, non_negative, doc="the covariance term's weight (summed over both branches)")}
 
   def projector(self, dtype):
     """Linear-BN-ReLU layers, the last a plain Linear (the paper's expander)."""

@@ -1,7 +1,7 @@
 """Vision Transformers (Dosovitskiy et al. 2021) as encoders: patches embedded by a strided
 convolution, a class token, learned position embeddings, pre-norm blocks (LayerNorm, multi-head
 self-attention, LayerNorm, a GELU MLP), a final LayerNorm, and the class token's features out.
-The layout is timm's VisionTransformer (global_pool='token'), so export.py writes its state dict.
+The layout is timm's VisionTransformer (global_pool='token'), so trained_encoder writes its state dict.
 
     encoder = ViT(dim=192, depth=12, heads=3, patch_size=4, image_size=32)   # vit_tiny on CIFAR
     encoder = make_vit('vit_small', width=1.0, dtype='float32', patch_size=4, image_size=32)

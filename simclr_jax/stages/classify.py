@@ -26,7 +26,7 @@ from simclr_jax.train import checkpoint
 from simclr_jax.core import interrupts
 from simclr_jax.train import optim
 from simclr_jax.core import parallel
-from simclr_jax.stages import runner
+from simclr_jax.stages import runner, starts
 from simclr_jax.train import loop
 from simclr_jax.train.step import TrainState, make_train_step
 from simclr_jax.core.errors import CheckpointError
@@ -34,12 +34,11 @@ from simclr_jax.evals import EvalContext, TYPES, make_evaluators
 from simclr_jax.models.losses import classification_loss, top1
 from simclr_jax.train.metric_writer import write_results
 
-ENCODER_FIELDS = ('model', 'width', 'stem', 'patch_size')  # patch_size: a ViT's
 
 
 def restore_pretrained(init_from: str, wanted: dict, head_layer: int) -> tuple[dict, dict]:
   """(the encoder variables of init_from, with its projector's first head_layer layers; its
-  meta['model']). wanted: this run's encoder_spec (its ENCODER_FIELDS are compared); errors name
+  meta['model']). wanted: this run's encoder_spec (starts.check_encoder compares it); errors name
   what differs."""
   variables, meta = checkpoint.restore_encoder(init_from, head_layers=head_layer)
   saved = meta.get('config', {})
@@ -48,12 +47,7 @@ def restore_pretrained(init_from: str, wanted: dict, head_layer: int) -> tuple[d
                           'pretraining run: point it at a workdir made with configs/pretrain.py or a '
                           'method\'s config')
   spec = meta['model']
-  differ = [f'{k}: checkpoint {spec.get(k)!r}, config {wanted.get(k)!r}' for k in ENCODER_FIELDS
-            if spec.get(k) != wanted.get(k)]
-  if differ:
-    raise CheckpointError(f'init_from {init_from!r} has another encoder ({"; ".join(differ)}): '
-                          'set the same --config.model, --config.width, --config.stem (a ViT: '
-                          '--config.patch_size) as the pretraining run')
+  starts.check_encoder(init_from, spec, {k: wanted.get(k) for k in starts.ENCODER})
   layers = len((spec.get('projector') or {}).get('dims', ()))
   if head_layer >= max(layers, 1):
     raise CheckpointError(f'config.finetune_from_head_layer={head_layer} but the projector of init_from '
@@ -120,7 +114,7 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int) -> loop.Task
       state=state, step_fn=step_fn, inputs=inputs, evaluators=evaluators,
       infer=augment.inference(functools.partial(model.apply, train=False), aug),
       summarize=functools.partial(summarize, evaluators=evaluators), schedule=opt.schedule, notes=notes,
-      meta={'model': spec})
+      meta={'model': spec}, describe=('blocks rematerialised',) if config.remat else ())
 
 
 def summarize(record: dict, facts: dict, evaluators=()) -> dict:

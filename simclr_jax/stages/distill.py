@@ -105,7 +105,9 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int) -> loop.Task
       state=state, step_fn=step_fn, inputs=inputs, evaluators=evaluators,
       infer=augment.inference(functools.partial(model.apply, train=False), aug),
       summarize=functools.partial(classify.summarize, evaluators=evaluators), schedule=opt.schedule, notes=notes,
-      eval_inputs=eval_inputs, meta={'model': spec}, model=model, loss_fn=loss_fn)
+      eval_inputs=eval_inputs, meta={'model': spec}, model=model, loss_fn=loss_fn,
+      describe=(f'teacher {teacher_info["model"]} width {teacher_info["width"]:g}',
+                *(['blocks rematerialised'] if config.remat else [])))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from simclr_jax import methods, models
-from simclr_jax.data import augment
+from simclr_jax.data import augment, views as views_lib
 from simclr_jax.train import optim
 from simclr_jax.core import parallel
 from simclr_jax.core.chunks import map_chunks
@@ -85,10 +85,11 @@ def collapse_statistics(z):
   return jnp.mean(jnp.std(normed, axis=0)), jnp.exp(-jnp.sum(p * jnp.log(p)))
 
 
-def collapse_monitor(model, settings, images):
+def collapse_monitor(model, settings, images, queue=None):
   """state -> {'embedding_std', 'embedding_rank'}: collapse_statistics of the projections of a
   fixed batch of training images (unaugmented, BatchNorm on the batch's statistics). A notice
-  names a collapse when the deviation falls below a tenth of 1/sqrt(d)."""
+  names a collapse when the deviation falls below a tenth of 1/sqrt(d), and the method's queue
+  (methods.base.Queue) as the likely cause when the loss reads it before it is full."""
   @jax.jit
   def measure(variables, images):
     out, _ = model.apply(variables, augment.eval_view(images, settings), train=True, mutable=['batch_stats'])
@@ -101,10 +102,37 @@ def collapse_monitor(model, settings, images):
     dims = int(dims)
     if std < 0.1 / math.sqrt(dims) and not warned:
       warned.append(True)
+      step = int(state.step)
+      cause = 'lower the learning rate or check the method\'s recipe'
+      if queue is not None and queue.used_from < queue.full_at and step < queue.full_at:
+        cause = (f'the queue is the likely cause: at step {step:,} most of its {queue.rows:,} rows are still the '
+                 f'random ones it started with (full at step {queue.full_at:,}); lower config.queue_size or train longer')
       log(f'notice: the embeddings collapse: their deviation {std:.2g} is below a tenth of 1/sqrt({dims}) '
-          f'= {1 / math.sqrt(dims):.3g} (rank {rank:.3g}); lower the learning rate or check the method\'s recipe')
+          f'= {1 / math.sqrt(dims):.3g} (rank {rank:.3g}); {cause}')
     return {'embedding_std': std, 'embedding_rank': rank}
   return monitor
+
+
+def queue_notice(queue, total_steps: int, batch_size: int) -> str:
+  """The notice for a queue (methods.base.Queue or None) that this run's total_steps never fill,
+  or never read; '' when there is none."""
+  if queue is None or max(queue.full_at, queue.used_from) < total_steps:
+    return ''
+  never_read = queue.used_from >= total_steps
+  return (f'notice: the queue of {queue.rows:,} rows is full only at step {queue.full_at:,}'
+          + (f' and used from step {queue.used_from:,}' if queue.used_from > queue.full_at else '')
+          + f', but this run has {total_steps:,} steps: '
+          f'{"the loss never reads it" if never_read else "its random initial rows are never all replaced"}; '
+          + ('lower config.queue_start_epochs' if queue.full_at < total_steps else
+             f'set config.queue_size={batch_size * max(1, total_steps // 10)} (full within a tenth of the run)')
+          + ' or train longer')
+
+
+def model_line_parts(method, spec, image_size: int, chunks: int, remat: bool) -> tuple:
+  """What the model line says of a pretraining run beyond its encoder: the views (data.views
+  spec), the batch's chunks, remat, and the method's own (methods.base.Method.describe)."""
+  return (views_lib.describe(spec, image_size) + ' views', *([f'batch in {chunks} chunks'] if chunks > 1 else []),
+          *(['blocks rematerialised'] if remat else []), *method.describe())
 
 
 def _monitor_images(inputs, batch: int):
@@ -139,13 +167,19 @@ def build_task(config, mesh, inputs, eval_inputs, total_steps: int, make_views=N
   if probe and eval_inputs.labelled_test and eval_inputs.num_classes == inputs.num_classes:
     available.add('probe')
   evaluators = make_evaluators(config.evals, available)
-  monitor = collapse_monitor(model, first, _monitor_images(inputs, inputs.batch_size))
+  queue = method.queue()
+  monitor = collapse_monitor(model, first, _monitor_images(inputs, inputs.batch_size), queue)
+  notice = queue_notice(queue, total_steps, inputs.batch_size)
+  if notice:
+    log(notice)
+  describe = model_line_parts(method, method.views(first, second), inputs.image_shape[0], config.batch_chunks,
+                              config.remat)
   return loop.Task(
       state=state, step_fn=step_fn, inputs=inputs, evaluators=evaluators,
       infer=augment.inference(functools.partial(model.apply, train=False), first),
       summarize=functools.partial(summarize, evaluators=evaluators), schedule=opt.schedule,
       notes={'method': config.method, 'finetune_from_head_layer': model.feature_layer}, eval_inputs=eval_inputs,
-      monitor=monitor, model=model, loss_fn=loss_fn,
+      monitor=monitor, model=model, loss_fn=loss_fn, describe=describe,
       meta={'model': models.encoder_spec(encoder, inputs.image_shape, model.projector, model.feature_layer)})
 
 

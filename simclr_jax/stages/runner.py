@@ -54,11 +54,19 @@ def log_setup(dtype: str) -> None:
       f'{jax.device_count()} {jax.devices()[0].platform} device(s)')
 
 
-def log_model(spec: dict, requested_stem: str, inputs) -> None:
-  """The line that says which stem the image size chose (spec: a task's meta['model'])."""
-  log(f'{spec["model"]} width {spec["width"]:g}, stem {spec["stem"]} (config.stem={requested_stem!r}, '
-      f'{inputs.image_shape[0]} px images), {plural(inputs.num_examples, "training image")}, '
-      f'{plural(inputs.steps_per_epoch, "step")} per epoch')
+def log_model(spec: dict, requested_stem: str, inputs, parts=(), epochs: bool = True) -> None:
+  """The line that says what trains: the encoder (which stem the image size chose, a ViT's
+  patches), `parts` (a task's `describe`: views, chunks, a queue), the images and, for a stage
+  that trains by epochs, the steps per epoch (spec: a task's meta['model'])."""
+  size = inputs.image_shape[0]
+  if spec['stem'] == 'patch':
+    grid = size // spec['patch_size']
+    encoder = f'{spec["model"]} width {spec["width"]:g}, {spec["patch_size"]} px patches ({grid} x {grid} of {size} px images)'
+  else:
+    encoder = (f'{spec["model"]} width {spec["width"]:g}, stem {spec["stem"]} (config.stem={requested_stem!r}, '
+               f'{size} px images)')
+  steps = [f'{plural(inputs.steps_per_epoch, "step")} per epoch'] if epochs else []
+  log(', '.join([encoder, *parts, plural(inputs.num_examples, 'training image'), *steps]))
 
 
 def _check_labelled(source: sources.Source, rows, field: str, value: str) -> None:
@@ -181,6 +189,7 @@ def train_and_evaluate(config, workdir: str, build_task, checkpoints: dict | Non
   parallel.check_batch_size(config.batch_size, mesh)
   done = loop.finished_results(workdir, config.epochs) if finish is None else kept_results(workdir)
   if done is not None:
+    log_summary(config, workdir, done)
     return done
   for role, path in (checkpoints or {}).items():
     checkpoint.find_checkpoint(path, role)
@@ -188,9 +197,11 @@ def train_and_evaluate(config, workdir: str, build_task, checkpoints: dict | Non
   data = prepare_data(config, workdir, mesh, **data_options)
   settings = loop_settings(config, data.inputs.steps_per_epoch, {'data': data.identity})
   task = build_task(config, mesh, data.inputs, data.eval_inputs, settings.total_steps)
-  log_model(task.meta['model'], config.stem, data.inputs)
+  log_model(task.meta['model'], config.stem, data.inputs, task.describe, epochs=finish is None)
   workdir_lib.mark_started(workdir)  # from here a failure keeps what the run wrote
-  return finish(task) if finish is not None else loop.run(task, workdir, settings)
+  results = finish(task) if finish is not None else loop.run(task, workdir, settings)
+  log_summary(config, workdir, results)
+  return results
 
 
 def kept_results(workdir: str) -> dict | None:
@@ -201,3 +212,42 @@ def kept_results(workdir: str) -> dict | None:
   log(f'the run in {workdir} is complete: results.json is kept as it is')
   with open(path) as f:
     return json.load(f)
+
+
+def _percent(x) -> str:
+  return f'{100 * x:.1f}%'
+
+
+def summary(config, workdir: str, results: dict) -> list:
+  """The lines that end a run: what trained and how fast, its main figures, where results.json is
+  and the command to run next."""
+  stage = config.stage
+  what = config.method if stage == 'pretrain' else stage
+  rate = results.get('images_per_second')
+  trained = (f'{plural(results.get("epochs") or 0, "epoch")} ({plural(results.get("steps") or 0, "step")}) in '
+             f'{results.get("train_seconds") or 0:.0f} s' + (f' at {rate:,.0f} images/s' if rate else '')
+             if results.get('steps') else 'fitted on frozen features')
+  head = f'done: {what} on {config.dataset}, {trained}'
+  if results.get('final_loss') is not None:
+    head += f', final loss {results["final_loss"]:.4g}'
+  figures = [f'{label} {_percent(results[key])}' for key, label in (results.get('labels') or {}).items()
+             if key != 'test_top1' and results.get(key) is not None]
+  if results.get('test_top1') is not None:
+    best = (f' (best {_percent(results["best_test_top1"])} at epoch {results["best_epoch"]})'
+            if results.get('best_epoch') and results.get('best_test_top1') != results['test_top1'] else '')
+    figures.insert(0, f'test top-1 {_percent(results["test_top1"])}{best}')
+  lines = [head, f'figures: {", ".join(figures)}' if figures else 'figures: none (no labelled test split)',
+           f'results: {os.path.join(workdir, "results.json")}']
+  run = 'python -m simclr_jax.main --config=configs/{}.py --workdir={} --config.{}={}'
+  base = workdir.rstrip('/')
+  if stage == 'pretrain':
+    lines.append('next: ' + run.format('linear_eval', f'{base}_linear', 'init_from', workdir) + ' (or configs/finetune.py)')
+  elif stage in ('finetune', 'supervised', 'distill'):
+    lines.append('next: ' + run.format('distill', f'{base}_distill', 'teacher_from', workdir)
+                 + f' (or the encoder as a file: simclr_jax.export_encoder({workdir!r}, \'encoder.safetensors\'))')
+  return lines
+
+
+def log_summary(config, workdir: str, results: dict) -> None:
+  for line in summary(config, workdir, results):
+    log(line)

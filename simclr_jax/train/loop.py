@@ -51,6 +51,7 @@ class Task:
   eval_inputs: Any = None           # the evaluators' splits (default: inputs)
   monitor: Callable | None = None   # state -> {scalar name: value} at logging steps (collapse)
   meta: dict = dataclasses.field(default_factory=dict)  # saved with each checkpoint: {'model': spec}
+  describe: tuple = ()              # what the model line adds: views, chunks, remat, a queue
   model: Any = None                 # the Flax module and the loss (benchmarks, tests)
   loss_fn: Callable | None = None
 

@@ -14,7 +14,6 @@ import sys
 
 import jax
 
-from simclr_jax.core.log import log
 
 
 def _summary_writer(logdir: str):
@@ -86,11 +85,11 @@ def _plain(v):
 
 
 def write_results(workdir: str, results: dict) -> dict:
-  """Writes workdir/results.json atomically (process 0) and logs it; returns results."""
+  """Writes workdir/results.json atomically (process 0); returns results (the stage logs its
+  summary: stages.runner.summary)."""
   if jax.process_index() == 0:
     path = os.path.join(workdir, 'results.json')
     with open(path + '.tmp', 'w') as f:
       json.dump(results, f, indent=2)
     os.replace(path + '.tmp', path)
-  log(f'results: {json.dumps(results)}')
   return results

@@ -157,3 +157,36 @@ def test_a_cache_that_cannot_be_written_leaves_nothing_and_says_so(tmp_path, mon
   assert os.listdir(tmp_path) == []  # no temporary file left behind
   out = capsys.readouterr().out
   assert 'notice: cannot write the decode cache' in out and 'No space left on device' in out
+
+
+def test_prepared_data_is_read_without_tensorflow_and_preparing_without_it_says_what_to_install(tmp_path, monkeypatch):
+  """TensorFlow stays importable in the test extra (TFDS's builders need it to prepare a dataset),
+  but the reading path must not use it: a subprocess in which `import tensorflow` fails reads
+  cifar10_jpeg's array_record files into a fresh cache, and asks for TensorFlow by name only when a
+  dataset would have to be prepared."""
+  import subprocess
+  import sys
+  from conftest import ROOT
+  code = f'''
+import importlib.machinery, sys
+class WithoutTensorFlow(importlib.machinery.PathFinder):  # as if tensorflow were not installed
+  @classmethod
+  def find_spec(cls, name, path=None, target=None):
+    return None if name.split('.')[0] == 'tensorflow' else super().find_spec(name, path, target)
+sys.meta_path = [WithoutTensorFlow if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+from simclr_jax.data import registry
+from simclr_jax.core.errors import DataError
+ds = registry.load({DATASET!r}, {DATA_DIR!r}, train_split='train[:64]', test_split='test[:32]')
+print(ds.train.images.shape, ds.test.images.shape, int(ds.train.images.std() > 10), 'tensorflow' in sys.modules)
+'''
+  env = {**os.environ, 'SIMCLR_JAX_CACHE': str(tmp_path / 'cache')}
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split('\n')[0] == '(64, 32, 32, 3) (32, 32, 32, 3) 1 False'
+  assert os.listdir(tmp_path / 'cache')  # decoded from the TFDS files, not an earlier cache
+  import importlib.util
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'tensorflow' else find_spec(name, *a))
+  with pytest.raises(DataError, match=r"dataset 'cifar10' is not prepared in /nowhere, and preparing it needs "
+                                      r"TensorFlow, which is not installed: pip install tensorflow-cpu"):
+    tfds_source._download_and_prepare(type('Builder', (), {'data_dir': '/nowhere'})(), 'cifar10')

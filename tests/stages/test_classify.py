@@ -50,15 +50,27 @@ def test_each_stage_runs_through_the_cli(pretrained_workdir, tmp_path, stage, fi
 
 @pytest.mark.e2e
 def test_linear_eval_on_features_fits_without_training_and_keeps_its_result(pretrained_workdir, tmp_path):
+  """The command line with init_from and no model, width, stem or dataset: one line says what came
+  from the checkpoint, the model line has no steps per epoch (features are fitted, not trained),
+  and the run ends with its figures and results.json's path, no JSON on the terminal; a rerun
+  keeps the result."""
   workdir = tmp_path / 'linear'
-  proc = run_cli('linear_eval', workdir, init_from=pretrained_workdir, label_fraction=0.5)
+  fields = {'init_from': pretrained_workdir, 'label_fraction': 0.5, 'train_limit': 512, 'test_split': 'test[:1000]',
+            'eval_batch_size': 500}
+  proc = run_cli('linear_eval', workdir, tiny=False, **fields)
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = json.loads((workdir / 'results.json').read_text())
   assert r['protocol'] == 'features' and 0.1 < r['test_top1'] <= 1 and r['weight_decay'] > 0
   assert r["train_examples"] == 260 and not (workdir / 'checkpoints').exists()
-  assert 'fewer than batch_size' not in proc.stdout  # the features probe has no batches
-  again = run_cli('linear_eval', workdir, init_from=pretrained_workdir, label_fraction=0.5)
-  assert again.returncode == 0 and 'complete' in again.stdout
+  out = proc.stdout
+  assert 'fewer than batch_size' not in out  # the features probe has no batches
+  assert f'from init_from {pretrained_workdir}: model resnet10, width 0.125, stem cifar, dataset cifar10_jpeg' in out
+  model_line = next(l for l in out.splitlines() if 'training image' in l)
+  assert 'resnet10 width 0.125, stem cifar' in model_line and 'per epoch' not in model_line
+  assert 'done: linear_eval on cifar10_jpeg, fitted on frozen features' in out and '{"' not in out
+  assert f'figures: test top-1 {100 * r["test_top1"]:.1f}%' in out and f'results: {workdir}/results.json' in out
+  again = run_cli('linear_eval', workdir, tiny=False, **fields)
+  assert again.returncode == 0 and 'complete' in again.stdout and 'figures: test top-1' in again.stdout
   assert json.loads((workdir / 'results.json').read_text()) == r
 
 

@@ -82,7 +82,9 @@ def test_interrupted_then_resumed_run_ends_with_identical_parameters(tmp_path):
   train_in_process(config, tmp_path / 'straight')
   with pytest.raises(Preempted):
     train_in_process(config, tmp_path / 'interrupted', stop_at_step=5)  # mid-epoch
-  assert final_params(tmp_path / 'interrupted')[0] == 5
+  # Mid-epoch (8 steps an epoch): the step the signal came before, or the next when the signal's handler ran
+  # only after that step was dispatched (the loop keeps up to two steps in flight; seen on a loaded machine).
+  assert final_params(tmp_path / 'interrupted')[0] in (5, 6)
   train_in_process(config, tmp_path / 'interrupted')
   (s1, a), (s2, b) = final_params(tmp_path / 'straight'), final_params(tmp_path / 'interrupted')
   assert s1 == s2 == 16
