@@ -1,32 +1,21 @@
-"""The gradient cache's checks for one method (config.batch_chunks, core.chunks).
+"""The gradient cache's chunk-by-chunk check (config.batch_chunks, core.chunks), beside the one in
+tests/method_check.py (every method on 1 device whole against 4 devices in chunks, on inputs whose
+chunks are the same images, where BatchNorm over a chunk is BatchNorm over the batch).
 
-    differences(config, meshes) # tests/method_check.py, on 1 and on 4 devices: against the whole batch
     ghost_differences(config)   # tests/methods/test_methods.py: against a chunk-by-chunk reference
 
-differences: the objective's value, gradients, BatchNorm statistics and method state with the
-batch in 2 chunks, on each mesh, against the whole batch at once on the first, on the same inputs. A network without BatchNorm
-(MAE's ViT) is checked on distinct images: there the chunked objective is the whole batch's
-exactly. Where the network has BatchNorm, chunking changes what is normalised together, so the
-batch is one half-batch repeated (each chunk the same images in the same order, its statistics the
-batch's): every output, loss term, gradient and statistic must then be the same, and rows put back
-in the wrong places within a chunk (the probe's labels, the queues and MAE's targets follow them),
-an input not cut with the batch (MAE's mask keys) or a loss made of per-chunk pieces shows -- but
-not what makes chunks differ from each other.
-
-ghost_differences covers that, on distinct images and one device: the chunked objective of a
-network with BatchNorm against a reference written here chunk by chunk (rows cut and put back by
-hand, the online network and an EMA target run on each chunk in a Python loop, the running
-statistics averaged), and, to show the chunks were taken, how far the whole batch's is. A target
-run whole, statistics of one chunk instead of their mean, chunks swapped or chunking not applied
-all show there.
+That check cannot see what makes chunks differ from each other; ghost_differences covers it, on
+distinct images and one device: the chunked objective of a network with BatchNorm against a
+reference written here chunk by chunk (rows cut and put back by hand, the online network and an
+EMA target run on each chunk in a Python loop, the running statistics averaged), and, to show the
+chunks were taken, how far the whole batch's is. A target run whole, statistics of one chunk
+instead of their mean, chunks swapped or chunking not applied all show there.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from simclr_jax import methods, models
-from simclr_jax.core import chunks as chunks_lib
 from simclr_jax.data import augment
 from simclr_jax.stages import pretrain
 
@@ -47,11 +36,6 @@ def _relative(a, b) -> float:
   return max(float(np.abs(x - y).max()) / scale(float(np.abs(x).max())) for x, y in pairs)
 
 
-def _integers_equal(a, b) -> bool:
-  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
-             if not np.issubdtype(np.asarray(x).dtype, np.floating))
-
-
 def _encoder(c):
   """The config's encoder family at its smallest, for quick compiles: a ResNet of a stem and one
   residual block (BatchNorm in both), or a ViT of one block."""
@@ -60,43 +44,6 @@ def _encoder(c):
   if models.is_vit(c.model):
     return ViT(dim=24, depth=1, heads=3, patch_size=c.patch_size, image_size=32, architecture=c.model)
   return ResNet(stage_sizes=(1,), width=0.125, architecture=c.model)
-
-
-def differences(config, meshes, per_chunk: int = 8) -> list:
-  """The chunked objective on each mesh's devices against the whole batch's on the first mesh's
-  (see the module's docstring): for each mesh, relative differences of value, grads, stats and
-  method state, whether integer state (a queue's pointer) is equal, and 'rows' ('distinct' or
-  'repeated')."""
-  from simclr_jax.config_base import apply_overrides
-  batch, image_shape = per_chunk * CHUNKS, (32, 32, 3)
-  configs = {k: apply_overrides(config.copy_and_resolve_references(), {'batch_chunks': k, 'batch_size': batch})
-             for k in (1, CHUNKS)}
-  method = methods.get(config.method)(configs[1], 100)
-  c = configs[1]
-  model = method.make_model(_encoder(c), 10)
-  variables = models.init_variables(model, 0, image_shape)
-  state = method.init_state(variables)
-  has_norm = bool(jax.tree.leaves(variables['batch_stats']))
-  make = method.inputs(augment.settings_from_config(c.augment), augment.settings_from_config(c.augment, c.view2))
-  images = np.random.default_rng(0).integers(0, 256, ((per_chunk if has_norm else batch),) + image_shape)
-  inputs = jax.jit(make)(jax.random.PRNGKey(1), jnp.asarray(images, jnp.uint8))
-  labels = jnp.arange(images.shape[0]) % 10
-  if has_norm:  # one half-batch, repeated: chunk j holds rows j, j + 2, ... (core.chunks)
-    inputs, labels = chunks_lib.merge(jax.tree.map(lambda x: jnp.stack([x] * CHUNKS), (inputs, labels[None])))
-    labels = labels[0]
-  results = []
-  for k, mesh in [(1, meshes[0])] + [(CHUNKS, m) for m in meshes]:
-    put = lambda tree, spec: jax.device_put(tree, NamedSharding(mesh, spec))
-    x, y, v, st = put(inputs, P(None, 'data')), put(labels, P('data')), put(variables, P()), put(state, P())
-    loss_fn = pretrain.pretrain_loss_fn(model, methods.get(config.method)(configs[k], 100))
-    objective = lambda p: loss_fn(p, v['batch_stats'], st, x, y, jnp.int32(3))
-    (value, (stats, new_state, _)), grads = jax.jit(jax.value_and_grad(objective, has_aux=True))(v['params'])
-    results.append(jax.tree.map(np.asarray, (value, grads, stats, new_state)))
-  one = results[0]
-  return [{'value': _relative(one[0], c[0]), 'grads': _relative(one[1], c[1]), 'stats': _relative(one[2], c[2]),
-           'state': _relative(one[3], c[3]), 'state_integers_equal': _integers_equal(one[3], c[3]),
-           'rows': 'repeated' if has_norm else 'distinct', 'grad_leaves': len(jax.tree.leaves(one[1]))}
-          for c in results[1:]]
 
 
 def _rows(tree, j):

@@ -2,17 +2,25 @@
 
     python tests/method_check.py TESTS_DIR WORKDIR METHOD
 
-1. Two steps of the method's compiled step on 1 device and on the 4 devices, on the same global
-   batch: the losses, and after each step the largest difference of the parameters, BatchNorm
-   statistics and method state (the EMA target) relative to how far the 1-device run moved them
-   from their initial values -- negatives, cross-correlations and statistics come from the global
-   batch, so the runs differ only by float32 reduction order.
-2. A run of one epoch (4 steps) stopped mid-epoch (SIGTERM just before step 2) and resumed
-   through the training loop, on the 4 devices, against the 4-device steps of 1. carried on to
-   the run's end: whether every array of its final checkpoint is bit-identical to the straight
-   trajectory's state.
-3. The gradient cache (tests/chunk_check.py): the objective with the batch in 2 chunks, on 1
-   device and on the 4, against the whole batch at once on 1 device.
+On the smallest encoder of the method's family (a ResNet of a stem and one residual block, or a
+ViT of one block: the mechanics checked here do not depend on depth, and the compiles are half as
+long), with every step's views made of the first half of its batch twice over (row 2i + j is
+image i's, j = 0, 1: see `repeated_half`):
+1. Two steps of the method's compiled step on 1 device with the whole batch at once, and on the
+   4 devices with the batch in 2 chunks (config.batch_chunks=2, the gradient cache: chunk j holds
+   rows j, j + 2, ..., so each chunk holds the half batch and BatchNorm's statistics per chunk are
+   the whole batch's): the losses, and after each step the largest difference of the parameters,
+   BatchNorm statistics and method state (the EMA target, a queue, a centre) relative to how far
+   the 1-device run moved them from their initial values. Negatives, cross-correlations and
+   statistics come from the global batch, and the loss sees every chunk's outputs at once, so the
+   runs differ only by float32 reduction order; statistics or negatives per device, a gradient not
+   averaged over the devices, a chunk put back in the wrong rows or a loss of per-chunk pieces
+   change them by orders of magnitude more.
+2. For a method with a hook of its own (`resumes_its_own`: a state, its views or inputs, a
+   parameter group) and SimCLR: a run of one epoch (4 steps) stopped mid-epoch (SIGTERM just
+   before step 2) and resumed through the training loop, on the 4 devices in 2 chunks, against
+   the 4-device steps of 1. carried on to the run's end: whether every array of its final
+   checkpoint is bit-identical to the straight trajectory's state.
 Prints one JSON line.
 """
 import json
@@ -20,14 +28,38 @@ import os
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, sys.argv[1])
-import chunk_check  # noqa: E402
 from conftest import build, final_params, make_inputs, small_config, train_in_process  # noqa: E402
+from simclr_jax import methods, models  # noqa: E402
+from simclr_jax.methods.base import Method  # noqa: E402
+from simclr_jax.config_base import apply_overrides  # noqa: E402
 from simclr_jax.core import parallel  # noqa: E402
-from simclr_jax.stages import pretrain  # noqa: E402
 from simclr_jax.core.errors import Preempted  # noqa: E402
+from simclr_jax.models import resnet, vit  # noqa: E402
+from simclr_jax.stages import pretrain  # noqa: E402
+
+# The smallest encoder of each family, by a name of its own (this process only).
+resnet.ARCHITECTURES['resnet_check'] = ('basic', (1,))
+vit.VIT_ARCHITECTURES['vit_check'] = (192, 1, 3)
+CHUNKS = 2
+
+
+def repeated_half(method_class):
+  """The method's inputs made of the first half of each batch twice over, rows 2i and 2i + 1 both
+  image i's views (and mask keys): chunk j of CHUNKS (rows j, j + 2, ...) is that half in order,
+  so BatchNorm over a chunk equals BatchNorm over the whole batch."""
+  make_inputs_of = method_class.inputs
+
+  def inputs(self, first, second):
+    make = make_inputs_of(self, first, second)
+
+    def repeated(key, images):
+      return jax.tree.map(lambda x: jnp.repeat(x[:, :x.shape[1] // CHUNKS], CHUNKS, axis=1), make(key, images))
+    return repeated
+  method_class.inputs = inputs
 
 
 def steps(config, devices, n):
@@ -73,25 +105,45 @@ def relative_to_change(one, four, initial, parts=False):
   return diff / change if change > 0 else diff
 
 
+# What a method may add to a checkpoint or to a step's randomness (methods.base.Method's hooks).
+HOOKS = ('views', 'inputs', 'forward', 'init_state', 'update', 'param_groups')
+
+
+def resumes_its_own(method_class) -> bool:
+  """Whether the method's stop and resume is its own to check: it overrides a hook of HOOKS (a
+  state, its views or inputs, a parameter group with its own schedule), or it is SimCLR (the loss
+  only, the online probe's optimiser too). A method that changes the loss alone resumes through
+  exactly SimCLR's path (Barlow Twins, VICReg, DCL)."""
+  return method_class.NAME == 'simclr' or any(getattr(method_class, h) is not getattr(Method, h)
+                                              for h in HOOKS)
+
+
 def main():
   workdir, name = sys.argv[2], sys.argv[3]
   config = small_config(name, epochs=1)
+  config = apply_overrides(config, {'model': 'vit_check' if models.is_vit(config.model) else 'resnet_check'})
+  resume = resumes_its_own(methods.get(config.method))
+  repeated_half(methods.get(config.method))
+  chunked = apply_overrides(config.copy_and_resolve_references(), {'batch_chunks': CHUNKS})
   total = 4  # one epoch of 4 steps
   l1, one, initial = steps(config, jax.devices()[:1], 2)
-  l4, four, _ = steps(config, jax.devices(), total)  # the straight run: the 4-device trajectory
+  l4, four, _ = steps(chunked, jax.devices(), total)  # the straight run: the 4-device trajectory, chunked
   out = {'devices': len(jax.devices()), 'loss_1': l1, 'loss_4': l4[:2],
          # after each step, for (params, stats, method state): the difference relative to the change
          'four': [[relative_to_change(a, b, c, parts=i == 2) for i, (a, b, c) in enumerate(zip(x, y, initial))]
                   for x, y in zip(one, four)],
          'moved': max_diff(one[-1][0], initial[0]), 'method_state_leaves': len(jax.tree.leaves(one[-1][2])),
-         'probe': 'online_probe' in one[-1][0]}
+         'probe': 'online_probe' in one[-1][0], 'resumed': resume, 'method': config.method}
+  if not resume:
+    print(json.dumps(out), flush=True)
+    return
   try:
-    train_in_process(config, os.path.join(workdir, 'stopped'), stop_at_step=2)
+    train_in_process(chunked, os.path.join(workdir, 'stopped'), stop_at_step=2)
     out['stopped'] = False
   except Preempted:
     out['stopped'] = True
   out['stopped_at'] = final_params(os.path.join(workdir, 'stopped'))[0]
-  resumed = train_in_process(config, os.path.join(workdir, 'stopped'))
+  resumed = train_in_process(chunked, os.path.join(workdir, 'stopped'))
   s_b, b = final_params(os.path.join(workdir, 'stopped'))
   a = dict(zip(('params', 'batch_stats', 'method_state'), four[-1]))
   same_tree = jax.tree.structure(a) == jax.tree.structure(b)
@@ -102,7 +154,6 @@ def main():
              # sums) against the resumed run's
              final_loss=[float(np.float32(l4[-2]) + np.float32(l4[-1])) / 2, resumed['final_loss']],
              method=resumed['method'], embedding=[resumed['embedding_std'], resumed['embedding_rank']])
-  out['chunks'] = chunk_check.differences(config, [parallel.make_mesh(d) for d in (jax.devices()[:1], jax.devices())])
   print(json.dumps(out), flush=True)
 
 

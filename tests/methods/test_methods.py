@@ -425,11 +425,12 @@ def test_distillation_loss_matches_simclr_v2():
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', METHODS)
-def test_each_method_matches_on_four_devices_and_resumes_bit_identically(name, tmp_path):
-  """tests/method_check.py on 4 simulated CPU devices: two steps on 1 and on 4 devices agree
-  within float32 reduction order (the EMA target and the statistics over the global batch
-  included), a run stopped mid-epoch then resumed ends bit-identical to a straight one, and the
-  gradient cache gives the whole batch's objective and gradients on 1 and on 4 devices."""
+def test_each_method_matches_on_four_devices_in_chunks_and_resumes_bit_identically(name, tmp_path):
+  """tests/method_check.py on 4 simulated CPU devices, on the family's smallest encoder: two steps
+  on 1 device with the whole batch agree with two on 4 devices with the batch in 2 chunks (the
+  gradient cache) within float32 reduction order (the EMA target, queues and the statistics over
+  the global batch included), and a run stopped mid-epoch then resumed ends bit-identical to a
+  straight one (each method with a hook of its own, and SimCLR)."""
   env = device_env(4)
   proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'method_check.py'), os.path.join(ROOT, 'tests'),
                          str(tmp_path), name], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
@@ -437,17 +438,17 @@ def test_each_method_matches_on_four_devices_and_resumes_bit_identically(name, t
   r = json.loads(proc.stdout.strip().splitlines()[-1])
   method = name.partition('@')[0]
   assert r['devices'] == 4 and r['method'] == method
-  # Both steps' losses agree to float32 rounding (measured: within 5e-7 relative).
+  # Both steps' losses agree to float32 rounding.
   for a, b in zip(r['loss_1'], r['loss_4']):
     assert abs(a - b) < 1e-5 * max(1.0, abs(a)), r
   # The parameters, statistics and method state after each step agree within 1% of the change step
-  # 1 made and 10% after step 2 (measured once, the worst of the six first methods: 5e-4 and 1e-2,
-  # SimCLR's encoder: the 4 partial sums of a gradient round differently where terms cancel, as for
-  # the BatchNorm biases, and LARS and momentum carry that into step 2; on 2026-12-06 the worst of
-  # the twelve was 1.2e-5 and 3.2e-3). The method state is compared part by part (EMA target,
-  # queue, centre: 3.1e-6 at worst, its integer pointers equal), within 0.1%. Statistics or
-  # negatives taken per device, a queue filled in another order or a gradient not averaged over
-  # the devices change step 1's loss and its update by orders of magnitude more.
+  # 1 made and 10% after step 2: the partial sums of a gradient round differently where terms cancel,
+  # as for the BatchNorm biases, and LARS and momentum carry that into step 2 (the figures measured
+  # are in docs/reliability.md). The method state is compared part by part (EMA target, queue,
+  # centre, its integer pointers equal), within 0.1%. Statistics or negatives taken per device or
+  # per chunk, a queue filled in another order, a chunk's rows put back in the wrong places or a
+  # gradient not averaged over the devices change step 1's loss and its update by orders of
+  # magnitude more.
   for k, bound in ((0, 1e-2), (1, 1e-1)):
     assert all(x <= bound for x in r['four'][k]), r
     assert r['four'][k][2] <= 1e-3, r
@@ -455,20 +456,15 @@ def test_each_method_matches_on_four_devices_and_resumes_bit_identically(name, t
   assert r['probe'] == (method == 'simclr')  # the online probe (compared above) in SimCLR's check only
   if method in ('mocov3', 'byol', 'mocov2plus', 'nnclr', 'dino', 'swav'):
     assert r['method_state_leaves'] > 0  # EMA targets, queues and DINO's centre in the state, compared above
+  # Stopped and resumed: every method with a hook of its own, and SimCLR for the methods that change
+  # only the loss (Barlow Twins, VICReg, DCL), which resume through its very path.
+  assert r['resumed'] == (method not in ('barlow_twins', 'vicreg', 'dcl')), r
+  if not r['resumed']:
+    return
   assert r['stopped'] and r['stopped_at'] == 2 and r['steps'] == [4, 4]
-  assert r['saved'] == ['batch_stats', 'method_state', 'params'] and r['identical'] and r['leaves'] > 10
+  assert r['saved'] == ['batch_stats', 'method_state', 'params'] and r['identical'] and r['leaves'] > 4
   assert r['final_loss'][0] == r['final_loss'][1]
   assert r['embedding'][0] > 0 and r['embedding'][1] > 1
-  # The gradient cache (config.batch_chunks=2, tests/chunk_check.py's smallest encoders) on 1 and on
-  # 4 devices: the objective and the statistics as the whole batch's within 1e-4, the method state
-  # within 3e-4 and every gradient within 3e-3 of its own largest (chunk_check._relative), on
-  # distinct images where the network has no BatchNorm (MAE), else on a half-batch repeated.
-  # Measured on 2026-12-06, the worst of the fifteen: 3.2e-6, 3.2e-5, 7.5e-5 (SwAV's queue) and
-  # 6.8e-4 (FastSiam's); a chunk misplaced or a loss of per-chunk pieces moves them to order 1.
-  for c in r['chunks']:
-    assert max(c['value'], c['stats']) <= 1e-4 and c['state'] <= 3e-4 and c['grads'] <= 3e-3, r['chunks']
-    assert c['state_integers_equal'], r['chunks']
-    assert c['rows'] == ('distinct' if method == 'mae' else 'repeated') and c['grad_leaves'] > 10
 
 
 @pytest.mark.slow
