@@ -16,8 +16,8 @@ image i's, j = 0, 1: see `repeated_half`):
    runs differ only by float32 reduction order; statistics or negatives per device, a gradient not
    averaged over the devices, a chunk put back in the wrong rows or a loss of per-chunk pieces
    change them by orders of magnitude more.
-2. For a method with a hook of its own (`resumes_its_own`: a state, its views or inputs, a
-   parameter group) and SimCLR: a run of one epoch (4 steps) stopped mid-epoch (SIGTERM just
+2. For SimCLR and each method with a hook's implementation of its own (`resumes_its_own`: a
+   state, its views or inputs, a parameter group): a run of one epoch (4 steps) stopped mid-epoch (SIGTERM just
    before step 2) and resumed through the training loop, on the 4 devices in 2 chunks, against
    the 4-device steps of 1. carried on to the run's end: whether every array of its final
    checkpoint is bit-identical to the straight trajectory's state.
@@ -109,20 +109,37 @@ def relative_to_change(one, four, initial, parts=False):
 HOOKS = ('views', 'inputs', 'forward', 'init_state', 'update', 'param_groups')
 
 
-def resumes_its_own(method_class) -> bool:
-  """Whether the method's stop and resume is its own to check: it overrides a hook of HOOKS (a
-  state, its views or inputs, a parameter group with its own schedule), or it is SimCLR (the loss
-  only, the online probe's optimiser too). A method that changes the loss alone resumes through
-  exactly SimCLR's path (Barlow Twins, VICReg, DCL)."""
-  return method_class.NAME == 'simclr' or any(getattr(method_class, h) is not getattr(Method, h)
-                                              for h in HOOKS)
+def hook_implementations(method_class) -> set:
+  """(hook, the class that implements it) for each hook of HOOKS the method takes from elsewhere
+  than methods.base.Method."""
+  owners = {h: next(c for c in method_class.__mro__ if h in c.__dict__) for h in HOOKS}
+  return {(h, c.__qualname__) for h, c in owners.items() if c is not Method}
+
+
+def resumes_its_own(name: str) -> bool:
+  """Whether a method's stop and resume is its own to check (name: as the test names it,
+  'dino@vit' on a ViT): SimCLR's (the loss only, the online probe's optimiser too), and each
+  other method's that brings an implementation of a hook (a state, its views or inputs, a
+  parameter group with its own schedule) that no method before it in methods.NAMES has. The rest
+  resume through a path already checked: Barlow Twins, VICReg and DCL change only the loss
+  (SimCLR's path), BYOL takes MoCo v3's EMA target from MomentumMethod, and DINO on a ViT is
+  DINO's state and views (MAE resumes a ViT)."""
+  if '@' in name:
+    return False
+  seen = set()
+  for other in methods.NAMES:
+    own = hook_implementations(methods.get(other))
+    if other == name:
+      return name == 'simclr' or bool(own - seen)
+    seen |= own
+  raise KeyError(name)
 
 
 def main():
   workdir, name = sys.argv[2], sys.argv[3]
   config = small_config(name, epochs=1)
   config = apply_overrides(config, {'model': 'vit_check' if models.is_vit(config.model) else 'resnet_check'})
-  resume = resumes_its_own(methods.get(config.method))
+  resume = resumes_its_own(name)
   repeated_half(methods.get(config.method))
   chunked = apply_overrides(config.copy_and_resolve_references(), {'batch_chunks': CHUNKS})
   total = 4  # one epoch of 4 steps

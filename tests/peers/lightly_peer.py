@@ -1,0 +1,393 @@
+"""A method's whole training step against a PyTorch peer built from lightly's pieces, step by step.
+
+    ours = run_ours(config, images, labels, steps=4)     # the project's compiled step, its views and states
+    peer = PEERS['byol'](ours, dtype='float64')          # the same initial weights, as a PyTorch model
+    theirs = peer.run(ours['views'])                     # the same views, optimiser and schedule
+    loss_differences(ours['losses'], theirs['losses'])  # per step
+    differences(named_states(ours), theirs['states'], ours)   # per part, relative to how far ours moved
+
+Both sides start from the same weights: the project's initial encoder goes into torchvision's
+ResNet through the torchvision export (trained_encoder.torchvision_state_dict), the heads into
+lightly's heads (SimCLRProjectionHead, BYOLProjectionHead, BYOLPredictionHead) by layer. Both
+train on the same augmented views: the project's views of the batch at each step, handed to the
+peer as tensors (the augmentation is checked on its own in tests/data). The peer's optimiser is
+torch.optim.SGD with the project's parameter groups written here from the recipe (weight decay on
+kernels only), its learning rate the warmup-cosine of the config's docstring written here too;
+the loss is lightly's (NTXentLoss, NegativeCosineSimilarity), the EMA lightly's update_momentum
+with its cosine_schedule, and BatchNorm torch's.
+
+Differences by design, stated where the peer bridges them:
+- BYOL's loss: the project sums 2 - 2 cos over the two directions (as solo-learn and the paper);
+  lightly's example averages -cos. The peer takes lightly's NegativeCosineSimilarity c and writes
+  the paper's sum, (2 + 2 c(p1, t2)) + (2 + 2 c(p2, t1)).
+- The EMA's schedule: the project's tau at step k of K is the paper's
+  1 - (1 - base) (cos(pi k / K) + 1) / 2; lightly's cosine_schedule divides by max_steps - 1, so
+  the peer calls it with max_steps = K + 1. The project updates the target after the optimiser
+  step with tau(k); lightly's examples before the forward of step k + 1 with the same online
+  weights: the same target at every forward.
+- BatchNorm's running variance: torch updates it with the unbiased batch variance (n / (n - 1)
+  times the biased one Flax uses); the training step normalises with the biased one in both. The
+  peer subtracts what that adds (Peer.var_excess) before the running variances are compared.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import jax
+import numpy as np
+
+from simclr_jax import methods
+from simclr_jax.core import parallel
+from simclr_jax.data import augment, pipeline, sources
+from simclr_jax.stages import pretrain
+from simclr_jax.trained_encoder import torchvision_builder, torchvision_state_dict
+
+# The smallest network torchvision builds: ResNet(BasicBlock, [1, 1, 1, 1]) at width 1 (resnet10),
+# with the CIFAR stem; narrow heads.
+PEER_FIELDS = {'model': 'resnet10', 'width': 1.0, 'batch_size': 16, 'epochs': 4, 'warmup_epochs': 1.0,
+               'optimizer': 'sgd', 'momentum': 0.9, 'weight_decay': 5e-4, 'learning_rate': 0.3,
+               'online_probe_learning_rate': 0.0, 'augment.jitter_prob': 0.8}
+
+
+def run_ours(config, images: np.ndarray, labels: np.ndarray, steps: int) -> dict:
+  """The project's compiled step (stages.pretrain.build_task's) for `steps` steps on the same
+  batch (uint8 [B, H, W, 3], B = config.batch_size): {'losses', 'views' (each step's, numpy
+  [n, B, H, W, 3] per group), 'states' (numpy variables and method state after each step),
+  'initial', 'spec', 'config', 'total_steps'}."""
+  from conftest import build
+  mesh = parallel.make_mesh()
+  source = sources.in_memory('peer', sources.Split(images, labels), num_classes=10)
+  inputs = pipeline.DeviceInputs(source, None, mesh, config.batch_size, 0)
+  task, settings = build(pretrain.build_task, config, mesh, inputs)
+  method = methods.get(config.method)(config, settings.total_steps)
+  make_views = jax.jit(method.inputs(augment.settings_from_config(config.augment),
+                                     augment.settings_from_config(config.augment, config.view2)))
+  step = jax.jit(task.step_fn)
+  state = task.state
+  snapshot = lambda s: jax.device_get({'params': s.params, 'batch_stats': s.batch_stats,
+                                       'method_state': s.method_state})
+  out = {'losses': [], 'views': [], 'states': [], 'initial': snapshot(state), 'spec': task.meta['model'],
+         'config': config, 'total_steps': settings.total_steps, 'steps_per_epoch': inputs.steps_per_epoch}
+  images, labels = jax.numpy.asarray(images), jax.numpy.asarray(labels)
+  for _ in range(steps):
+    out['views'].append(jax.device_get(make_views(jax.random.fold_in(state.key, state.step), images)))
+    state, metrics = step(state, images, labels)
+    out['losses'].append(float(metrics['loss']))
+    out['states'].append(snapshot(state))
+  return out
+
+
+def learning_rate(k: int, config, steps_per_epoch: int, total_steps: int) -> float:
+  """The recipe's schedule, from configs/pretrain.py's docstring: base_lr x batch/256, a linear
+  warmup from 0 over warmup_epochs, then a cosine to 0 at the run's last step."""
+  peak = config.learning_rate * config.batch_size / 256
+  warmup = int(round(config.warmup_epochs * steps_per_epoch))
+  if k < warmup:
+    return peak * k / warmup
+  return 0.5 * peak * (1 + math.cos(math.pi * min(1.0, (k - warmup) / max(1, total_steps - warmup))))
+
+
+# Weights across: Flax variables to torch modules.
+def torch_resnet(spec: dict, variables: dict):
+  """torchvision's ResNet built from the export's metadata, holding the encoder of variables."""
+  import torch
+  import torchvision
+  arch = torchvision_builder(spec, 'the peer')
+  model = torchvision.models.ResNet(getattr(torchvision.models.resnet, arch['block']), arch['layers'])
+  if arch['stem'] == 'cifar':
+    model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    model.maxpool = torch.nn.Identity()
+  model.fc = torch.nn.Identity()
+  model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in torchvision_state_dict(variables, spec).items()})
+  return model
+
+
+def _head_layers(head):
+  """(index, Linear, BatchNorm1d or None) of a lightly ProjectionHead, in order."""
+  import torch
+  mods = list(head.layers)
+  out = []
+  for i, m in enumerate(mods):
+    if isinstance(m, torch.nn.Linear):
+      norm = mods[i + 1] if i + 1 < len(mods) and isinstance(mods[i + 1], torch.nn.BatchNorm1d) else None
+      out.append((len(out), m, norm))
+  return out
+
+
+def load_head(head, params: dict, stats: dict) -> None:
+  """A lightly head's layers from an MLPHead's variables (dense_i -> the i-th Linear, norm_i -> its
+  BatchNorm), strictly: every layer and shape."""
+  import torch
+  layers = _head_layers(head)
+  assert len(layers) == len([k for k in params if k.startswith('dense_')]), (len(layers), list(params))
+  with torch.no_grad():
+    for i, linear, norm in layers:
+      dense = params[f'dense_{i}']
+      linear.weight.copy_(torch.from_numpy(np.array(dense['kernel']).T))
+      assert (linear.bias is None) == ('bias' not in dense), i
+      if linear.bias is not None:
+        linear.bias.copy_(torch.from_numpy(np.array(dense['bias'])))
+      assert (norm is None) == (f'norm_{i}' not in params), i
+      if norm is not None:
+        norm.weight.copy_(torch.from_numpy(np.array(params[f'norm_{i}']['scale'])))
+        norm.bias.copy_(torch.from_numpy(np.array(params[f'norm_{i}']['bias'])))
+        norm.running_mean.copy_(torch.from_numpy(np.array(stats[f'norm_{i}']['mean'])))
+        norm.running_var.copy_(torch.from_numpy(np.array(stats[f'norm_{i}']['var'])))
+
+
+def head_names(params: dict, stats: dict, prefix: str) -> dict:
+  """An MLPHead's variables under the torch names of the lightly head load_head fills."""
+  out = {}
+  layer = 0
+  for i in range(len([k for k in params if k.startswith('dense_')])):
+    out[f'{prefix}.layers.{layer}.weight'] = np.array(params[f'dense_{i}']['kernel']).T
+    if 'bias' in params[f'dense_{i}']:
+      out[f'{prefix}.layers.{layer}.bias'] = np.array(params[f'dense_{i}']['bias'])
+    layer += 1
+    if f'norm_{i}' in params:
+      for ours, theirs in (('scale', 'weight'), ('bias', 'bias')):
+        out[f'{prefix}.layers.{layer}.{theirs}'] = np.array(params[f'norm_{i}'][ours])
+      for ours, theirs in (('mean', 'running_mean'), ('var', 'running_var')):
+        out[f'{prefix}.layers.{layer}.{theirs}'] = np.array(stats[f'norm_{i}'][ours])
+      layer += 1
+    layer += 1  # the ReLU (the last layer has none, and nothing follows it)
+  return out
+
+
+def torch_names(variables: dict, spec: dict, parts=('encoder', 'projector', 'predictor'), prefix: str = '') -> dict:
+  """The project's variables ({'params', 'batch_stats'}) under the peer's state-dict names:
+  backbone.* (torchvision's), projector.* and predictor.* (lightly's heads)."""
+  out = {}
+  if 'encoder' in parts:
+    out.update({f'{prefix}backbone.{k}': v for k, v in torchvision_state_dict(variables, spec).items()
+                if not k.endswith('num_batches_tracked')})
+  for part in parts[1:]:
+    if part in variables['params']:
+      out.update(head_names(variables['params'][part], variables['batch_stats'].get(part, {}), f'{prefix}{part}'))
+  return out
+
+
+def _sgd(modules, config, lr: float):
+  """torch.optim.SGD over modules with the recipe's groups: weight decay on kernels (ndim > 1),
+  none on biases and BatchNorm."""
+  import torch
+  params = [p for m in modules for p in m.parameters() if p.requires_grad]
+  groups = [{'params': [p for p in params if p.ndim > 1], 'weight_decay': config.weight_decay},
+            {'params': [p for p in params if p.ndim <= 1], 'weight_decay': 0.0}]
+  return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=False)
+
+
+def _nchw(views: np.ndarray):
+  import torch
+  return torch.from_numpy(np.ascontiguousarray(np.asarray(views, np.float32).transpose(0, 3, 1, 2)))
+
+
+def _feature_dim(initial) -> int:
+  """The encoder's feature size: the projector's input."""
+  return int(np.shape(initial['params']['projector']['dense_0']['kernel'])[0])
+
+
+class Peer:
+  """A method's PyTorch step from the project's initial variables (ours: run_ours' output).
+  Subclasses set the modules and the loss; run(views) returns {'losses', 'states'} with states
+  under torch_names' names."""
+  broken = ''  # a deliberately broken variant's name (the harness must catch it)
+
+  def __init__(self, ours: dict, broken: str = '', dtype: str = 'float32'):
+    import torch
+    torch.manual_seed(0)
+    self.broken, self.dtype = broken, getattr(torch, dtype)
+    self.config, self.spec = ours['config'], ours['spec']
+    self.total_steps, self.steps_per_epoch = ours['total_steps'], ours['steps_per_epoch']
+    self.build(ours['initial'])
+    for module in self.named().values():
+      module.to(self.dtype)
+    self.optimizer = _sgd(self.trained(), self.config, 0.0)
+    # BatchNorm module name -> what torch's unbiased running variance has gained over the biased
+    # one Flax keeps: each training-mode call adds momentum x var / (n - 1) (n: the elements per
+    # channel), decayed as the running average; subtracted before the comparison.
+    self.var_excess = {}
+
+    def hook(name):
+      def record(module, args):
+        if not module.training:
+          return
+        x = args[0].detach()
+        dims = [d for d in range(x.ndim) if d != 1]
+        n = x.numel() // x.shape[1]
+        excess = x.var(dim=dims, unbiased=False) / (n - 1)
+        prev = self.var_excess.get(name, torch.zeros_like(excess))
+        self.var_excess[name] = (1 - module.momentum) * prev + module.momentum * excess
+      return record
+    for name, module in self.named().items():
+      for sub, m in module.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+          m.register_forward_pre_hook(hook(f'{name}.{sub}'))
+
+  def state(self) -> dict:
+    """The peer's arrays under torch_names' names, its running variances less var_excess."""
+    out = {}
+    for prefix, module in self.named().items():
+      for n, t in module.state_dict().items():
+        name = f'{prefix}.{n}'
+        if name.endswith('num_batches_tracked'):
+          continue
+        if name.endswith('running_var'):
+          t = t - self.var_excess.get(name.rsplit('.', 1)[0], 0)
+        out[name] = t.detach().double().numpy().copy()
+    return out
+
+  def run(self, views_per_step: list) -> dict:
+    out = {'losses': [], 'states': []}
+    for k, views in enumerate(views_per_step):
+      lr = learning_rate(k, self.config, self.steps_per_epoch, self.total_steps)
+      for group in self.optimizer.param_groups:
+        group['lr'] = lr
+      self.optimizer.zero_grad()
+      loss = self.loss(k, [_nchw(v).to(self.dtype) for v in views['global']])
+      loss.backward()
+      self.before_step(k)
+      self.optimizer.step()
+      self.after_step(k)
+      out['losses'].append(float(loss.detach()))
+      out['states'].append(self.state())
+    return out
+
+  def before_step(self, k):
+    pass
+
+  def after_step(self, k):
+    pass
+
+
+class SimCLRPeer(Peer):
+  """torchvision's ResNet, lightly's SimCLRProjectionHead without BatchNorm (the write-up's
+  512-2048-128 MLP) and lightly's NTXentLoss; both views through the network as one batch, as
+  google-research/simclr and the write-up do. broken='per_view': each view on its own."""
+
+  def build(self, initial):
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules.heads import SimCLRProjectionHead
+    dims = tuple(self.config.projection_dims)
+    self.backbone = torch_resnet(self.spec, initial)
+    self.projector = SimCLRProjectionHead(_feature_dim(initial), dims[0], dims[-1], num_layers=len(dims),
+                                          batch_norm=False)
+    load_head(self.projector, initial['params']['projector'], initial['batch_stats'].get('projector', {}))
+    self.criterion = NTXentLoss(temperature=self.config.temperature)
+
+  def trained(self):
+    return [self.backbone, self.projector]
+
+  def named(self):
+    return {'backbone': self.backbone, 'projector': self.projector}
+
+  def loss(self, k, views):
+    import torch
+    x1, x2 = views
+    if self.broken == 'per_view':
+      z1, z2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))
+    else:
+      z1, z2 = self.projector(self.backbone(torch.cat([x1, x2]))).chunk(2)
+    return self.criterion(z1, z2)
+
+
+class BYOLPeer(Peer):
+  """lightly's BYOL: torchvision's ResNet, BYOLProjectionHead and BYOLPredictionHead, an EMA copy
+  of the backbone and projector (update_momentum, cosine_schedule), NegativeCosineSimilarity; each
+  view through the networks on its own, the target's in training mode without gradients.
+  broken='ema_first': the EMA taken from the weights before the optimiser step."""
+
+  def build(self, initial):
+    from lightly.loss import NegativeCosineSimilarity
+    from lightly.models.modules.heads import BYOLPredictionHead, BYOLProjectionHead
+    from lightly.models.utils import deactivate_requires_grad
+    proj, pred = tuple(self.config.projection_dims), tuple(self.config.predictor_dims)
+    self.backbone = torch_resnet(self.spec, initial)
+    self.projector = BYOLProjectionHead(_feature_dim(initial), proj[0], proj[-1])
+    self.predictor = BYOLPredictionHead(proj[-1], pred[0], pred[-1])
+    load_head(self.projector, initial['params']['projector'], initial['batch_stats'].get('projector', {}))
+    load_head(self.predictor, initial['params']['predictor'], initial['batch_stats'].get('predictor', {}))
+    target = initial['method_state']['target']
+    self.target_backbone = torch_resnet(self.spec, target)
+    self.target_projector = copy.deepcopy(self.projector)
+    load_head(self.target_projector, target['params']['projector'], target['batch_stats'].get('projector', {}))
+    deactivate_requires_grad(self.target_backbone)
+    deactivate_requires_grad(self.target_projector)
+    self.criterion = NegativeCosineSimilarity()
+
+  def trained(self):
+    return [self.backbone, self.projector, self.predictor]
+
+  def named(self):
+    return {'backbone': self.backbone, 'projector': self.projector, 'predictor': self.predictor,
+            'target.backbone': self.target_backbone, 'target.projector': self.target_projector}
+
+  def tau(self, k):
+    from lightly.utils.scheduler import cosine_schedule
+    return cosine_schedule(k, self.total_steps + 1, self.config.base_tau, self.config.final_tau)
+
+  def loss(self, k, views):
+    import torch
+    p1, p2 = (self.predictor(self.projector(self.backbone(x))) for x in views)
+    with torch.no_grad():
+      t1, t2 = (self.target_projector(self.target_backbone(x)) for x in views)
+    return (2 + 2 * self.criterion(p1, t2)) + (2 + 2 * self.criterion(p2, t1))
+
+  def _ema(self, k):
+    from lightly.models.utils import update_momentum
+    update_momentum(self.backbone, self.target_backbone, self.tau(k))
+    update_momentum(self.projector, self.target_projector, self.tau(k))
+
+  def before_step(self, k):
+    if self.broken == 'ema_first':
+      self._ema(k)
+
+  def after_step(self, k):
+    if self.broken != 'ema_first':
+      self._ema(k)
+
+
+PEERS = {'simclr': SimCLRPeer, 'byol': BYOLPeer}
+
+
+def our_state_names(ours_state: dict, spec: dict) -> dict:
+  """A run_ours state under the peer's names (the EMA target's as target.*)."""
+  out = torch_names(ours_state, spec)
+  target = ours_state['method_state'].get('target')
+  if target:
+    out.update(torch_names(target, spec, ('encoder', 'projector'), prefix='target.'))
+  return out
+
+
+def differences(states: list, reference: list, ours: dict) -> dict:
+  """{part: the largest difference between states and reference (lists of states under the
+  peer's names, one per step) over the steps, relative to how far ours moved the array from the
+  start}. Parts: each module's parameters ('backbone', 'projector', 'target.backbone', ...),
+  'running_mean' and 'running_var' (BatchNorm's, every module's)."""
+  start = our_state_names(ours['initial'], ours['spec'])
+  moved_by_ours = [our_state_names(s, ours['spec']) for s in ours['states']]
+  out = {}
+  for mine, theirs, moved_to in zip(states, reference, moved_by_ours):
+    assert set(mine) == set(theirs) == set(start), sorted(set(mine) ^ set(theirs))
+    for name, a in mine.items():
+      b = theirs[name]
+      assert a.shape == b.shape, (name, a.shape, b.shape)
+      leaf = name.rsplit('.', 1)[-1]
+      part = leaf if leaf in ('running_mean', 'running_var') else '.'.join(
+          name.split('.')[:2 if name.startswith('target.') else 1])
+      moved = float(np.abs(moved_to[name] - start[name]).max())
+      diff = float(np.abs(np.asarray(a, np.float64) - b).max())
+      rel = diff / max(moved, 1e-6 * max(1.0, float(np.abs(b).max()))) if diff else 0.0
+      out[part] = max(out.get(part, 0.0), rel)
+  return out
+
+
+def loss_differences(losses: list, reference: list) -> list:
+  """Each step's relative difference of two runs' losses."""
+  return [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(losses, reference)]
+
+
+def named_states(ours: dict) -> list:
+  """run_ours' states under the peer's names."""
+  return [our_state_names(s, ours['spec']) for s in ours['states']]
