@@ -45,7 +45,7 @@ def test_the_tiny_report_has_every_part(tmp_path):
   assert brk['forward'] > 0 and brk['augmentation'] > 0
   vit = parts['vit']['figures']
   assert vit['model'] == 'vit_nano' and vit['steps'][0]['images_per_s'] > 0
-  rows = {(r['chunks'], r['remat']): r for r in parts['memory']['figures']['memory']}  # batch 32
+  rows = {(r['chunks'], r['remat']): r for r in parts['memory']['figures']['memory']}  # batch 64
   assert sorted(rows) == [(1, False), (4, False)], rows
   assert all(r['images_per_s'] > 0 and r['memory']['peak'] > 0 for r in rows.values())
   assert rows[4, False]['memory']['temp'] < rows[1, False]['memory']['temp'] and rows[1, False]['update_difference'] == 0

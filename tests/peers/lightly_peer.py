@@ -25,9 +25,15 @@ Differences by design, stated where the peer bridges them:
   the peer calls it with max_steps = K + 1. The project updates the target after the optimiser
   step with tau(k); lightly's examples before the forward of step k + 1 with the same online
   weights: the same target at every forward.
-- BatchNorm's running variance: torch updates it with the unbiased batch variance (n / (n - 1)
-  times the biased one Flax uses); the training step normalises with the biased one in both. The
-  peer subtracts what that adds (Peer.var_excess) before the running variances are compared.
+- BatchNorm's batch variance: Flax's BatchNorm (the project keeps its default) computes it in one
+  pass, E[x^2] - E[x]^2, clipped at 0; torch in two, E[(x - E[x])^2]. In float32 the one pass loses
+  digits to cancellation: with torch's own BatchNorm, one SimCLR step put the project's encoder 7%
+  of its change away from the float64 peer's, where the float32 peer's was 0.8% away (and the
+  project's too, with Flax's two-pass form). So the peer's BatchNorm layers compute their batch
+  statistics as Flax does (one_pass_batchnorm), and the float32 peer rounds as the project does.
+  Its running variance is then the biased one, as Flax keeps it. With variance='torch' the peer
+  keeps torch's BatchNorm, whose running variance takes the unbiased batch variance (n / (n - 1)
+  times the biased one); the peer subtracts what that adds (Peer.var_excess) before the comparison.
 """
 from __future__ import annotations
 
@@ -188,13 +194,36 @@ def _feature_dim(initial) -> int:
   return int(np.shape(initial['params']['projector']['dense_0']['kernel'])[0])
 
 
+def one_pass_batchnorm(module) -> None:
+  """Makes a torch BatchNorm layer compute its training-mode statistics as Flax's nn.BatchNorm does
+  by default: the mean and the mean of squares in one pass, the variance their difference clipped
+  at 0, the running averages updated with that (biased) variance; inference mode is torch's."""
+  import torch
+  plain = module.forward
+
+  def forward(x):
+    if not module.training:
+      return plain(x)
+    dims = [d for d in range(x.ndim) if d != 1]
+    shape = [1, -1] + [1] * (x.ndim - 2)
+    mean, mean_sq = x.mean(dim=dims), (x * x).mean(dim=dims)
+    var = torch.clamp(mean_sq - mean * mean, min=0)
+    with torch.no_grad():
+      m = module.momentum
+      module.running_mean.mul_(1 - m).add_(m * mean.detach())
+      module.running_var.mul_(1 - m).add_(m * var.detach())
+    y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + module.eps)
+    return y * module.weight.view(shape) + module.bias.view(shape) if module.affine else y
+  module.forward = forward
+
+
 class Peer:
   """A method's PyTorch step from the project's initial variables (ours: run_ours' output).
   Subclasses set the modules and the loss; run(views) returns {'losses', 'states'} with states
   under torch_names' names."""
   broken = ''  # a deliberately broken variant's name (the harness must catch it)
 
-  def __init__(self, ours: dict, broken: str = '', dtype: str = 'float32'):
+  def __init__(self, ours: dict, broken: str = '', dtype: str = 'float32', variance: str = 'one_pass'):
     import torch
     torch.manual_seed(0)
     self.broken, self.dtype = broken, getattr(torch, dtype)
@@ -204,10 +233,16 @@ class Peer:
     for module in self.named().values():
       module.to(self.dtype)
     self.optimizer = _sgd(self.trained(), self.config, 0.0)
+    self.var_excess = {}
+    norms = {f'{name}.{sub}': m for name, module in self.named().items() for sub, m in module.named_modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    if variance == 'one_pass':
+      for m in norms.values():
+        one_pass_batchnorm(m)
+      return
     # BatchNorm module name -> what torch's unbiased running variance has gained over the biased
     # one Flax keeps: each training-mode call adds momentum x var / (n - 1) (n: the elements per
     # channel), decayed as the running average; subtracted before the comparison.
-    self.var_excess = {}
 
     def hook(name):
       def record(module, args):
@@ -220,10 +255,8 @@ class Peer:
         prev = self.var_excess.get(name, torch.zeros_like(excess))
         self.var_excess[name] = (1 - module.momentum) * prev + module.momentum * excess
       return record
-    for name, module in self.named().items():
-      for sub, m in module.named_modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-          m.register_forward_pre_hook(hook(f'{name}.{sub}'))
+    for name, m in norms.items():
+      m.register_forward_pre_hook(hook(name))
 
   def state(self) -> dict:
     """The peer's arrays under torch_names' names, its running variances less var_excess."""

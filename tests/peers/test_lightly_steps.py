@@ -9,19 +9,23 @@ from simclr_jax.data import registry
 
 pytestmark = pytest.mark.slow
 STEPS = 4  # the first at learning rate 0 (the warmup's start), then three that move the weights
-# Narrow heads, and a learning rate (0.03 x 16/256) at which these tiny networks are stable enough
-# in float32 to compare 3 steps: at 10 times it, BYOL's own float32 and float64 steps part by 1e-4
-# in the loss at the third step (BatchNorm over 16 images, per view).
-FIELDS = {**lightly_peer.PEER_FIELDS, 'learning_rate': 0.03, 'projection_dims': (64, 32)}
-HEADS = {'simclr': {}, 'byol': {'predictor_dims': (64, 32), 'base_tau': 0.9}}
-LOSS_BOUND = 1e-4  # relative, every step (they agree to 6e-5 or better)
+# Narrow heads, and learning rates (x 16/256) at which these tiny networks are stable enough in
+# float32 to compare 3 moving steps. BYOL's steps are the more sensitive to rounding (BatchNorm over
+# 16 images per view, through two networks): at 0.03 its own float32 and float64 peers part by 1e-4
+# in the loss at the fourth step, and ours from the float32 peer by 5e-5 on one machine and 1.5e-4
+# on another; at 0.01 both stay below 2e-5 over these steps.
+FIELDS = {**lightly_peer.PEER_FIELDS, 'projection_dims': (64, 32)}
+PER_METHOD = {'simclr': {'learning_rate': 0.03},
+              'byol': {'learning_rate': 0.01, 'predictor_dims': (64, 32), 'base_tau': 0.9}}
+LOSS_BOUND = 1e-4  # relative, every step (they agree to 1.2e-5 or better)
 # The arrays: float32 rounding alone moves them by a share of their change that is itself large
 # here (BatchNorm biases sum gradients that cancel: after 3 steps the peer's float32 step is up
-# to 3.3% of the change from its float64 step). So ours is held to the float64 peer
-# within RATIO_BOUND times the float32 peer's own distance from it (measured: 0.2 to 3 times, 7
-# for SimCLR's running variances, both below the floor), or FLOOR of the change where that is
-# larger; a broken variant is further by orders of magnitude.
-RATIO_BOUND, FLOOR = 10.0, 1e-3
+# to 6.5% of the change from its float64 step). The peer's BatchNorm computes its variance in one
+# pass as Flax's does (lightly_peer.one_pass_batchnorm), so that the float32 peer rounds as ours
+# does. Ours is held to the float64 peer within RATIO_BOUND times the float32 peer's own distance
+# from it (measured: 0.6 to 2 times, 7 for BYOL's predictor), or FLOOR of the change where that is
+# larger; a broken variant is off by its whole change.
+RATIO_BOUND, FLOOR = 10.0, 1e-2
 
 
 @pytest.fixture(scope='module')
@@ -32,7 +36,7 @@ def runs():
 
   def get(method):
     if method not in cache:
-      ours = lightly_peer.run_ours(tiny_config(method, **FIELDS, **HEADS[method]), train.images, train.labels,
+      ours = lightly_peer.run_ours(tiny_config(method, **{**FIELDS, **PER_METHOD[method]}), train.images, train.labels,
                                    steps=STEPS)
       exact = lightly_peer.PEERS[method](ours, dtype='float64').run(ours['views'])
       cache[method] = ours, exact, lightly_peer.PEERS[method](ours).run(ours['views'])
