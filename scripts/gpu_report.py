@@ -230,7 +230,8 @@ def vit(limit, args) -> dict:
 
 
 def memory(limit, args) -> dict:
-  """Large batches on small memory (tiny: batch 64 whole, the step the other parts compile, and in 4 chunks) through benchmark.py --memory."""
+  """Large batches on small memory through benchmark.py --memory (tiny: batch 64 whole, the step
+  the other parts have compiled, and in 4 chunks)."""
   if args.tiny:
     extra = ['--tiny', '--memory', '--variants=64:1,64:4', '--steps=1', '--windows=1', '--warmup=0']
   else:

@@ -233,30 +233,33 @@ class Peer:
     for module in self.named().values():
       module.to(self.dtype)
     self.optimizer = _sgd(self.trained(), self.config, 0.0)
-    self.var_excess = {}
-    norms = {f'{name}.{sub}': m for name, module in self.named().items() for sub, m in module.named_modules()
-             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
-    if variance == 'one_pass':
-      for m in norms.values():
-        one_pass_batchnorm(m)
-      return
     # BatchNorm module name -> what torch's unbiased running variance has gained over the biased
-    # one Flax keeps: each training-mode call adds momentum x var / (n - 1) (n: the elements per
-    # channel), decayed as the running average; subtracted before the comparison.
+    # one Flax keeps (variance='torch' only; one_pass_batchnorm keeps the biased one): each
+    # training-mode call adds momentum x var / (n - 1) (n: the elements per channel), decayed as
+    # the running average; subtracted before the comparison.
+    self.var_excess = {}
+    for prefix, module in self.named().items():
+      for sub, m in module.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+          if variance == 'one_pass':
+            one_pass_batchnorm(m)
+          else:
+            m.register_forward_pre_hook(self._excess_recorder(f'{prefix}.{sub}'))
 
-    def hook(name):
-      def record(module, args):
-        if not module.training:
-          return
-        x = args[0].detach()
-        dims = [d for d in range(x.ndim) if d != 1]
-        n = x.numel() // x.shape[1]
-        excess = x.var(dim=dims, unbiased=False) / (n - 1)
-        prev = self.var_excess.get(name, torch.zeros_like(excess))
-        self.var_excess[name] = (1 - module.momentum) * prev + module.momentum * excess
-      return record
-    for name, m in norms.items():
-      m.register_forward_pre_hook(hook(name))
+  def _excess_recorder(self, name: str):
+    """A forward pre-hook adding a torch BatchNorm call's unbiased-variance excess to var_excess[name]."""
+    import torch
+
+    def record(module, args):
+      if not module.training:
+        return
+      x = args[0].detach()
+      dims = [d for d in range(x.ndim) if d != 1]
+      n = x.numel() // x.shape[1]
+      excess = x.var(dim=dims, unbiased=False) / (n - 1)
+      prev = self.var_excess.get(name, torch.zeros_like(excess))
+      self.var_excess[name] = (1 - module.momentum) * prev + module.momentum * excess
+    return record
 
   def state(self) -> dict:
     """The peer's arrays under torch_names' names, its running variances less var_excess."""
