@@ -27,7 +27,7 @@ Differences by design, stated where the peer bridges them:
   weights: the same target at every forward.
 - BatchNorm's batch variance: Flax's BatchNorm (the project keeps its default) computes it in one
   pass, E[x^2] - E[x]^2, clipped at 0; torch in two, E[(x - E[x])^2]. In float32 the one pass loses
-  digits to cancellation: with torch's own BatchNorm, one SimCLR step put the project's encoder 7%
+  digits to cancellation: with torch's own BatchNorm, one SimCLR step at width 1 put the project's encoder 7%
   of its change away from the float64 peer's, where the float32 peer's was 0.8% away (and the
   project's too, with Flax's two-pass form). So the peer's BatchNorm layers compute their batch
   statistics as Flax does (one_pass_batchnorm), and the float32 peer rounds as the project does.
@@ -43,15 +43,15 @@ import math
 import jax
 import numpy as np
 
-from simclr_jax import methods
+from simclr_jax import methods, models
 from simclr_jax.core import parallel
 from simclr_jax.data import augment, pipeline, sources
 from simclr_jax.stages import pretrain
-from simclr_jax.trained_encoder import torchvision_builder, torchvision_state_dict
+from simclr_jax.trained_encoder import torchvision_state_dict
 
-# The smallest network torchvision builds: ResNet(BasicBlock, [1, 1, 1, 1]) at width 1 (resnet10),
-# with the CIFAR stem; narrow heads.
-PEER_FIELDS = {'model': 'resnet10', 'width': 1.0, 'batch_size': 16, 'epochs': 4, 'warmup_epochs': 1.0,
+# A ResNet of one BasicBlock per stage (resnet10) at width 0.125, with the CIFAR stem: torchvision's
+# blocks at the tests' width (torch_resnet); narrow heads.
+PEER_FIELDS = {'model': 'resnet10', 'width': 0.125, 'batch_size': 16, 'epochs': 4, 'warmup_epochs': 1.0,
                'optimizer': 'sgd', 'momentum': 0.9, 'weight_decay': 5e-4, 'learning_rate': 0.3,
                'online_probe_learning_rate': 0.0, 'augment.jitter_prob': 0.8}
 
@@ -69,13 +69,13 @@ def run_ours(config, images: np.ndarray, labels: np.ndarray, steps: int) -> dict
   method = methods.get(config.method)(config, settings.total_steps)
   make_views = jax.jit(method.inputs(augment.settings_from_config(config.augment),
                                      augment.settings_from_config(config.augment, config.view2)))
-  step = jax.jit(task.step_fn)
   state = task.state
+  images, labels = jax.numpy.asarray(images), jax.numpy.asarray(labels)
+  step = jax.jit(task.step_fn)
   snapshot = lambda s: jax.device_get({'params': s.params, 'batch_stats': s.batch_stats,
                                        'method_state': s.method_state})
   out = {'losses': [], 'views': [], 'states': [], 'initial': snapshot(state), 'spec': task.meta['model'],
          'config': config, 'total_steps': settings.total_steps, 'steps_per_epoch': inputs.steps_per_epoch}
-  images, labels = jax.numpy.asarray(images), jax.numpy.asarray(labels)
   for _ in range(steps):
     out['views'].append(jax.device_get(make_views(jax.random.fold_in(state.key, state.step), images)))
     state, metrics = step(state, images, labels)
@@ -96,14 +96,24 @@ def learning_rate(k: int, config, steps_per_epoch: int, total_steps: int) -> flo
 
 # Weights across: Flax variables to torch modules.
 def torch_resnet(spec: dict, variables: dict):
-  """torchvision's ResNet built from the export's metadata, holding the encoder of variables."""
+  """torchvision's ResNet, its stages built by torchvision's own ResNet._make_layer from its
+  BasicBlock or Bottleneck at the spec's width (64 x width channels at the stem: torchvision's
+  constructor fixes 64, so the stem and the stages are rebuilt narrower, as torchvision builds
+  them), holding the encoder of variables through the torchvision export's names."""
   import torch
   import torchvision
-  arch = torchvision_builder(spec, 'the peer')
-  model = torchvision.models.ResNet(getattr(torchvision.models.resnet, arch['block']), arch['layers'])
-  if arch['stem'] == 'cifar':
-    model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+  block, layers = models.ARCHITECTURES[spec['model']]
+  block = torchvision.models.resnet.BasicBlock if block == 'basic' else torchvision.models.resnet.Bottleneck
+  model = torchvision.models.ResNet(block, list(layers))
+  base = max(1, int(round(64 * spec['width'])))  # as models.resnet.ResNet
+  if spec['stem'] == 'cifar':
+    model.conv1 = torch.nn.Conv2d(3, base, 3, 1, 1, bias=False)
     model.maxpool = torch.nn.Identity()
+  else:
+    model.conv1 = torch.nn.Conv2d(3, base, 7, 2, 3, bias=False)
+  model.bn1, model.inplanes = torch.nn.BatchNorm2d(base), base
+  for i, blocks in enumerate(layers):
+    setattr(model, f'layer{i + 1}', model._make_layer(block, base * 2 ** i, blocks, stride=1 if i == 0 else 2))
   model.fc = torch.nn.Identity()
   model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in torchvision_state_dict(variables, spec).items()})
   return model

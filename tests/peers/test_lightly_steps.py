@@ -1,6 +1,6 @@
 """Each method's whole training step against a PyTorch peer from lightly's pieces
 (tests/peers/lightly_peer.py): the same initial weights, views and optimiser, step by step, on the
-smallest network torchvision builds (a ResNet of one block per stage at width 1, CIFAR stem)."""
+tests' network: a ResNet of one torchvision BasicBlock per stage at width 0.125, CIFAR stem)."""
 import pytest
 
 from conftest import DATA_DIR, DATASET, tiny_config
@@ -18,14 +18,16 @@ FIELDS = {**lightly_peer.PEER_FIELDS, 'projection_dims': (64, 32)}
 PER_METHOD = {'simclr': {'learning_rate': 0.03},
               'byol': {'learning_rate': 0.01, 'predictor_dims': (64, 32), 'base_tau': 0.9}}
 LOSS_BOUND = 1e-4  # relative, every step (they agree to 1.2e-5 or better)
-# The arrays: float32 rounding alone moves them by a share of their change that is itself large
-# here (BatchNorm biases sum gradients that cancel: after 3 steps the peer's float32 step is up
-# to 6.5% of the change from its float64 step). The peer's BatchNorm computes its variance in one
-# pass as Flax's does (lightly_peer.one_pass_batchnorm), so that the float32 peer rounds as ours
-# does. Ours is held to the float64 peer within RATIO_BOUND times the float32 peer's own distance
-# from it (measured: 0.6 to 2 times, 7 for BYOL's predictor), or FLOOR of the change where that is
-# larger; a broken variant is off by its whole change.
-RATIO_BOUND, FLOOR = 10.0, 1e-2
+# The arrays: float32 rounding alone moves them by a share of their change that can be large
+# (BatchNorm biases sum gradients that cancel: after 3 steps the peer's float32 target is 3% of
+# the change from its float64 one). The peer's BatchNorm computes its variance in one pass as
+# Flax's does (lightly_peer.one_pass_batchnorm), so that the float32 peer rounds as ours does. Ours
+# is held to the float64 peer within RATIO_BOUND times the float32 peer's own distance from it, or
+# FLOOR of the change where that is larger: another valid float32 order is that far off too (our
+# step compiled without LLVM's optimisations puts BYOL's encoder 1.8% of its change from the
+# float64 peer, where the float32 peer is 0.18% away), and a broken variant is off by its whole
+# change.
+RATIO_BOUND, FLOOR = 10.0, 5e-2
 
 
 @pytest.fixture(scope='module')
