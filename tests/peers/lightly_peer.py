@@ -1,10 +1,14 @@
 """A method's whole training step against a PyTorch peer built from lightly's pieces, step by step.
 
+    config = peer_config('byol', {'dataset': 'cifar10_jpeg', 'data_dir': '../shared/data/tfds'})
     ours = run_ours(config, images, labels, steps=4)     # the project's compiled step, its views and states
     peer = PEERS['byol'](ours, dtype='float64')          # the same initial weights, as a PyTorch model
     theirs = peer.run(ours['views'])                     # the same views, optimiser and schedule
     loss_differences(ours['losses'], theirs['losses'])  # per step
     differences(named_states(ours), theirs['states'], ours)   # per part, relative to how far ours moved
+    failures(ours, peer32, exact, peer32)                # what breaks the bounds below ([] when none)
+
+tests/peers/test_lightly_steps.py runs it in the suite; scripts/peer_check.py prints its table.
 
 Both sides start from the same weights: the project's initial encoder goes into torchvision's
 ResNet through the torchvision export (trained_encoder.torchvision_state_dict), the heads into
@@ -46,14 +50,45 @@ import numpy as np
 from simclr_jax import methods, models
 from simclr_jax.core import parallel
 from simclr_jax.data import augment, pipeline, sources
-from simclr_jax.stages import pretrain
+from simclr_jax.stages import pretrain, runner
 from simclr_jax.trained_encoder import torchvision_state_dict
 
 # A ResNet of one BasicBlock per stage (resnet10) at width 0.125, with the CIFAR stem: torchvision's
 # blocks at the tests' width (torch_resnet); narrow heads.
-PEER_FIELDS = {'model': 'resnet10', 'width': 0.125, 'batch_size': 16, 'epochs': 4, 'warmup_epochs': 1.0,
-               'optimizer': 'sgd', 'momentum': 0.9, 'weight_decay': 5e-4, 'learning_rate': 0.3,
-               'online_probe_learning_rate': 0.0, 'augment.jitter_prob': 0.8}
+PEER_FIELDS = {'model': 'resnet10', 'width': 0.125, 'dtype': 'float32', 'batch_size': 16, 'epochs': 4,
+               'warmup_epochs': 1.0, 'optimizer': 'sgd', 'momentum': 0.9, 'weight_decay': 5e-4, 'learning_rate': 0.3,
+               'online_probe_learning_rate': 0.0, 'augment.jitter_prob': 0.8, 'projection_dims': (64, 32)}
+# Learning rates (x batch/256) at which these tiny networks are stable enough in float32 to compare
+# 3 moving steps. BYOL's steps are the more sensitive to rounding (BatchNorm over 16 images per
+# view, through two networks): at 0.03 and width 1 its own float32 and float64 peers parted by
+# 1e-4 in the loss at the fourth step; at 0.01 they stay below 2e-5. SimSiam's predictor moves at
+# the peak rate from the first step: at 0.03 the float32 peer's encoder ends 17% of its change from
+# the float64 peer's, at 0.01 3.9%.
+METHOD_FIELDS = {'simclr': {'learning_rate': 0.03},
+                 'byol': {'learning_rate': 0.01, 'predictor_dims': (64, 32), 'base_tau': 0.9},
+                 'simsiam': {'learning_rate': 0.01, 'projection_dims': (64, 64, 32), 'predictor_dims': (16, 32)},
+                 'barlow_twins': {'learning_rate': 0.03, 'projection_dims': (64, 64, 64)},
+                 'dcl': {'learning_rate': 0.03, 'dcl_sigma': 0.5}}  # DCLW; DCL is its sigma = 0
+LOSS_BOUND = 1e-4  # relative, every step, against the float32 peer
+# The arrays: float32 rounding alone moves them by a share of their change that can be large
+# (BatchNorm biases sum gradients that cancel: after 3 steps the peer's float32 target is 3% of
+# the change from its float64 one). The peer's BatchNorm computes its variance in one pass as
+# Flax's does (one_pass_batchnorm), so that the float32 peer rounds as ours does. Ours is held to
+# the float64 peer within RATIO_BOUND times the float32 peer's own distance from it, or FLOOR of
+# the change where that is larger: another valid float32 order is that far off too (our step
+# compiled without LLVM's optimisations puts BYOL's encoder 1.8% of its change from the float64
+# peer, where the float32 peer is 0.18% away), and a broken variant is off by its whole change.
+RATIO_BOUND, FLOOR = 10.0, 5e-2
+
+
+def peer_config(method: str, fields: dict):
+  """configs/<method>.py with PEER_FIELDS, the method's METHOD_FIELDS and then `fields` (the data's
+  dataset and data_dir at least) applied."""
+  import os
+  from simclr_jax.config_base import apply_overrides, load_config_file
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  config = load_config_file(os.path.join(root, 'configs', f'{method}.py'))
+  return apply_overrides(config, {**PEER_FIELDS, **METHOD_FIELDS.get(method, {}), **fields})
 
 
 def run_ours(config, images: np.ndarray, labels: np.ndarray, steps: int) -> dict:
@@ -61,11 +96,13 @@ def run_ours(config, images: np.ndarray, labels: np.ndarray, steps: int) -> dict
   batch (uint8 [B, H, W, 3], B = config.batch_size): {'losses', 'views' (each step's, numpy
   [n, B, H, W, 3] per group), 'states' (numpy variables and method state after each step),
   'initial', 'spec', 'config', 'total_steps'}."""
-  from conftest import build
   mesh = parallel.make_mesh()
   source = sources.in_memory('peer', sources.Split(images, labels), num_classes=10)
   inputs = pipeline.DeviceInputs(source, None, mesh, config.batch_size, 0)
-  task, settings = build(pretrain.build_task, config, mesh, inputs)
+  settings = runner.loop_settings(config, inputs.steps_per_epoch, {})  # as runner.train_and_evaluate
+  # The step takes as its input the views the method makes from each step's key (as its own step
+  # makes them inside), so that the same arrays go to the peer and augmentation compiles once.
+  task = pretrain.build_task(config, mesh, inputs, None, settings.total_steps, make_views=lambda key, views: views)
   method = methods.get(config.method)(config, settings.total_steps)
   make_views = jax.jit(method.inputs(augment.settings_from_config(config.augment),
                                      augment.settings_from_config(config.augment, config.view2)))
@@ -77,8 +114,9 @@ def run_ours(config, images: np.ndarray, labels: np.ndarray, steps: int) -> dict
   out = {'losses': [], 'views': [], 'states': [], 'initial': snapshot(state), 'spec': task.meta['model'],
          'config': config, 'total_steps': settings.total_steps, 'steps_per_epoch': inputs.steps_per_epoch}
   for _ in range(steps):
-    out['views'].append(jax.device_get(make_views(jax.random.fold_in(state.key, state.step), images)))
-    state, metrics = step(state, images, labels)
+    views = make_views(jax.random.fold_in(state.key, state.step), images)
+    out['views'].append(jax.device_get(views))
+    state, metrics = step(state, views, labels)
     out['losses'].append(float(metrics['loss']))
     out['states'].append(snapshot(state))
   return out
@@ -87,11 +125,15 @@ def run_ours(config, images: np.ndarray, labels: np.ndarray, steps: int) -> dict
 def learning_rate(k: int, config, steps_per_epoch: int, total_steps: int) -> float:
   """The recipe's schedule, from configs/pretrain.py's docstring: base_lr x batch/256, a linear
   warmup from 0 over warmup_epochs, then a cosine to 0 at the run's last step."""
-  peak = config.learning_rate * config.batch_size / 256
+  peak = peak_learning_rate(config)
   warmup = int(round(config.warmup_epochs * steps_per_epoch))
   if k < warmup:
     return peak * k / warmup
   return 0.5 * peak * (1 + math.cos(math.pi * min(1.0, (k - warmup) / max(1, total_steps - warmup))))
+
+
+def peak_learning_rate(config) -> float:
+  return config.learning_rate * config.batch_size / 256
 
 
 # Weights across: Flax variables to torch modules.
@@ -144,10 +186,12 @@ def load_head(head, params: dict, stats: dict) -> None:
       assert (linear.bias is None) == ('bias' not in dense), i
       if linear.bias is not None:
         linear.bias.copy_(torch.from_numpy(np.array(dense['bias'])))
-      assert (norm is None) == (f'norm_{i}' not in params), i
-      if norm is not None:
-        norm.weight.copy_(torch.from_numpy(np.array(params[f'norm_{i}']['scale'])))
-        norm.bias.copy_(torch.from_numpy(np.array(params[f'norm_{i}']['bias'])))
+      assert (norm is None) == (f'norm_{i}' not in stats), i
+      if norm is not None:  # a BatchNorm without affine (SimSiam's last) has statistics and no parameters
+        assert norm.affine == (f'norm_{i}' in params), i
+        if norm.affine:
+          norm.weight.copy_(torch.from_numpy(np.array(params[f'norm_{i}']['scale'])))
+          norm.bias.copy_(torch.from_numpy(np.array(params[f'norm_{i}']['bias'])))
         norm.running_mean.copy_(torch.from_numpy(np.array(stats[f'norm_{i}']['mean'])))
         norm.running_var.copy_(torch.from_numpy(np.array(stats[f'norm_{i}']['var'])))
 
@@ -161,9 +205,10 @@ def head_names(params: dict, stats: dict, prefix: str) -> dict:
     if 'bias' in params[f'dense_{i}']:
       out[f'{prefix}.layers.{layer}.bias'] = np.array(params[f'dense_{i}']['bias'])
     layer += 1
-    if f'norm_{i}' in params:
+    if f'norm_{i}' in stats:
       for ours, theirs in (('scale', 'weight'), ('bias', 'bias')):
-        out[f'{prefix}.layers.{layer}.{theirs}'] = np.array(params[f'norm_{i}'][ours])
+        if ours in params.get(f'norm_{i}', {}):
+          out[f'{prefix}.layers.{layer}.{theirs}'] = np.array(params[f'norm_{i}'][ours])
       for ours, theirs in (('mean', 'running_mean'), ('var', 'running_var')):
         out[f'{prefix}.layers.{layer}.{theirs}'] = np.array(stats[f'norm_{i}'][ours])
       layer += 1
@@ -184,14 +229,17 @@ def torch_names(variables: dict, spec: dict, parts=('encoder', 'projector', 'pre
   return out
 
 
-def _sgd(modules, config, lr: float):
+def _sgd(modules, config, constant=()):
   """torch.optim.SGD over modules with the recipe's groups: weight decay on kernels (ndim > 1),
-  none on biases and BatchNorm."""
+  none on biases and BatchNorm; the modules of `constant` in groups of their own marked
+  'constant_lr' (Peer.run keeps them at the peak learning rate)."""
   import torch
-  params = [p for m in modules for p in m.parameters() if p.requires_grad]
-  groups = [{'params': [p for p in params if p.ndim > 1], 'weight_decay': config.weight_decay},
-            {'params': [p for p in params if p.ndim <= 1], 'weight_decay': 0.0}]
-  return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=False)
+  groups = []
+  for ms, fixed in ((modules, False), (constant, True)):
+    params = [p for m in ms for p in m.parameters() if p.requires_grad]
+    groups += [{'params': [p for p in params if p.ndim > 1], 'weight_decay': config.weight_decay, 'constant_lr': fixed},
+               {'params': [p for p in params if p.ndim <= 1], 'weight_decay': 0.0, 'constant_lr': fixed}]
+  return torch.optim.SGD([g for g in groups if g['params']], lr=0.0, momentum=config.momentum, nesterov=False)
 
 
 def _nchw(views: np.ndarray):
@@ -231,10 +279,12 @@ class Peer:
   """A method's PyTorch step from the project's initial variables (ours: run_ours' output).
   Subclasses set the modules and the loss; run(views) returns {'losses', 'states'} with states
   under torch_names' names."""
-  broken = ''  # a deliberately broken variant's name (the harness must catch it)
+  BROKEN = ()  # the deliberately broken variants a subclass has (the harness must catch each)
 
   def __init__(self, ours: dict, broken: str = '', dtype: str = 'float32', variance: str = 'one_pass'):
     import torch
+    if broken and broken not in self.BROKEN:
+      raise ValueError(f'{type(self).__name__} has no broken variant {broken!r}: choose from {", ".join(self.BROKEN)}')
     torch.manual_seed(0)
     self.broken, self.dtype = broken, getattr(torch, dtype)
     self.config, self.spec = ours['config'], ours['spec']
@@ -242,7 +292,7 @@ class Peer:
     self.build(ours['initial'])
     for module in self.named().values():
       module.to(self.dtype)
-    self.optimizer = _sgd(self.trained(), self.config, 0.0)
+    self.optimizer = _sgd(self.trained(), self.config, self.constant_lr())
     # BatchNorm module name -> what torch's unbiased running variance has gained over the biased
     # one Flax keeps (variance='torch' only; one_pass_batchnorm keeps the biased one): each
     # training-mode call adds momentum x var / (n - 1) (n: the elements per channel), decayed as
@@ -289,7 +339,7 @@ class Peer:
     for k, views in enumerate(views_per_step):
       lr = learning_rate(k, self.config, self.steps_per_epoch, self.total_steps)
       for group in self.optimizer.param_groups:
-        group['lr'] = lr
+        group['lr'] = peak_learning_rate(self.config) if group['constant_lr'] else lr
       self.optimizer.zero_grad()
       loss = self.loss(k, [_nchw(v).to(self.dtype) for v in views['global']])
       loss.backward()
@@ -299,6 +349,10 @@ class Peer:
       out['losses'].append(float(loss.detach()))
       out['states'].append(self.state())
     return out
+
+  def constant_lr(self):
+    """The trained modules at the peak learning rate throughout (a method's parameter group)."""
+    return []
 
   def before_step(self, k):
     pass
@@ -311,6 +365,7 @@ class SimCLRPeer(Peer):
   """torchvision's ResNet, lightly's SimCLRProjectionHead without BatchNorm (the write-up's
   512-2048-128 MLP) and lightly's NTXentLoss; both views through the network as one batch, as
   google-research/simclr and the write-up do. broken='per_view': each view on its own."""
+  BROKEN = ('per_view',)
 
   def build(self, initial):
     from lightly.loss import NTXentLoss
@@ -338,11 +393,23 @@ class SimCLRPeer(Peer):
     return self.criterion(z1, z2)
 
 
+class DCLPeer(SimCLRPeer):
+  """SimCLR's peer with lightly's DCLLoss, or DCLWLoss at the config's dcl_sigma > 0 (the positives
+  weighted by the negative von Mises-Fisher weights, detached)."""
+
+  def build(self, initial):
+    from lightly.loss import DCLLoss, DCLWLoss
+    super().build(initial)
+    t, sigma = self.config.temperature, self.config.dcl_sigma
+    self.criterion = DCLWLoss(temperature=t, sigma=sigma) if sigma > 0 else DCLLoss(temperature=t)
+
+
 class BYOLPeer(Peer):
   """lightly's BYOL: torchvision's ResNet, BYOLProjectionHead and BYOLPredictionHead, an EMA copy
   of the backbone and projector (update_momentum, cosine_schedule), NegativeCosineSimilarity; each
   view through the networks on its own, the target's in training mode without gradients.
   broken='ema_first': the EMA taken from the weights before the optimiser step."""
+  BROKEN = ('ema_first',)
 
   def build(self, initial):
     from lightly.loss import NegativeCosineSimilarity
@@ -394,7 +461,79 @@ class BYOLPeer(Peer):
       self._ema(k)
 
 
-PEERS = {'simclr': SimCLRPeer, 'byol': BYOLPeer}
+class SimSiamPeer(Peer):
+  """lightly's SimSiam: torchvision's ResNet, SimSiamProjectionHead (three Linear-BatchNorm layers,
+  the last BatchNorm without affine), SimSiamPredictionHead, NegativeCosineSimilarity over both
+  directions against the detached projections; each view through the networks on its own. The
+  predictor at the peak learning rate throughout, as the paper's section 4.4 and solo-learn's
+  static_lr (lightly's example decays it with the rest: the peer takes the authors' form).
+  broken='no_stop_gradient': the projections not detached."""
+  BROKEN = ('no_stop_gradient',)
+
+  def build(self, initial):
+    from lightly.loss import NegativeCosineSimilarity
+    from lightly.models.modules.heads import SimSiamPredictionHead, SimSiamProjectionHead
+    proj, pred = tuple(self.config.projection_dims), tuple(self.config.predictor_dims)
+    assert len(proj) == 3 and proj[0] == proj[1] and len(pred) == 2, (proj, pred)
+    self.backbone = torch_resnet(self.spec, initial)
+    self.projector = SimSiamProjectionHead(_feature_dim(initial), proj[0], proj[-1])
+    self.predictor = SimSiamPredictionHead(proj[-1], pred[0], pred[-1])
+    for part in ('projector', 'predictor'):
+      load_head(getattr(self, part), initial['params'][part], initial['batch_stats'].get(part, {}))
+    self.criterion = NegativeCosineSimilarity()
+
+  def trained(self):
+    return [self.backbone, self.projector]
+
+  def constant_lr(self):
+    return [self.predictor] if self.config.predictor_constant_lr else []
+
+  def named(self):
+    return {'backbone': self.backbone, 'projector': self.projector, 'predictor': self.predictor}
+
+  def loss(self, k, views):
+    z1, z2 = (self.projector(self.backbone(x)) for x in views)
+    p1, p2 = self.predictor(z1), self.predictor(z2)
+    if self.broken != 'no_stop_gradient':
+      z1, z2 = z1.detach(), z2.detach()
+    return 0.5 * (self.criterion(p1, z2) + self.criterion(p2, z1))
+
+
+class BarlowTwinsPeer(Peer):
+  """lightly's Barlow Twins: torchvision's ResNet, BarlowTwinsProjectionHead, BarlowTwinsLoss
+  (each dimension standardised over the batch, the cross-correlation driven to the identity) with
+  the recipe's lambda, times the recipe's loss_scale (solo-learn's scale_loss; lightly's example
+  has none); each view through the networks on its own. broken='joint_batchnorm': both views as
+  one batch, their BatchNorm statistics shared."""
+  BROKEN = ('joint_batchnorm',)
+
+  def build(self, initial):
+    from lightly.loss import BarlowTwinsLoss
+    from lightly.models.modules.heads import BarlowTwinsProjectionHead
+    proj = tuple(self.config.projection_dims)
+    assert len(proj) == 3 and proj[0] == proj[1], proj
+    self.backbone = torch_resnet(self.spec, initial)
+    self.projector = BarlowTwinsProjectionHead(_feature_dim(initial), proj[0], proj[-1])
+    load_head(self.projector, initial['params']['projector'], initial['batch_stats'].get('projector', {}))
+    self.criterion = BarlowTwinsLoss(lambda_param=self.config.lambd)
+
+  def trained(self):
+    return [self.backbone, self.projector]
+
+  def named(self):
+    return {'backbone': self.backbone, 'projector': self.projector}
+
+  def loss(self, k, views):
+    import torch
+    if self.broken == 'joint_batchnorm':
+      z1, z2 = self.projector(self.backbone(torch.cat(views))).chunk(2)
+    else:
+      z1, z2 = (self.projector(self.backbone(x)) for x in views)
+    return self.config.loss_scale * self.criterion(z1, z2)
+
+
+PEERS = {'simclr': SimCLRPeer, 'byol': BYOLPeer, 'simsiam': SimSiamPeer, 'barlow_twins': BarlowTwinsPeer,
+         'dcl': DCLPeer}
 
 
 def our_state_names(ours_state: dict, spec: dict) -> dict:
@@ -437,3 +576,33 @@ def loss_differences(losses: list, reference: list) -> list:
 def named_states(ours: dict) -> list:
   """run_ours' states under the peer's names."""
   return [our_state_names(s, ours['spec']) for s in ours['states']]
+
+
+def failures(ours: dict, run: dict, exact: dict, peer32: dict) -> list:
+  """What fails the comparison of ours with a peer's run (the float32 peer, or a broken variant):
+  steps whose losses differ by more than LOSS_BOUND, parts further from the float64 peer (from
+  the variant, for a variant) than RATIO_BOUND times the float32 peer's own distance from the
+  float64 peer, or FLOOR of the change where that is larger."""
+  losses = loss_differences(ours['losses'], run['losses'])
+  mine = differences(named_states(ours), exact['states'] if run is peer32 else run['states'], ours)
+  rounding = differences(peer32['states'], exact['states'], ours)
+  return ([f'step {k} loss {d:.2g}' for k, d in enumerate(losses) if d > LOSS_BOUND] +
+          [f'{p} {v:.2g}' for p, v in mine.items() if v > max(RATIO_BOUND * rounding[p], FLOOR)])
+
+
+def table(ours: dict, exact: dict, peer32: dict) -> str:
+  """The comparison as markdown: each step's losses (ours, the float32 and float64 peers'), then
+  each part's largest difference from the float64 peer, ours beside the float32 peer's, against
+  its bound."""
+  lines = ['| step | ours | float32 peer | float64 peer | ours vs float32 peer, relative |', '|---|---|---|---|---|']
+  for k, (a, b, c) in enumerate(zip(ours['losses'], peer32['losses'], exact['losses'])):
+    lines.append(f'| {k} | {a:.7f} | {b:.7f} | {c:.7f} | {abs(a - b) / max(abs(b), 1e-12):.2g} |')
+  mine = differences(named_states(ours), exact['states'], ours)
+  rounding = differences(peer32['states'], exact['states'], ours)
+  lines += ['', '| part | ours vs float64 peer | float32 peer vs float64 peer | bound | within |', '|---|---|---|---|---|']
+  for part, v in mine.items():
+    bound = max(RATIO_BOUND * rounding[part], FLOOR)
+    lines.append(f'| {part} | {100 * v:.3g}% | {100 * rounding[part]:.3g}% | {100 * bound:.3g}% | '
+                 f'{"yes" if v <= bound else "NO"} |')
+  lines.append('(arrays: the largest difference over the steps, as a share of how far our step moved the array)')
+  return '\n'.join(lines)
