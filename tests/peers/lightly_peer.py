@@ -292,7 +292,8 @@ class Peer:
     self.build(ours['initial'])
     for module in self.named().values():
       module.to(self.dtype)
-    self.optimizer = _sgd(self.trained(), self.config, self.constant_lr())
+    constant = self.constant_lr()
+    self.optimizer = _sgd([m for m in self.trained() if all(m is not c for c in constant)], self.config, constant)
     # BatchNorm module name -> what torch's unbiased running variance has gained over the biased
     # one Flax keeps (variance='torch' only; one_pass_batchnorm keeps the biased one): each
     # training-mode call adds momentum x var / (n - 1) (n: the elements per channel), decayed as
@@ -351,7 +352,7 @@ class Peer:
     return out
 
   def constant_lr(self):
-    """The trained modules at the peak learning rate throughout (a method's parameter group)."""
+    """Those of the trained modules at the peak learning rate throughout (a method's parameter group)."""
     return []
 
   def before_step(self, k):
@@ -483,7 +484,7 @@ class SimSiamPeer(Peer):
     self.criterion = NegativeCosineSimilarity()
 
   def trained(self):
-    return [self.backbone, self.projector]
+    return [self.backbone, self.projector, self.predictor]
 
   def constant_lr(self):
     return [self.predictor] if self.config.predictor_constant_lr else []
